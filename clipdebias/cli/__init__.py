@@ -1,0 +1,82 @@
+"""The ``clipdebias`` command line: a Typer app whose commands live one per module in this package.
+
+Each command turns its options into a config and makes one call into the library. Errors a user
+can cause (:class:`clipdebias.errors.UserError`, bad option values) end with one line on stderr and
+exit code 2; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import typer
+
+try:  # Typer >= 0.22 ships its own copy of click; older releases use the click package.
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as click_exceptions
+
+from clipdebias import __version__
+from clipdebias.cli.info import info_command
+from clipdebias.errors import EXIT_USER_ERROR, UserError
+
+app = typer.Typer(
+    name="clipdebias",
+    help="Adapt CLIP to unlabeled data with debiased pseudo-labels (DebiasPL, CVPR 2022).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"clipdebias {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
+) -> None:
+    """Adapt CLIP to unlabeled data with debiased pseudo-labels (DebiasPL, CVPR 2022)."""
+
+
+app.command("info", help="Show versions, GPUs and the cache directory.")(info_command)
+
+
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (``python -m clipdebias`` and the console script)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="clipdebias", standalone_mode=False)
+    except UserError as err:
+        return _fail(str(err), debug)
+    except click_exceptions.NoArgsIsHelpError as err:
+        print(err.ctx.get_help() if err.ctx else str(err))
+        return 0
+    except click_exceptions.UsageError as err:
+        command = err.ctx.command_path if err.ctx else "clipdebias"
+        return _fail(f"{err.format_message()} (see '{command} --help')", debug)
+    except click_exceptions.ClickException as err:
+        return _fail(err.format_message(), debug)
+    except click_exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,52 @@
+"""The command-line skeleton: help, version, info, and one-line errors with exit code 2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clipdebias import __version__
+from clipdebias.cli import main
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"clipdebias {__version__}"
+
+
+def test_help_lists_working_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "info" in out and "--version" in out
+
+
+def test_no_arguments_shows_help(capsys):
+    assert main([]) == 0
+    assert "Usage" in capsys.readouterr().out
+
+
+def test_info_reports_versions_and_cache(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPDEBIAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for item in ("torch", "torchvision", "open_clip", "faiss", "GPU count", "faiss GPU count", "cache directory"):
+        assert item in out
+    assert str(tmp_path / "cache") in out
+
+
+def test_unknown_command_is_one_line_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("entry", [[sys.executable, "-m", "clipdebias"], [os.path.join(os.path.dirname(sys.executable), "clipdebias")]])
+def test_entry_points_run_as_processes(entry):
+    done = subprocess.run([*entry, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"clipdebias {__version__}"
+    bad = subprocess.run([*entry, "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
