@@ -2,9 +2,29 @@
 
 import os
 import sys
+from pathlib import Path
+
+import pytest
 
 # Must be set before open_clip / huggingface_hub are imported anywhere, or a missing-weights lookup
 # retries the network for ~46 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+TINY_CLIP = Path(__file__).parent / "assets" / "tiny-clip.json"
+
+
+@pytest.fixture
+def tiny_clip() -> str:
+    """An open_clip JSON config of a tiny CLIP (embed 32, 2+2 layers, 32 px): load with --pretrained none."""
+    return str(TINY_CLIP)
+
+
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch) -> Path:
+    """A fresh clipdebias cache for one test, also set as $CLIPDEBIAS_CACHE."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CLIPDEBIAS_CACHE", str(root))
+    return root

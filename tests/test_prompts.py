@@ -1,0 +1,82 @@
+"""Shipped prompt files, class-name and template resolution, the text classifier."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipdebias.errors import UserError
+from clipdebias.prompts import (
+    PromptSet,
+    SIMPLE_TEMPLATE,
+    encode_classifier,
+    load_classnames,
+    load_prompts,
+    load_templates,
+    read_lines,
+    shipped_file,
+)
+
+
+def test_shipped_imagenet_prompts_are_open_clips_lists():
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    assert read_lines(shipped_file("imagenet", "classnames.txt")) == list(IMAGENET_CLASSNAMES)
+    assert read_lines(shipped_file("imagenet", "templates.txt")) == [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
+    assert len(load_templates("imagenet")[0]) == 80
+
+
+@pytest.mark.parametrize("dataset, count", [("cifar10", 10), ("cifar100", 100)])
+def test_shipped_cifar_prompts(dataset, count):
+    names = read_lines(shipped_file(dataset, "classnames.txt"))
+    templates, _ = load_templates(dataset)
+    assert len(names) == count and len(set(names)) == count and not any("_" in name for name in names)
+    assert len(templates) == 18 and templates[0] == "a photo of a {}." and templates[-1] == "a photo of the big {}."
+    if dataset == "cifar100":
+        assert names[:4] == ["apple", "aquarium fish", "baby", "bear"] and "sweet pepper" in names
+
+
+def test_imagefolder_names_come_from_folders_with_spaces():
+    names, source = load_classnames("imagefolder", ["cat", "red_fox", "sea_lion"])
+    assert names == ["cat", "red fox", "sea lion"] and "folders" in source
+    assert load_templates("imagefolder")[0] == load_templates("imagenet", "openai")[0]
+
+
+def test_class_name_count_mismatch_is_an_error(tmp_path):
+    file = tmp_path / "names.txt"
+    file.write_text("cat\ndog\n")
+    with pytest.raises(UserError, match="has 2 class names but dataset 'imagefolder' has 3 classes"):
+        load_classnames("imagefolder", ["a", "b", "c"], file)
+    with pytest.raises(UserError, match="has 10 class names"):
+        load_classnames("cifar10", [f"class{i}" for i in range(9)])
+
+
+def test_templates_keywords_files_and_errors(tmp_path):
+    assert load_templates("cifar10", "simple")[0] == [SIMPLE_TEMPLATE]
+    good = tmp_path / "t.txt"
+    good.write_text("a {} photo\n\n  itap of a {}  \n")
+    assert load_templates("imagefolder", str(good))[0] == ["a {} photo", "itap of a {}"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a {} photo\na photo\n")
+    with pytest.raises(UserError, match="template 2"):
+        load_templates("imagefolder", str(bad))
+    with pytest.raises(UserError, match="no such file"):
+        load_templates("imagefolder", str(tmp_path / "missing.txt"))
+
+
+def test_text_classifier_is_the_normalised_mean_of_normalised_prompt_embeddings():
+    prompts = PromptSet(("cat", "red fox"), ("a {}.", "a photo of the {}.", "{}!"), "test", "test")
+    table = torch.randn(100, 8)
+
+    def encode(texts):  # a deterministic fake text encoder
+        return F.normalize(torch.stack([table[sum(map(ord, t)) % 100] for t in texts]), dim=-1)
+
+    classifier = encode_classifier(encode, prompts, batch_size=4)
+    expected = torch.stack([F.normalize(encode(prompts.prompts(c)).mean(0), dim=0) for c in range(2)])
+    assert classifier.shape == (2, 8) and torch.allclose(classifier, expected, atol=1e-6)
+    assert prompts.prompts(1) == ["a red fox.", "a photo of the red fox.", "red fox!"]
+
+
+def test_load_prompts_digest_tracks_content():
+    first = load_prompts("imagefolder", ["cat", "dog"], templates="simple")
+    second = load_prompts("imagefolder", ["cat", "wolf"], templates="simple")
+    assert first.digest() != second.digest() and first.digest() == load_prompts("imagefolder", ["cat", "dog"], templates="simple").digest()
