@@ -18,7 +18,9 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
     from click import exceptions as click_exceptions
 
 from clipdebias import __version__
+from clipdebias.cli.encode import encode_command
 from clipdebias.cli.info import info_command
+from clipdebias.cli.pseudolabel import pseudolabel_command
 from clipdebias.errors import EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -48,6 +50,8 @@ def _root(
 
 
 app.command("info", help="Show versions, GPUs and the cache directory.")(info_command)
+app.command("encode", help="Encode every image of a split once into the embedding cache (resumable).")(encode_command)
+app.command("pseudolabel", help="Debiased zero-shot pseudo-labels of a split, as CSV.")(pseudolabel_command)
 
 
 def _fail(message: str, debug: bool) -> int:

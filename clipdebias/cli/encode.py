@@ -1,0 +1,66 @@
+"""``clipdebias encode``: encode every image of a split once into the embedding cache."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer import Option
+
+from clipdebias.cli import options
+from clipdebias.embeddings import DEFAULT_CHUNK_SIZE
+
+
+def encode_command(
+    dataset: options.Dataset,
+    data_root: options.DataRoot = None,
+    split: options.Split = "train",
+    model: options.Model = "ViT-B-32",
+    pretrained: options.Pretrained = "openai",
+    quick_gelu: options.QuickGelu = None,
+    device: options.Device = "auto",
+    precision: options.Precision = "fp32",
+    batch_size: options.BatchSize = 64,
+    num_workers: options.NumWorkers = None,
+    cache_dir: options.CacheDir = None,
+    chunk_size: options.ChunkSize = DEFAULT_CHUNK_SIZE,
+    rebuild: Annotated[bool, Option("--rebuild", help="Discard this split's cache entry and encode it again.")] = False,
+) -> None:
+    from clipdebias.backbone import BackboneConfig
+    from clipdebias.cli.rich_progress import RichProgress
+    from clipdebias.embeddings import EncodeConfig, run_encode
+
+    config = EncodeConfig(
+        dataset=dataset,
+        data_root=data_root,
+        split=split,
+        backbone=BackboneConfig(model=model, pretrained=pretrained, precision=precision, device=device, quick_gelu=quick_gelu),
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        chunk_size=chunk_size,
+        rebuild=rebuild,
+    )
+    with RichProgress() as progress:
+        result, backbone = run_encode(config, progress)
+    console = Console()
+    table = Table(title=f"clipdebias encode: {dataset} {split}", show_header=False)
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    for name, value in backbone.describe():
+        table.add_row(name, escape(value))
+    entry = result.entry
+    table.add_row("images in split", f"{entry.num_images:,}")
+    if result.was_complete:
+        table.add_row("encoded now", "nothing to encode: the cache entry is complete")
+    else:
+        rate = f" ({result.encoded / result.elapsed_s:,.1f} img/s)" if result.encoded and result.elapsed_s > 0 else ""
+        table.add_row("encoded now", f"{result.encoded:,} in {result.elapsed_s:.1f} s{rate}")
+        table.add_row("reused from an earlier run", f"{result.reused:,}")
+    table.add_row("unreadable (skipped)", f"{result.failed:,}" + (" (listed in manifest.csv)" if result.failed else ""))
+    for index, path, reason in result.failed_examples:
+        table.add_row("", escape(f"#{index} {path}: {reason}"))
+    table.add_row("cache entry", escape(str(entry.path)))
+    console.print(table)

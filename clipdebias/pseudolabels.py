@@ -1,0 +1,223 @@
+"""Debiased pseudo-labels from any teacher's logits: the dataset prior, the labels, the CSV.
+
+The core, :func:`debiased_pseudo_labels`, streams over row chunks of an ``[N, C]`` logit matrix
+in two passes and never holds ``[N, C]`` in memory:
+
+1. the dataset prior ``q = mean_i softmax(z_i)`` (:func:`clipdebias.debias.dataset_prior`);
+2. per row, the debiased label and confidence ``max softmax(z - tau log q)``, the plain (raw)
+   label and confidence ``max softmax(z)``, and ``selected = confidence >= threshold``.
+
+The matrix is anything with ``shape``, ``ndim`` and row slicing: a memory-mapped ``.npy`` of a
+teacher's logits (``--logits``), or :class:`ZeroShotLogits`, which computes
+``scale * embeddings @ classifier.T`` one slice at a time from cached CLIP embeddings.
+``tau = 0`` gives plain zero-shot labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from clipdebias.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+DEFAULT_TAU = 0.4  # debiasing strength of the paper's scripts
+DEFAULT_THRESHOLD = 0.95  # confidence above which a pseudo-label is "selected" (the CVPR 2022 zero-shot recipe)
+DEFAULT_CHUNK_ROWS = 16384  # rows of logits in memory at once: 16384 x 1000 classes x 4 B = 64 MB per copy
+REFERENCE_SELECTED = "CLIPPseudoLabel{threshold}.csv"
+REFERENCE_UNSELECTED = "CLIPPseudoLabel{threshold}-Unselected.csv"
+CSV_COLUMNS = ("index", "path", "label", "pseudo_label", "pseudo_class", "confidence", "raw_pseudo_label", "raw_confidence", "selected")
+
+
+class LogitRows(Protocol):
+    """An ``[N, C]`` matrix of logits read by row slices (``numpy.memmap``, tensor, :class:`ZeroShotLogits`)."""
+
+    shape: tuple[int, ...]
+    ndim: int
+
+    def __getitem__(self, rows: slice) -> Any: ...
+
+
+class ZeroShotLogits:
+    """``scale * embeddings @ classifier.T``, computed for one row slice at a time.
+
+    ``embeddings``: ``[N, D]`` float32 (a memory-mapped view is fine), ``classifier``: ``[C, D]``.
+    """
+
+    ndim = 2
+
+    def __init__(self, embeddings: np.ndarray, classifier: torch.Tensor, scale: float, device: str | torch.device = "cpu"):
+        import torch
+
+        if embeddings.ndim != 2 or embeddings.shape[1] != classifier.shape[1]:
+            raise ValueError(f"embeddings {tuple(embeddings.shape)} and classifier {tuple(classifier.shape)} do not match")
+        self.embeddings = embeddings
+        self.device = torch.device(device)
+        self.classifier_t = classifier.to(self.device, torch.float32).T.contiguous()
+        self.scale = float(scale)
+        self.shape = (int(embeddings.shape[0]), int(classifier.shape[0]))
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        import torch
+
+        chunk = torch.from_numpy(np.array(self.embeddings[rows], dtype=np.float32)).to(self.device)
+        return self.scale * (chunk @ self.classifier_t)
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Per logit row: debiased ``label``/``confidence``, plain ``raw_label``/``raw_confidence`` and
+    ``selected`` (``confidence >= threshold``); ``prior`` is the dataset prior ``q`` (``[C]``)."""
+
+    prior: np.ndarray
+    label: np.ndarray
+    confidence: np.ndarray
+    raw_label: np.ndarray
+    raw_confidence: np.ndarray
+    selected: np.ndarray
+    tau: float
+    threshold: float
+
+
+def _as_tensor(chunk: Any) -> torch.Tensor:
+    import torch
+
+    if isinstance(chunk, np.ndarray):
+        return torch.from_numpy(np.array(chunk, dtype=np.float32))
+    return chunk.float()
+
+
+def debiased_pseudo_labels(
+    logits: LogitRows, tau: float = DEFAULT_TAU, threshold: float = DEFAULT_THRESHOLD, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> PseudoLabels:
+    """Two streaming passes over ``logits`` (see the module docstring); memory is O(chunk_rows x C)."""
+    import torch
+
+    from clipdebias.debias import dataset_prior, select_pseudo_labels
+
+    if tau < 0:
+        raise UserError(f"--tau must be 0 or more (0 = plain zero-shot), got {tau}")
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold must be in [0, 1], got {threshold}")
+    if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] < 2:
+        raise UserError(f"logits must have shape [N, C] with N >= 1 and C >= 2, got {tuple(logits.shape)}")
+    prior = dataset_prior(logits, chunk_size=chunk_rows)
+    if not torch.isfinite(prior).all():
+        raise UserError("the logits contain NaN or infinite values")
+    rows = logits.shape[0]
+    label = np.empty(rows, np.int64)
+    raw_label = np.empty(rows, np.int64)
+    confidence = np.empty(rows, np.float32)
+    raw_confidence = np.empty(rows, np.float32)
+    selected = np.empty(rows, bool)
+    for start in range(0, rows, chunk_rows):
+        chunk = _as_tensor(logits[start : start + chunk_rows])
+        part = slice(start, start + chunk.shape[0])
+        targets, conf, mask = select_pseudo_labels(chunk, prior, tau, threshold)
+        raw_conf, raw_targets = torch.softmax(chunk, dim=-1).max(dim=-1)
+        label[part], confidence[part], selected[part] = targets.cpu().numpy(), conf.cpu().numpy(), mask.cpu().numpy() > 0
+        raw_label[part], raw_confidence[part] = raw_targets.cpu().numpy(), raw_conf.cpu().numpy()
+    return PseudoLabels(prior.cpu().numpy(), label, confidence, raw_label, raw_confidence, selected, float(tau), float(threshold))
+
+
+def pseudo_label_table(result: PseudoLabels, indices: np.ndarray, paths: list[str], truth: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """The CSV table (docs/formats.md): one row per logit row; ``indices`` are their dataset
+    positions, ``paths`` / ``truth`` (``-1`` = unknown) are indexed by dataset position."""
+    import pandas as pd
+
+    truth = np.asarray(truth)[indices]
+    label = pd.array(np.where(truth >= 0, truth, 0), dtype="Int64")
+    label[truth < 0] = pd.NA
+    names = np.asarray(classes, dtype=object)
+    return pd.DataFrame(
+        {
+            "index": np.asarray(indices, dtype=np.int64),
+            "path": [paths[i] for i in indices],
+            "label": label,
+            "pseudo_label": result.label,
+            "pseudo_class": names[result.label],
+            "confidence": result.confidence,
+            "raw_pseudo_label": result.raw_label,
+            "raw_confidence": result.raw_confidence,
+            "selected": result.selected,
+        },
+        columns=list(CSV_COLUMNS),
+    )
+
+
+def imbalance_ratio(counts: np.ndarray) -> float:
+    """Largest class count over smallest, the smallest floored at 1 (docs/formats.md)."""
+    return float(counts.max()) / max(float(counts.min()), 1.0)
+
+
+@dataclass(frozen=True)
+class PseudoLabelSummary:
+    """Numbers for the terminal summary and the JSON sidecar. Accuracies in percent; ``None``
+    where no row has a known label."""
+
+    num_rows: int
+    num_selected: int
+    zeroshot_top1: float | None
+    zeroshot_debiased_top1: float | None
+    selected_top1: float | None
+    raw_counts: np.ndarray
+    counts: np.ndarray
+    selected_counts: np.ndarray
+
+
+def summarize(result: PseudoLabels, truth: np.ndarray, num_classes: int) -> PseudoLabelSummary:
+    """``truth``: ground-truth labels of the logit rows (``-1`` = unknown)."""
+    known = np.asarray(truth) >= 0
+
+    def accuracy(predicted: np.ndarray, rows: np.ndarray) -> float | None:
+        return float((predicted[rows] == truth[rows]).mean() * 100.0) if rows.any() else None
+
+    return PseudoLabelSummary(
+        num_rows=len(result.label),
+        num_selected=int(result.selected.sum()),
+        zeroshot_top1=accuracy(result.raw_label, known),
+        zeroshot_debiased_top1=accuracy(result.label, known),
+        selected_top1=accuracy(result.label, known & result.selected),
+        raw_counts=np.bincount(result.raw_label, minlength=num_classes),
+        counts=np.bincount(result.label, minlength=num_classes),
+        selected_counts=np.bincount(result.label[result.selected], minlength=num_classes),
+    )
+
+
+def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> tuple[Path, Path]:
+    """``out`` (the CSV) and ``out`` with ``.json`` (the sidecar), each written atomically."""
+    from clipdebias.atomic import atomic_write, atomic_write_json
+
+    out = Path(out).expanduser()
+    atomic_write(out, lambda handle: table.to_csv(handle, index=False))
+    return out, atomic_write_json(out.with_suffix(".json"), sidecar)
+
+
+def reference_file_names(threshold: float) -> tuple[str, str]:
+    """The CVPR 2022 code's file names, e.g. ``CLIPPseudoLabel0.95.csv`` and ``CLIPPseudoLabel0.95-Unselected.csv``."""
+    return REFERENCE_SELECTED.format(threshold=f"{threshold:g}"), REFERENCE_UNSELECTED.format(threshold=f"{threshold:g}")
+
+
+def write_reference_format(table: pd.DataFrame, directory: str | Path, threshold: float) -> tuple[Path, Path]:
+    """The two CSVs the reference code reads (``--trainindex_x`` / ``--trainindex_u``):
+    ``Index,PseudoLabel`` for the selected rows and ``Index,PseudoLabel,Probs`` (the debiased
+    confidence) for the others. ``Index`` is the dataset position."""
+    import pandas as pd
+
+    from clipdebias.atomic import atomic_write
+
+    directory = Path(directory).expanduser()
+    selected_name, unselected_name = reference_file_names(threshold)
+    chosen = table["selected"].to_numpy(dtype=bool)
+    selected = pd.DataFrame({"Index": table["index"][chosen], "PseudoLabel": table["pseudo_label"][chosen]})
+    rest = pd.DataFrame({"Index": table["index"][~chosen], "PseudoLabel": table["pseudo_label"][~chosen], "Probs": table["confidence"][~chosen]})
+    paths = directory / selected_name, directory / unselected_name
+    atomic_write(paths[0], lambda handle: selected.to_csv(handle, index=False))
+    atomic_write(paths[1], lambda handle: rest.to_csv(handle, index=False))
+    return paths
