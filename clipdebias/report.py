@@ -221,8 +221,9 @@ def pseudolabel_section(
                 "Per-class accuracy and precision",
                 "Left: for each class, the share of its images that get the right pseudo-label (recall); "
                 "right: the share of the images labelled with a class that truly belong to it (precision); "
-                "each curve sorted on its own. Debiasing trades a little precision of the dominant "
-                "classes for recall of the starved ones.",
+                "each curve sorted on its own. Biased pseudo-labels show as a steep recall curve (starved "
+                "classes are rarely predicted) and low precision for the dominant classes; debiasing "
+                "should narrow both gaps.",
                 figure,
             )
         )
@@ -460,7 +461,7 @@ def _markdown(source: Path, kind: str, sections: Sequence[Section], notes: Seque
         f"# clipdebias report: {source.name or source}",
         f"Source: `{source}` ({kind}), written by clipdebias {__version__}.",
         "## Summary",
-        markdown_table(["", ""], [row for section in sections for row in section.summary]),
+        markdown_table(["quantity", "value"], [row for section in sections for row in section.summary]),
     ]
     for section in sections:
         if len(sections) > 1:
