@@ -102,9 +102,14 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         if (path / METRICS_FILE).is_file():
             found.append(path)
             continue
-        children = sorted(child for child in path.iterdir() if (child / METRICS_FILE).is_file()) if path.is_dir() else []
+        children = (
+            sorted(child for child in path.iterdir() if (child / METRICS_FILE).is_file()) if path.is_dir() else []
+        )
         if not children:
-            raise UserError(f"{path} is not a finished run folder (no {METRICS_FILE}) and holds none; pass the --out folders of finished 'ssl' or 'zeroshot' runs")
+            raise UserError(
+                f"{path} is not a finished run folder (no {METRICS_FILE}) and holds none; "
+                "pass the --out folders of finished 'ssl' or 'zeroshot' runs"
+            )
         found.extend(children)
     unique: dict[Path, Path] = {}
     for path in found:
@@ -126,7 +131,12 @@ def _group_names(records: Sequence[RunRecord], keys: Sequence[str]) -> tuple[lis
     """Each run's group name and the keys that vary across runs (``method`` always names a group)."""
     # None marks a key the run's method ignores: it neither splits nor names a group.
     values = [
-        {key: None if key in IGNORED_BY_METHOD.get(str(record.value("method")), ()) else _value_text(record.value(key)) for key in keys}
+        {
+            key: None
+            if key in IGNORED_BY_METHOD.get(str(record.value("method")), ())
+            else _value_text(record.value(key))
+            for key in keys
+        }
         for record in records
     ]
     varying = tuple(key for key in keys if len({row[key] for row in values} - {None}) > 1)
@@ -199,7 +209,7 @@ def _epoch_mean(runs: Sequence[RunSummary], key: str) -> tuple[np.ndarray, np.nd
     """Per epoch, the mean (and std when several runs) of ``key`` over the runs that recorded it."""
     per_epoch: dict[float, list[float]] = {}
     for run in runs:
-        for epoch, value in zip(*run.record.epoch_series(key)):
+        for epoch, value in zip(*run.record.epoch_series(key), strict=True):
             per_epoch.setdefault(float(epoch), []).append(float(value))
     epochs = sorted(per_epoch)
     pairs = [stats.mean_std(per_epoch[epoch]) for epoch in epochs]
@@ -209,18 +219,37 @@ def _epoch_mean(runs: Sequence[RunSummary], key: str) -> tuple[np.ndarray, np.nd
 
 
 def _chart(groups: Sequence[GroupSummary], out: Path) -> Path:
-    figure, axes = plots.new_figure(4, "Runs compared" + (" (mean ± std over runs)" if any(len(g.runs) > 1 for g in groups) else ""))
-    plots.strip_panel(axes[0], [(group.name, np.asarray([run.top1 if run.top1 is not None else np.nan for run in group.runs])) for group in groups], "final top-1 per run (◆ mean ± std)", "top-1 %")
+    figure, axes = plots.new_figure(
+        4, "Runs compared" + (" (mean ± std over runs)" if any(len(g.runs) > 1 for g in groups) else "")
+    )
+    plots.strip_panel(
+        axes[0],
+        [
+            (group.name, np.asarray([run.top1 if run.top1 is not None else np.nan for run in group.runs]))
+            for group in groups
+        ],
+        "final top-1 per run (◆ mean ± std)",
+        "top-1 %",
+    )
 
     def lines(key: str) -> list[plots.Line]:
         drawn = []
         for index, group in enumerate(groups):
             epochs, means, spread = _epoch_mean(group.runs, key)
-            drawn.append(plots.Line(group.name, epochs, means, plots.PALETTE[index % len(plots.PALETTE)], spread=spread))
+            drawn.append(
+                plots.Line(group.name, epochs, means, plots.PALETTE[index % len(plots.PALETTE)], spread=spread)
+            )
         return drawn
 
     plots.line_panel(axes[1], lines("top1"), "top-1 per epoch", "top-1 %")
-    plots.line_panel(axes[2], lines("imbalance_ratio"), "pseudo-label imbalance per epoch", "largest / smallest class (log scale)", log_scale=True, reference=(1.0, "balanced"))
+    plots.line_panel(
+        axes[2],
+        lines("imbalance_ratio"),
+        "pseudo-label imbalance per epoch",
+        "largest / smallest class (log scale)",
+        log_scale=True,
+        reference=(1.0, "balanced"),
+    )
     plots.line_panel(axes[3], lines("pseudo_label_accuracy"), "pseudo-label accuracy per epoch", "%")
     return plots.save_png(figure, out)
 
@@ -246,25 +275,45 @@ def group_rows(groups: Sequence[GroupSummary]) -> tuple[list[str], list[list[str
         else:
             mean, std, count = group.paired_gain
             gain = f"{mean:+.1f}" + (f" ± {std:.1f}" if math.isfinite(std) else "") + f" (n={count})"
-        rows.append([
-            group.name, str(len(group.runs)), _seed_text(group), fmt_mean_std(*group.top1), gain,
-            fmt_mean_std(*group.pseudo_label_accuracy), fmt_mean_std(*group.mask_rate, digits=2), fmt(group.imbalance_median, 1, "×"),
-        ])
+        rows.append(
+            [
+                group.name,
+                str(len(group.runs)),
+                _seed_text(group),
+                fmt_mean_std(*group.top1),
+                gain,
+                fmt_mean_std(*group.pseudo_label_accuracy),
+                fmt_mean_std(*group.mask_rate, digits=2),
+                fmt(group.imbalance_median, 1, "×"),
+            ]
+        )
     return header, rows
 
 
-def _markdown(groups: Sequence[GroupSummary], keys: Sequence[str], num_classes: int | None, notes: Sequence[str]) -> str:
+def _markdown(
+    groups: Sequence[GroupSummary], keys: Sequence[str], num_classes: int | None, notes: Sequence[str]
+) -> str:
     runs = [run for group in groups for run in group.runs]
     header, rows = group_rows(groups)
     run_rows = [
-        [str(run.path), run.group, fmt(run.seed, 0), fmt(run.top1), fmt(run.top5), fmt(run.pseudo_label_accuracy), fmt(run.mask_rate, 3), fmt(run.imbalance_ratio, 1, "×")]
+        [
+            str(run.path),
+            run.group,
+            fmt(run.seed, 0),
+            fmt(run.top1),
+            fmt(run.top5),
+            fmt(run.pseudo_label_accuracy),
+            fmt(run.mask_rate, 3),
+            fmt(run.imbalance_ratio, 1, "×"),
+        ]
         for run in runs
     ]
     grouped_by = ", ".join(keys) if keys else "nothing differs"
     parts = [
         "# clipdebias compare",
         f"{len(runs)} runs in {len(groups)} group(s) (grouped by: {grouped_by}), "
-        f"{num_classes if num_classes is not None else 'unknown number of'} classes; written by clipdebias {__version__}. "
+        f"{num_classes if num_classes is not None else 'unknown number of'} classes; "
+        f"written by clipdebias {__version__}. "
         "Top-1, pseudo-label (PL) accuracy and mask rate are mean ± sample std over a group's runs; "
         f"Δ top-1 is the mean ± std gain over the baseline group ({groups[0].name}) on the seeds both ran "
         "(n pairs); imbalance (largest / smallest class count of the last epoch's confident "
@@ -272,7 +321,9 @@ def _markdown(groups: Sequence[GroupSummary], keys: Sequence[str], num_classes: 
         "## Groups",
         markdown_table(header, rows),
         "## Runs",
-        markdown_table(["run", "group", "seed", "top-1 %", "top-5 %", "pseudo-label acc. %", "mask rate", "imbalance"], run_rows),
+        markdown_table(
+            ["run", "group", "seed", "top-1 %", "top-5 %", "pseudo-label acc. %", "mask rate", "imbalance"], run_rows
+        ),
         "## Chart",
         f"![runs compared]({COMPARE_CHART})",
     ]
@@ -281,7 +332,9 @@ def _markdown(groups: Sequence[GroupSummary], keys: Sequence[str], num_classes: 
     return "\n\n".join(parts) + "\n"
 
 
-def compare_runs(paths: Sequence[str | Path], out_dir: str | Path, group_by: Sequence[str] = DEFAULT_GROUP_KEYS) -> CompareResult:
+def compare_runs(
+    paths: Sequence[str | Path], out_dir: str | Path, group_by: Sequence[str] = DEFAULT_GROUP_KEYS
+) -> CompareResult:
     """Group finished runs, write ``compare.md`` and ``compare.png`` into ``out_dir``.
 
     Raises :class:`UserError` for a path that is not a finished run (nor a folder of runs), or for
@@ -295,14 +348,16 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path, group_by: Seq
     names, varying = _group_names(records, keys)
     notes = [f"{record.path}: {note}" for record in records for note in record.notes]
     members: dict[str, list[RunSummary]] = {}
-    for record, name in zip(records, names):
+    for record, name in zip(records, names, strict=True):
         members.setdefault(name, []).append(_summarise(record, name))
     ordered = list(members.items())
     baseline = ordered[0][1]
     groups = tuple(_group(name, runs, None if index == 0 else baseline) for index, (name, runs) in enumerate(ordered))
     for group in groups[1:]:
         if group.paired_gain is None:
-            notes.append(f"{group.name}: no paired gain (no seed shared with {groups[0].name}, or a seed repeats within a group)")
+            notes.append(
+                f"{group.name}: no paired gain (no seed shared with {groups[0].name}, or a seed repeats within a group)"
+            )
     out = Path(out_dir)
     chart = _chart(groups, out / COMPARE_CHART)
     markdown = atomic_write_text(out / COMPARE_FILE, _markdown(groups, varying, num_classes, notes))

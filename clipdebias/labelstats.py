@@ -68,7 +68,7 @@ def entropy(probs: np.ndarray) -> float:
     return float(-(probs * np.log(probs)).sum())
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
     """Mean and sample standard deviation (``ddof=1``) of the finite values; std is nan for one value."""
     finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     if finite.size == 0:
@@ -78,7 +78,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=1))
 
 
-def median(values: Sequence[float]) -> float:
+def median(values: Sequence[float | None]) -> float:
     """Median of the finite values; nan for none."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.median(finite)) if finite else math.nan

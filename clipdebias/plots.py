@@ -39,7 +39,17 @@ SPIKE_RATIO = 10.0
 RAW_COLOR = "tab:red"
 DEBIASED_COLOR = "tab:blue"
 FIRST_COLOR = "tab:gray"
-PALETTE = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+PALETTE = (
+    "tab:blue",
+    "tab:red",
+    "tab:green",
+    "tab:orange",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +79,9 @@ def new_figure(panels: int, title: str) -> tuple[Figure, list[Axes]]:
 
     columns = min(panels, MAX_COLUMNS)
     rows = -(-panels // columns)
-    figure = Figure(figsize=(max(PANEL_SIZE[0] * columns, MIN_WIDTH), PANEL_SIZE[1] * rows), dpi=DPI, layout="constrained")
+    figure = Figure(
+        figsize=(max(PANEL_SIZE[0] * columns, MIN_WIDTH), PANEL_SIZE[1] * rows), dpi=DPI, layout="constrained"
+    )
     axes = list(np.atleast_1d(figure.subplots(rows, columns)).ravel())
     for extra in axes[panels:]:
         extra.remove()
@@ -111,13 +123,21 @@ def sorted_class_panel(
         if order.size == 0:
             continue
         ranks = np.arange(1, order.size + 1)
-        (artist,) = ax.plot(ranks, values[order], marker=_marker(order.size), markersize=4, color=curve.color, label=curve.label)
+        (artist,) = ax.plot(
+            ranks, values[order], marker=_marker(order.size), markersize=4, color=curve.color, label=curve.label
+        )
         drawn += 1
         peak = max(peak, float(values[order[0]]))
         if flat_line:
             level = values[order].sum() / values.size
             spiky = spiky or values[order[0]] > SPIKE_RATIO * level
-            ax.axhline(level, color=artist.get_color(), linestyle="--", linewidth=1, label=f"flat: {curve.label} ({level:.3g} per class)")
+            ax.axhline(
+                level,
+                color=artist.get_color(),
+                linestyle="--",
+                linewidth=1,
+                label=f"flat: {curve.label} ({level:.3g} per class)",
+            )
         if names is not None and len(curves) == 1 and order.size <= NAMED_TICKS_MAX:
             ax.set_xticks(ranks, [names[index] for index in order], rotation=60, ha="right", fontsize=8)
             named = True
@@ -140,16 +160,30 @@ def sorted_class_panel(
 
 
 def histogram_panel(
-    ax: Axes, curves: Sequence[Curve], title: str, xlabel: str, threshold: float | None = None, threshold_label: str = "threshold"
+    ax: Axes,
+    curves: Sequence[Curve],
+    title: str,
+    xlabel: str,
+    threshold: float | None = None,
+    threshold_label: str = "threshold",
 ) -> None:
     """Overlaid histograms of values in [0, 1] (confidences), log count axis, threshold marked."""
     bins = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
     for curve in curves:
         values = np.clip(np.asarray(curve.values, dtype=np.float64), 0.0, 1.0)
         ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.25, color=curve.color)
-        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, color=curve.color, label=f"{curve.label} (n={values.size})")
+        ax.hist(
+            values,
+            bins=bins,
+            histtype="step",
+            linewidth=1.5,
+            color=curve.color,
+            label=f"{curve.label} (n={values.size})",
+        )
     if threshold is not None:
-        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"{threshold_label} = {threshold:.3g}")
+        ax.axvline(
+            threshold, color="black", linestyle="--", linewidth=1.2, label=f"{threshold_label} = {threshold:.3g}"
+        )
     ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -177,7 +211,12 @@ def line_panel(
         if line.x.size == 0:
             continue
         (artist,) = ax.plot(
-            line.x, line.y, marker=_marker(line.x.size), markersize=4, color=line.color, label=line.label,
+            line.x,
+            line.y,
+            marker=_marker(line.x.size),
+            markersize=4,
+            color=line.color,
+            label=line.label,
             linestyle="--" if line.dashed else "-",
         )
         if line.spread is not None:
@@ -201,7 +240,7 @@ def line_panel(
 
 def strip_panel(ax: Axes, groups: Sequence[tuple[str, np.ndarray]], title: str, ylabel: str) -> None:
     """One column per group: a dot per run (spread sideways, deterministically) and mean ± std."""
-    for position, (label, values) in enumerate(groups):
+    for position, (_, values) in enumerate(groups):
         values = np.asarray(values, dtype=np.float64)
         values = values[np.isfinite(values)]
         if values.size == 0:
@@ -211,7 +250,12 @@ def strip_panel(ax: Axes, groups: Sequence[tuple[str, np.ndarray]], title: str, 
         ax.scatter(position + offsets, values, color=color, alpha=0.7, s=25, zorder=3)
         std = values.std(ddof=1) if values.size > 1 else 0.0
         ax.errorbar(position + 0.3, values.mean(), yerr=std, fmt="D", color="black", capsize=4, markersize=5, zorder=4)
-    ax.set_xticks(range(len(groups)), [label for label, _ in groups], rotation=20 if len(groups) > 3 else 0, ha="right" if len(groups) > 3 else "center")
+    ax.set_xticks(
+        range(len(groups)),
+        [label for label, _ in groups],
+        rotation=20 if len(groups) > 3 else 0,
+        ha="right" if len(groups) > 3 else "center",
+    )
     ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_title(title)
     ax.set_ylabel(ylabel)

@@ -141,9 +141,18 @@ def pseudolabel_section(
     selected = table.selected
     summary: list[Row] = [
         (f"{row_prefix}input", f"pseudo-label CSV: {table.num_rows} rows, {num_classes} classes"),
-        (f"{row_prefix}tau / threshold", f"{fmt(table.tau, 2) if table.tau is not None else 'unknown'} / {_threshold_text(table)}"),
-        (f"{row_prefix}imbalance, all rows (raw → debiased)", fmt_change(stats.imbalance_ratio(raw_counts), stats.imbalance_ratio(deb_counts), 1, "×")),
-        (f"{row_prefix}classes never predicted (raw → debiased)", f"{_never_predicted(raw_counts)} → {_never_predicted(deb_counts)}"),
+        (
+            f"{row_prefix}tau / threshold",
+            f"{fmt(table.tau, 2) if table.tau is not None else 'unknown'} / {_threshold_text(table)}",
+        ),
+        (
+            f"{row_prefix}imbalance, all rows (raw → debiased)",
+            fmt_change(stats.imbalance_ratio(raw_counts), stats.imbalance_ratio(deb_counts), 1, "×"),
+        ),
+        (
+            f"{row_prefix}classes never predicted (raw → debiased)",
+            f"{_never_predicted(raw_counts)} → {_never_predicted(deb_counts)}",
+        ),
     ]
     count_curves = [
         plots.Curve("raw zero-shot", raw_counts.astype(float), plots.RAW_COLOR),
@@ -157,13 +166,27 @@ def pseudolabel_section(
             plots.Curve("raw zero-shot", raw_kept.astype(float), plots.RAW_COLOR),
             plots.Curve("debiased", deb_kept.astype(float), plots.DEBIASED_COLOR),
         ]
-        summary.insert(2, (f"{row_prefix}selected rows (raw → debiased)", f"{int(raw_selected.sum())} → {int(selected.sum())} of {table.num_rows}"))
-        summary.insert(4, (f"{row_prefix}imbalance, selected rows (raw → debiased)", fmt_change(stats.imbalance_ratio(raw_kept), stats.imbalance_ratio(deb_kept), 1, "×")))
+        summary.insert(
+            2,
+            (
+                f"{row_prefix}selected rows (raw → debiased)",
+                f"{int(raw_selected.sum())} → {int(selected.sum())} of {table.num_rows}",
+            ),
+        )
+        summary.insert(
+            4,
+            (
+                f"{row_prefix}imbalance, selected rows (raw → debiased)",
+                fmt_change(stats.imbalance_ratio(raw_kept), stats.imbalance_ratio(deb_kept), 1, "×"),
+            ),
+        )
 
     figure, axes = plots.new_figure(2 if kept_curves else 1, "Pseudo-label counts per class, sorted")
     plots.sorted_class_panel(axes[0], count_curves, "all rows (argmax)", "rows", flat_line=True)
     if kept_curves:
-        plots.sorted_class_panel(axes[1], kept_curves, f"rows with confidence ≥ {_threshold_text(table)}", "rows", flat_line=True)
+        plots.sorted_class_panel(
+            axes[1], kept_curves, f"rows with confidence ≥ {_threshold_text(table)}", "rows", flat_line=True
+        )
     charts = [
         Chart(
             f"{prefix}class_counts.png",
@@ -180,38 +203,57 @@ def pseudolabel_section(
         "debiased count": (deb_counts.astype(float), 0),
     }
     known = table.known
-    if known.any():
-        labels = table.labels[known]
+    if table.labels is not None and known.any():
+        truth = table.labels
+        labels = truth[known]
         raw_pred, deb_pred = table.raw_pseudo_label[known], table.pseudo_label[known]
         raw_recall = stats.per_class_recall(labels, raw_pred, num_classes)
         deb_recall = stats.per_class_recall(labels, deb_pred, num_classes)
         raw_precision = stats.per_class_precision(labels, raw_pred, num_classes)
         deb_precision = stats.per_class_precision(labels, deb_pred, num_classes)
-        summary.append((f"{row_prefix}accuracy, labeled rows (raw → debiased)", fmt_change(stats.accuracy(labels, raw_pred), stats.accuracy(labels, deb_pred), 1, "%")))
+        summary.append(
+            (
+                f"{row_prefix}accuracy, labeled rows (raw → debiased)",
+                fmt_change(stats.accuracy(labels, raw_pred), stats.accuracy(labels, deb_pred), 1, "%"),
+            )
+        )
         if selected is not None and raw_selected is not None:
             raw_rows, deb_rows = known & raw_selected, known & selected
-            summary.append((
-                f"{row_prefix}accuracy, selected rows (raw → debiased)",
-                fmt_change(
-                    stats.accuracy(table.labels[raw_rows], table.raw_pseudo_label[raw_rows]),
-                    stats.accuracy(table.labels[deb_rows], table.pseudo_label[deb_rows]),
-                    1,
-                    "%",
-                ),
-            ))
-        summary.append((f"{row_prefix}worst class accuracy (raw → debiased)", fmt_change(np.nanmin(raw_recall), np.nanmin(deb_recall), 1, "%")))
+            summary.append(
+                (
+                    f"{row_prefix}accuracy, selected rows (raw → debiased)",
+                    fmt_change(
+                        stats.accuracy(truth[raw_rows], table.raw_pseudo_label[raw_rows]),
+                        stats.accuracy(truth[deb_rows], table.pseudo_label[deb_rows]),
+                        1,
+                        "%",
+                    ),
+                )
+            )
+        summary.append(
+            (
+                f"{row_prefix}worst class accuracy (raw → debiased)",
+                fmt_change(np.nanmin(raw_recall), np.nanmin(deb_recall), 1, "%"),
+            )
+        )
         if not known.all():
             summary.append((f"{row_prefix}rows with a ground-truth label", f"{int(known.sum())} of {table.num_rows}"))
         figure, axes = plots.new_figure(2, "Per-class quality of the pseudo-labels, sorted")
         plots.sorted_class_panel(
             axes[0],
-            [plots.Curve("raw zero-shot", raw_recall, plots.RAW_COLOR), plots.Curve("debiased", deb_recall, plots.DEBIASED_COLOR)],
+            [
+                plots.Curve("raw zero-shot", raw_recall, plots.RAW_COLOR),
+                plots.Curve("debiased", deb_recall, plots.DEBIASED_COLOR),
+            ],
             "per-class accuracy (recall)",
             "% of the class's rows",
         )
         plots.sorted_class_panel(
             axes[1],
-            [plots.Curve("raw zero-shot", raw_precision, plots.RAW_COLOR), plots.Curve("debiased", deb_precision, plots.DEBIASED_COLOR)],
+            [
+                plots.Curve("raw zero-shot", raw_precision, plots.RAW_COLOR),
+                plots.Curve("debiased", deb_precision, plots.DEBIASED_COLOR),
+            ],
             "per-class precision",
             "% of the rows labelled with the class",
         )
@@ -236,12 +278,22 @@ def pseudolabel_section(
     figure, axes = plots.new_figure(2, "Confidence of the pseudo-labels")
     plots.histogram_panel(
         axes[0],
-        [plots.Curve("raw zero-shot", table.raw_confidence, plots.RAW_COLOR), plots.Curve("debiased", table.confidence, plots.DEBIASED_COLOR)],
+        [
+            plots.Curve("raw zero-shot", table.raw_confidence, plots.RAW_COLOR),
+            plots.Curve("debiased", table.confidence, plots.DEBIASED_COLOR),
+        ],
         "confidence histogram",
         "confidence (largest class probability)",
         threshold=table.threshold,
     )
-    plots.line_panel(axes[1], _kept_lines(table), "rows kept as the threshold rises", "fraction of rows with confidence ≥ threshold", xlabel="threshold", integer_x=False)
+    plots.line_panel(
+        axes[1],
+        _kept_lines(table),
+        "rows kept as the threshold rises",
+        "fraction of rows with confidence ≥ threshold",
+        xlabel="threshold",
+        integer_x=False,
+    )
     if table.threshold is not None:
         axes[1].axvline(table.threshold, color="black", linestyle="--", linewidth=1.2)
     charts.append(
@@ -254,7 +306,9 @@ def pseudolabel_section(
             figure,
         )
     )
-    tables = (class_table("Per-class pseudo-labels, sorted by raw count", names, table_columns, raw_counts, ascending=False),)
+    tables = (
+        class_table("Per-class pseudo-labels, sorted by raw count", names, table_columns, raw_counts, ascending=False),
+    )
     return Section(heading, tuple(summary), tuple(charts), tables)
 
 
@@ -306,8 +360,18 @@ def _run_summary(run: RunRecord, per_class: np.ndarray | None) -> list[Row]:
     top1, top5 = run.number("top1"), run.number("top5")
     rows.append(("top-1 / top-5", f"{fmt(top1, 1, '%')} / {fmt(top5, 1, '%')}"))
     if per_class is not None and np.isfinite(per_class).any():
-        rows.append(("per-class top-1, worst / median / best", " / ".join(fmt(v, 1, "%") for v in (np.nanmin(per_class), np.nanmedian(per_class), np.nanmax(per_class)))))
-    for key, label in (("zeroshot_top1", "zero-shot top-1 (raw)"), ("zeroshot_debiased_top1", "zero-shot top-1 (debiased)")):
+        rows.append(
+            (
+                "per-class top-1, worst / median / best",
+                " / ".join(
+                    fmt(v, 1, "%") for v in (np.nanmin(per_class), np.nanmedian(per_class), np.nanmax(per_class))
+                ),
+            )
+        )
+    for key, label in (
+        ("zeroshot_top1", "zero-shot top-1 (raw)"),
+        ("zeroshot_debiased_top1", "zero-shot top-1 (debiased)"),
+    ):
         if run.number(key) is not None:
             rows.append((label, fmt(run.number(key), 1, "%")))
     rows.append(("pseudo-label mask rate", fmt(run.pseudo_label_number("mask_rate", "mask_rate"), 3)))
@@ -320,7 +384,9 @@ def _run_summary(run: RunRecord, per_class: np.ndarray | None) -> list[Row]:
         rows.append(("imbalance ratio", fmt(final_imbalance, 1, "×")))
     _, entropies = _prior_entropy_series(run)
     if entropies.size and run.num_classes:
-        rows.append(("prior entropy (last / uniform)", f"{fmt(entropies[-1], 3)} / {fmt(math.log(run.num_classes), 3)} nats"))
+        rows.append(
+            ("prior entropy (last / uniform)", f"{fmt(entropies[-1], 3)} / {fmt(math.log(run.num_classes), 3)} nats")
+        )
     for key, label, digits, suffix in (("seed", "seed", 0, ""), ("elapsed_s", "elapsed", 0, " s")):
         value = run.number(key)
         if value is not None:
@@ -338,7 +404,9 @@ def _counts_chart(run: RunRecord) -> Chart | None:
         return None
     curves.append(plots.Curve(f"epoch {epochs[-1]:g}" if len(counts) else "last epoch", final, plots.DEBIASED_COLOR))
     figure, axes = plots.new_figure(1, "Confident pseudo-label counts per class, sorted")
-    plots.sorted_class_panel(axes[0], curves, "pseudo-labels at or above the threshold", "rows", names=run.classes, flat_line=True)
+    plots.sorted_class_panel(
+        axes[0], curves, "pseudo-labels at or above the threshold", "rows", names=run.classes, flat_line=True
+    )
     return Chart(
         "class_counts.png",
         "Pseudo-label counts per class",
@@ -356,18 +424,35 @@ def _training_chart(run: RunRecord) -> Chart | None:
     figure, axes = plots.new_figure(4, "Training, per epoch")
     plots.line_panel(
         axes[0],
-        [plots.Line("top-1 (EMA teacher)", *series("top1")), plots.Line("top-5", *series("top5"), dashed=True), plots.Line("pseudo-label accuracy", *series("pseudo_label_accuracy"))],
+        [
+            plots.Line("top-1 (EMA teacher)", *series("top1")),
+            plots.Line("top-5", *series("top5"), dashed=True),
+            plots.Line("pseudo-label accuracy", *series("pseudo_label_accuracy")),
+        ],
         "accuracy",
         "%",
     )
-    plots.line_panel(axes[1], [plots.Line("mask rate", *series("mask_rate"))], "mask rate (confident unlabeled rows)", "fraction")
+    plots.line_panel(
+        axes[1], [plots.Line("mask rate", *series("mask_rate"))], "mask rate (confident unlabeled rows)", "fraction"
+    )
     plots.line_panel(
         axes[2],
-        [plots.Line("total", *series("loss")), plots.Line("labeled (loss_x)", *series("loss_x"), dashed=True), plots.Line("unlabeled (loss_u)", *series("loss_u"), dashed=True)],
+        [
+            plots.Line("total", *series("loss")),
+            plots.Line("labeled (loss_x)", *series("loss_x"), dashed=True),
+            plots.Line("unlabeled (loss_u)", *series("loss_u"), dashed=True),
+        ],
         "loss",
         "loss",
     )
-    plots.line_panel(axes[3], [plots.Line("imbalance ratio", *_imbalance_series(run))], "pseudo-label imbalance (largest / smallest class)", "ratio (log scale)", log_scale=True, reference=(1.0, "balanced"))
+    plots.line_panel(
+        axes[3],
+        [plots.Line("imbalance ratio", *_imbalance_series(run))],
+        "pseudo-label imbalance (largest / smallest class)",
+        "ratio (log scale)",
+        log_scale=True,
+        reference=(1.0, "balanced"),
+    )
     return Chart(
         "training.png",
         "Training curves",
@@ -384,15 +469,35 @@ def _prior_chart(run: RunRecord) -> Chart | None:
     if not len(priors) and not entropies.size:
         return None
     figure, axes = plots.new_figure(2, "Class prior q over training")
-    reference = (math.log(run.num_classes), f"uniform (log C = {math.log(run.num_classes):.3g})") if run.num_classes else None
-    plots.line_panel(axes[0], [plots.Line("entropy of q", entropy_epochs, entropies)], "entropy of the class prior", "nats", reference=reference)
+    reference = (
+        (math.log(run.num_classes), f"uniform (log C = {math.log(run.num_classes):.3g})") if run.num_classes else None
+    )
+    plots.line_panel(
+        axes[0],
+        [plots.Line("entropy of q", entropy_epochs, entropies)],
+        "entropy of the class prior",
+        "nats",
+        reference=reference,
+    )
     lines = []
     if len(priors):
         final = priors[-1]
         order = np.argsort(-final, kind="stable")
-        chosen = order if len(order) <= 2 * PRIOR_LINES_EACH else np.concatenate([order[:PRIOR_LINES_EACH], order[-PRIOR_LINES_EACH:]])
+        chosen = (
+            order
+            if len(order) <= 2 * PRIOR_LINES_EACH
+            else np.concatenate([order[:PRIOR_LINES_EACH], order[-PRIOR_LINES_EACH:]])
+        )
         for rank, index in enumerate(chosen):
-            lines.append(plots.Line(run.classes[index], epochs, priors[:, index], plots.PALETTE[rank % len(plots.PALETTE)], dashed=rank >= PRIOR_LINES_EACH))
+            lines.append(
+                plots.Line(
+                    run.classes[index],
+                    epochs,
+                    priors[:, index],
+                    plots.PALETTE[rank % len(plots.PALETTE)],
+                    dashed=rank >= PRIOR_LINES_EACH,
+                )
+            )
     uniform = (1.0 / run.num_classes, "uniform 1/C") if run.num_classes else None
     plots.line_panel(axes[1], lines, "prior of the most and least favoured classes", "q[c]", reference=uniform)
     return Chart(
@@ -409,7 +514,13 @@ def _per_class_chart(run: RunRecord, per_class: np.ndarray | None) -> Chart | No
     if per_class is None:
         return None
     figure, axes = plots.new_figure(1, "Per-class top-1 on the evaluation split, sorted")
-    plots.sorted_class_panel(axes[0], [plots.Curve("per-class top-1", per_class, plots.DEBIASED_COLOR)], "per-class accuracy", "%", names=run.classes)
+    plots.sorted_class_panel(
+        axes[0],
+        [plots.Curve("per-class top-1", per_class, plots.DEBIASED_COLOR)],
+        "per-class accuracy",
+        "%",
+        names=run.classes,
+    )
     return Chart(
         "per_class_accuracy.png",
         "Per-class accuracy",
@@ -441,7 +552,9 @@ def run_section(run: RunRecord) -> Section:
         if len(priors):
             columns["prior q"] = (priors[-1], 4)
         if per_class is not None:
-            tables = (class_table("Per-class results, worst top-1 first", run.classes, columns, per_class, ascending=True),)
+            tables = (
+                class_table("Per-class results, worst top-1 first", run.classes, columns, per_class, ascending=True),
+            )
         elif columns:
             first_column = next(iter(columns.values()))[0]
             tables = (class_table("Per-class results", run.classes, columns, first_column, ascending=False),)
@@ -490,7 +603,9 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> ReportR
         notes = list(run.notes)
         if run.pseudolabels is not None:
             sections.append(
-                pseudolabel_section(run.pseudolabels, ZEROSHOT_PREFIX, "zero-shot ", "Zero-shot pseudo-labels (pseudolabels.csv)")
+                pseudolabel_section(
+                    run.pseudolabels, ZEROSHOT_PREFIX, "zero-shot ", "Zero-shot pseudo-labels (pseudolabels.csv)"
+                )
             )
             notes += [f"pseudolabels.csv: {note}" for note in run.pseudolabels.notes]
         kind = "training run"

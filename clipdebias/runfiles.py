@@ -196,7 +196,9 @@ def _selected_column(frame: Any) -> np.ndarray | None:
     return column.astype(str).str.strip().str.lower().isin(_TRUE_WORDS).to_numpy(dtype=bool)
 
 
-def _class_names(frame: Any, sidecar: Mapping[str, Any], num_seen: int, notes: list[str], path: Path) -> tuple[str, ...]:
+def _class_names(
+    frame: Any, sidecar: Mapping[str, Any], num_seen: int, notes: list[str], path: Path
+) -> tuple[str, ...]:
     names = sidecar.get("classes")
     if isinstance(names, list) and names and all(as_text(name) is not None for name in names):
         if len(names) < num_seen:
@@ -207,7 +209,9 @@ def _class_names(frame: Any, sidecar: Mapping[str, Any], num_seen: int, notes: l
     found: dict[int, str] = {}
     if "pseudo_class" in frame.columns:
         pairs = frame[["pseudo_label", "pseudo_class"]].dropna().drop_duplicates("pseudo_label")
-        found = {int(label): str(name) for label, name in zip(pairs["pseudo_label"], pairs["pseudo_class"])}
+        found = {
+            int(label): str(name) for label, name in zip(pairs["pseudo_label"], pairs["pseudo_class"], strict=True)
+        }
     notes.append(
         f"no class list in a sidecar: {num_seen} classes inferred from the class indices seen"
         + (", names from 'pseudo_class'" if found else "")
@@ -230,7 +234,9 @@ def read_pseudolabels(path: str | Path) -> PseudoLabelTable:
     try:
         frame = pd.read_csv(path, usecols=lambda name: name in wanted, keep_default_na=True, low_memory=False)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as err:
-        raise UserError(f"{path} is not a readable CSV file ({str(err).splitlines()[0] if str(err) else 'empty'})") from err
+        raise UserError(
+            f"{path} is not a readable CSV file ({str(err).splitlines()[0] if str(err) else 'empty'})"
+        ) from err
     missing = [column for column in REQUIRED_CSV_COLUMNS if column not in frame.columns]
     if missing:
         raise UserError(
@@ -417,7 +423,8 @@ def read_run(path: str | Path) -> RunRecord:
         except UserError as err:
             notes.append(f"{PSEUDOLABELS_FILE} ignored: {err}")
 
-    pseudo_block = metrics.get("pseudo_labels") if isinstance(metrics.get("pseudo_labels"), dict) else {}
+    found_block = metrics.get("pseudo_labels")
+    pseudo_block: dict[str, Any] = found_block if isinstance(found_block, dict) else {}
     last_epoch = epochs[-1] if epochs else {}
     num_classes = _first_length(
         [

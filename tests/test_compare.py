@@ -21,7 +21,9 @@ def top1(run):
 def seeds(tmp_path):
     """FixMatch and DebiasPL over seeds 0-2, one folder per method holding one folder per seed."""
     runs = {
-        method: [make_run_folder(tmp_path / method / f"seed{seed}", method=method, seed=seed, epochs=3) for seed in range(3)]
+        method: [
+            make_run_folder(tmp_path / method / f"seed{seed}", method=method, seed=seed, epochs=3) for seed in range(3)
+        ]
         for method in ("fixmatch", "debiaspl")
     }
     return tmp_path, runs
@@ -45,7 +47,9 @@ def test_compare_methods_over_seeds(seeds, capsys, monkeypatch):
     mean, std, count = debiaspl.paired_gain
     assert (mean, std, count) == (pytest.approx(gains.mean()), pytest.approx(gains.std(ddof=1)), 3)
     assert fixmatch.paired_gain is None
-    ratios = [json.loads((run / "metrics.json").read_text())["pseudo_labels"]["imbalance_ratio"] for run in runs["fixmatch"]]
+    ratios = [
+        json.loads((run / "metrics.json").read_text())["pseudo_labels"]["imbalance_ratio"] for run in runs["fixmatch"]
+    ]
     assert fixmatch.imbalance_median == pytest.approx(np.median(ratios))
 
     markdown = (out / "compare.md").read_text()
@@ -76,7 +80,11 @@ def test_groups_are_named_by_the_keys_that_differ(tmp_path):
     make_run_folder(tmp_path / "t1", method="debiaspl", tau=1.0)
     paths = [tmp_path / name for name in ("fm", "fm2", "t04", "t1")]
     result = compare_runs(paths, tmp_path / "out")
-    assert [(group.name, len(group.runs)) for group in result.groups] == [("fixmatch", 2), ("debiaspl tau=0.4", 1), ("debiaspl tau=1", 1)]
+    assert [(group.name, len(group.runs)) for group in result.groups] == [
+        ("fixmatch", 2),
+        ("debiaspl tau=0.4", 1),
+        ("debiaspl tau=1", 1),
+    ]
     assert result.group_keys == ("method", "tau")
     merged = compare_runs(paths, tmp_path / "out", group_by=["method"])
     assert [(group.name, len(group.runs)) for group in merged.groups] == [("fixmatch", 2), ("debiaspl", 2)]
@@ -85,10 +93,12 @@ def test_groups_are_named_by_the_keys_that_differ(tmp_path):
 def test_by_option_and_help_default(seeds, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     root, _ = seeds
-    assert main(["compare", str(root / "fixmatch"), str(root / "debiaspl"), "--by", "seed", "--out", str(root / "o")]) == 0
+    assert (
+        main(["compare", str(root / "fixmatch"), str(root / "debiaspl"), "--by", "seed", "--out", str(root / "o")]) == 0
+    )
     markdown = (root / "o" / "compare.md").read_text()
     assert "grouped by: seed" in markdown and "| all runs" not in markdown
-    assert GROUP_KEYS_HELP == ",".join(DEFAULT_GROUP_KEYS)
+    assert ",".join(DEFAULT_GROUP_KEYS) == GROUP_KEYS_HELP
 
 
 def test_unpaired_seeds_give_no_gain_and_a_note(tmp_path):

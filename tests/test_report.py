@@ -84,9 +84,14 @@ def test_csv_summary_matches_the_data(tmp_path):
     raw_counts = np.bincount(frame["raw_pseudo_label"], minlength=10)
     deb_counts = np.bincount(frame["pseudo_label"], minlength=10)
     ratio = lambda c: c.max() / max(c.min(), 1)  # noqa: E731
-    assert summary_value(result, "imbalance, all rows (raw → debiased)") == f"{ratio(raw_counts):.1f}× → {ratio(deb_counts):.1f}×"
+    assert (
+        summary_value(result, "imbalance, all rows (raw → debiased)")
+        == f"{ratio(raw_counts):.1f}× → {ratio(deb_counts):.1f}×"
+    )
     raw_kept = int((frame["raw_confidence"] >= 0.95).sum())
-    assert summary_value(result, "selected rows (raw → debiased)") == f"{raw_kept} → {int(frame['selected'].sum())} of 300"
+    assert (
+        summary_value(result, "selected rows (raw → debiased)") == f"{raw_kept} → {int(frame['selected'].sum())} of 300"
+    )
     assert summary_value(result, "tau / threshold") == "0.40 / 0.95"
     assert result.out_dir == tmp_path / "out" and result.markdown == tmp_path / "out" / "report.md"
 
@@ -156,11 +161,22 @@ def test_unfinished_run_reports_its_epochs(tmp_path):
 def test_missing_and_malformed_optional_fields_do_not_raise(tmp_path):
     run = tmp_path / "sparse"
     run.mkdir()
-    (run / "metrics.json").write_text(json.dumps({"top1": 50.0, "method": "debiaspl", "per_class_top1": "n/a", "pseudo_labels": None}))
+    (run / "metrics.json").write_text(
+        json.dumps({"top1": 50.0, "method": "debiaspl", "per_class_top1": "n/a", "pseudo_labels": None})
+    )
     lines = [
         json.dumps({"epoch": 1, "top1": 40.0, "prior": None, "pseudo_label_counts": [1, 2, "x"], "mask_rate": "high"}),
         "{not json",
-        json.dumps({"epoch": 2, "top1": 45.0, "loss": float("nan"), "loss_u": 0.7, "prior": [0.5, 0.5], "pseudo_label_counts": [3, 9]}),
+        json.dumps(
+            {
+                "epoch": 2,
+                "top1": 45.0,
+                "loss": float("nan"),
+                "loss_u": 0.7,
+                "prior": [0.5, 0.5],
+                "pseudo_label_counts": [3, 9],
+            }
+        ),
         json.dumps([1, 2, 3]),
     ]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
@@ -226,7 +242,8 @@ def _missing_path(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "make_input", [_csv_without_columns, _empty_csv, _label_outside_classes, _folder_without_metrics, _broken_metrics, _missing_path]
+    "make_input",
+    [_csv_without_columns, _empty_csv, _label_outside_classes, _folder_without_metrics, _broken_metrics, _missing_path],
 )
 def test_foreign_input_is_a_one_line_error(tmp_path, capsys, make_input):
     path, message = make_input(tmp_path)
@@ -238,7 +255,8 @@ def test_foreign_input_is_a_one_line_error(tmp_path, capsys, make_input):
 
 
 def test_cli_import_stays_light():
-    code = "import sys, clipdebias.cli; print(sorted(m for m in ('numpy', 'matplotlib', 'pandas', 'torch') if m in sys.modules))"
+    heavy = "('numpy', 'matplotlib', 'pandas', 'torch')"
+    code = f"import sys, clipdebias.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

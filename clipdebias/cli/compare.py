@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -18,11 +17,15 @@ imported here so that ``clipdebias --help`` does not load numpy."""
 
 def compare_command(
     runs: list[Path] = typer.Argument(
-        ..., help="Finished run folders, or folders holding one run folder each (e.g. one per seed).", show_default=False
+        ...,
+        help="Finished run folders, or folders holding one run folder each (e.g. one per seed).",
+        show_default=False,
     ),
     out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Folder for compare.md and compare.png."),
-    by: Optional[str] = typer.Option(
-        None, "--by", help=f"Comma-separated keys of metrics.json/config.json whose values define a group (default: {GROUP_KEYS_HELP}).",
+    by: str | None = typer.Option(
+        None,
+        "--by",
+        help=f"Comma-separated keys of metrics.json/config.json that define a group (default: {GROUP_KEYS_HELP}).",
         show_default=False,
     ),
 ) -> None:
@@ -34,6 +37,7 @@ def compare_command(
         result = compare_runs(runs, out, keys)
     header, rows = group_rows(result.groups)
     classes = f"{result.num_classes} classes" if result.num_classes is not None else "unknown class count"
-    title = f"clipdebias compare: {len(result.runs)} runs, {classes}; Δ top-1 is paired by seed against {result.groups[0].name}"
+    baseline = result.groups[0].name
+    title = f"clipdebias compare: {len(result.runs)} runs, {classes}; Δ top-1 is paired by seed against {baseline}"
     console.print(column_table(title, header, rows))
     print_written(console, result.files, result.notes)

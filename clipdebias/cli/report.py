@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -15,8 +14,11 @@ def report_command(
     path: Path = typer.Argument(
         ..., help="A run folder (the --out of ssl or zeroshot) or a pseudo-label CSV.", show_default=False
     ),
-    out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Folder for report.md and the PNGs (default: RUN/report/, or FILE_report/ beside FILE.csv).",
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for report.md and the PNGs (default: RUN/report/, or FILE_report/ beside FILE.csv).",
         show_default=False,
     ),
 ) -> None:
