@@ -73,7 +73,9 @@ def register_model(model: str) -> tuple[str, dict]:
 
         close = difflib.get_close_matches(model, open_clip.list_models(), n=4, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UserError(f"--model {model} is not an open_clip model name nor a JSON config file; {hint}see open_clip.list_models()")
+        raise UserError(
+            f"--model {model} is not an open_clip model name nor a JSON config file; {hint}see open_clip.list_models()"
+        )
     return model, config
 
 
@@ -132,7 +134,11 @@ class Backbone:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") and self.model.text_projection is not None else int(self.model.visual.output_dim)
+        return (
+            int(self.model.text_projection.shape[-1])
+            if hasattr(self.model, "text_projection") and self.model.text_projection is not None
+            else int(self.model.visual.output_dim)
+        )
 
     @property
     def logit_scale(self) -> float:
@@ -157,7 +163,9 @@ class Backbone:
 
     def describe(self) -> list[tuple[str, str]]:
         """``(name, value)`` rows for a summary table."""
-        weights = "random (--pretrained none)" if self.weights.random else f"{self.weights.spec} ({self.weights.checkpoint})"
+        weights = (
+            "random (--pretrained none)" if self.weights.random else f"{self.weights.spec} ({self.weights.checkpoint})"
+        )
         return [
             ("model", self.name),
             ("weights", weights),
@@ -190,7 +198,9 @@ def load_backbone(config: BackboneConfig, digest_dir: Path | None = None) -> Bac
         raise UserError(f"unknown --precision {config.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     device = resolve_device(config.device)
     if config.model.startswith(("hf-hub:", LOCAL_DIR_PREFIX)):
-        raise UserError(f"--model {config.model}: give Hub and local folders as --pretrained {config.model} (with any --model)")
+        raise UserError(
+            f"--model {config.model}: give Hub and local folders as --pretrained {config.model} (with any --model)"
+        )
     name, model_cfg = register_model(config.model)
     weights = resolve_weights(name, config.pretrained)
     if weights.config_dir is not None:  # the folder's own config defines the architecture
@@ -228,7 +238,9 @@ def load_backbone(config: BackboneConfig, digest_dir: Path | None = None) -> Bac
         raise
     except Exception as err:  # noqa: BLE001 - a weights/config mismatch is the user's to fix, in one line
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot build --model {config.model} with --pretrained {config.pretrained}: {message}") from err
+        raise UserError(
+            f"cannot build --model {config.model} with --pretrained {config.pretrained}: {message}"
+        ) from err
     model.eval()
     preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
     transform = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from clipdebias import __version__
+from clipdebias import __version__, defaults
 from clipdebias.atomic import atomic_write, atomic_write_json
 from clipdebias.data import ArraySource, ImageSource, UnreadableImage
 from clipdebias.errors import UserError
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     import torch
 
 CACHE_FORMAT = 1
-DEFAULT_CHUNK_SIZE = 4096  # images per shard: the most a killed run can lose
+DEFAULT_CHUNK_SIZE = defaults.CHUNK_SIZE
 ENTRIES_DIR = "embeddings"
 META_FILE = "meta.json"
 INDEX_FILE = "index.faiss"
@@ -137,7 +137,9 @@ def source_fingerprint(source: ImageSource) -> str:
     return digest.hexdigest()
 
 
-def cache_key(source: ImageSource, data_root: str | Path | None, encoder_identity: dict[str, str], transform_id: str) -> dict[str, str]:
+def cache_key(
+    source: ImageSource, data_root: str | Path | None, encoder_identity: dict[str, str], transform_id: str
+) -> dict[str, str]:
     """Everything an entry's content depends on."""
     root = str(Path(data_root).expanduser().resolve()) if data_root is not None else ""
     return {
@@ -191,7 +193,9 @@ def _entry_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            raise UserError(f"another clipdebias process is writing the cache entry {path}; wait for it to finish") from err
+            raise UserError(
+                f"another clipdebias process is writing the cache entry {path}; wait for it to finish"
+            ) from err
         yield
     finally:
         os.close(handle)  # closing releases the lock; the kernel does so too if the process dies
@@ -256,7 +260,9 @@ def _shard_loads(file: Path) -> bool:
         return False
 
 
-def _write_shard(file: Path, ids: list[int], embeddings: list[np.ndarray], failed: list[tuple[int, str]], dim: int) -> None:
+def _write_shard(
+    file: Path, ids: list[int], embeddings: list[np.ndarray], failed: list[tuple[int, str]], dim: int
+) -> None:
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -282,7 +288,9 @@ def _encode_chunks(
     import torch
     from torch.utils.data import DataLoader
 
-    batches = [list(range(b, min(b + batch_size, stop))) for start, stop in todo for b in range(start, stop, batch_size)]
+    batches = [
+        list(range(b, min(b + batch_size, stop))) for start, stop in todo for b in range(start, stop, batch_size)
+    ]
     loader = DataLoader(
         _Encodable(source, transform),
         batch_sampler=batches,
@@ -326,10 +334,12 @@ def _merge(source: ImageSource, path: Path, shards: list[Path], dim: int) -> tup
         with np.load(file) as shard:
             embeddings = shard["embeddings"]
             if embeddings.shape[1:] != (dim,):
-                raise UserError(f"{file} holds {embeddings.shape[1:]}-d embeddings, expected {dim}; rerun with --rebuild")
+                raise UserError(
+                    f"{file} holds {embeddings.shape[1:]}-d embeddings, expected {dim}; rerun with --rebuild"
+                )
             if len(embeddings):
                 index.add_with_ids(np.ascontiguousarray(embeddings), np.ascontiguousarray(shard["ids"]))
-            failed.extend(zip(shard["failed_ids"].tolist(), shard["failed_reasons"].tolist()))
+            failed.extend(zip(shard["failed_ids"].tolist(), shard["failed_reasons"].tolist(), strict=True))
     tmp = path / f".{INDEX_FILE}.{os.getpid()}.tmp"
     faiss.write_index(index, str(tmp))
     _fsync_file(tmp)
@@ -340,7 +350,12 @@ def _merge(source: ImageSource, path: Path, shards: list[Path], dim: int) -> tup
     labels = pd.array(np.where(source.labels >= 0, source.labels, 0), dtype="Int64")
     labels[source.labels < 0] = pd.NA
     manifest = pd.DataFrame(
-        {"index": np.arange(len(source)), "path": [source.path(i) for i in range(len(source))], "label": labels, "error": errors}
+        {
+            "index": np.arange(len(source)),
+            "path": [source.path(i) for i in range(len(source))],
+            "label": labels,
+            "error": errors,
+        }
     )
     atomic_write(path / MANIFEST_FILE, lambda handle: manifest.to_csv(handle, index=False))
     return int(index.ntotal), sorted(failed)
@@ -410,7 +425,9 @@ def encode_split(
         todo = [bound for bound in bounds if bound not in done]
         reused = sum(stop - start for start, stop in done)
         progress.start("encoding images", len(source), completed=reused)
-        encoded = _encode_chunks(source, encoder, transform, path, todo, batch_size, num_workers, progress) if todo else 0
+        encoded = (
+            _encode_chunks(source, encoder, transform, path, todo, batch_size, num_workers, progress) if todo else 0
+        )
         shards = [_shard_path(path, start, stop) for start, stop in bounds]
         num_encoded, failed = _merge(source, path, shards, encoder.embed_dim)
         elapsed = time.perf_counter() - began
@@ -435,7 +452,12 @@ def read_manifest(entry: CacheEntry) -> pd.DataFrame:
     """``index, path, label, error`` for every image of the split (``label`` nullable Int64)."""
     import pandas as pd
 
-    return pd.read_csv(entry.manifest_path, dtype={"index": "int64", "path": str, "label": "Int64", "error": str}, keep_default_na=False, na_values={"label": [""]})
+    return pd.read_csv(
+        entry.manifest_path,
+        dtype={"index": "int64", "path": str, "label": "Int64", "error": str},
+        keep_default_na=False,
+        na_values={"label": [""]},
+    )
 
 
 def open_index(entry: CacheEntry, gpu: bool | None = None, mmap: bool = False) -> faiss.Index:
@@ -578,7 +600,10 @@ def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[
     backbone = load_backbone(config.backbone, digest_dir=root)  # first: missing weights fail before a long folder scan
     source = open_dataset(config.dataset, config.split, config.data_root)
     if backbone.random_weights:
-        progress.note("--pretrained none: the model has RANDOM weights; its embeddings and labels are meaningless (for tests only)", warning=True)
+        progress.note(
+            "--pretrained none: the model has RANDOM weights; its embeddings and labels are meaningless (for tests only)",
+            warning=True,
+        )
     result = cached_embeddings(
         source,
         backbone,

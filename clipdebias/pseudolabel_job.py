@@ -134,9 +134,19 @@ def _clip_logits(
     prompts = load_prompts(config.dataset, source.classes, config.classnames, config.templates)
     root = resolve_cache_dir(config.cache_dir)
     if backbone.random_weights:
-        progress.note("--pretrained none: the model has RANDOM weights; these pseudo-labels are meaningless (for tests only)", warning=True)
+        progress.note(
+            "--pretrained none: the model has RANDOM weights; these pseudo-labels are meaningless (for tests only)",
+            warning=True,
+        )
     encoded = cached_embeddings(
-        source, backbone, root, config.data_root, batch_size=config.batch_size, num_workers=config.num_workers, chunk_size=config.chunk_size, progress=progress
+        source,
+        backbone,
+        root,
+        config.data_root,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        chunk_size=config.chunk_size,
+        progress=progress,
     )
     classifier = text_classifier(backbone, prompts, root, batch_size=config.batch_size, progress=progress)
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
@@ -147,7 +157,10 @@ def _clip_logits(
         raise UserError(f"no image of the split could be read; the reasons are in {encoded.entry.manifest_path}")
     rows = [
         *backbone.describe(),
-        ("prompts", f"{len(prompts.templates)} templates from {prompts.templates_source}; class names from {prompts.classnames_source}"),
+        (
+            "prompts",
+            f"{len(prompts.templates)} templates from {prompts.templates_source}; class names from {prompts.classnames_source}",
+        ),
         ("logit scale", f"{scale:g}"),
     ]
     return ZeroShotLogits(store.vectors, classifier, scale, backbone.device), store.ids, encoded, rows, scale
@@ -164,7 +177,11 @@ def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None)
     progress = progress or NoProgress()
     out = _check_out(config.out)
     # The backbone first: missing weights fail before a long folder scan.
-    backbone = None if config.logits is not None else load_backbone(config.backbone, digest_dir=resolve_cache_dir(config.cache_dir))
+    backbone = (
+        None
+        if config.logits is not None
+        else load_backbone(config.backbone, digest_dir=resolve_cache_dir(config.cache_dir))
+    )
     source = open_dataset(config.dataset, config.split, config.data_root)
     classes, _ = load_classnames(config.dataset, source.classes, config.classnames)
     encoded: EncodeResult | None = None
@@ -208,4 +225,16 @@ def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None)
     }
     csv, sidecar_path = write_pseudo_labels(table, out, sidecar)
     reference = write_reference_format(table, config.reference_dir, result.threshold) if config.reference_dir else None
-    return PseudoLabelRun(csv, sidecar_path, reference, summary, classes, teacher, result.tau, result.threshold, len(source), encoded, rows)
+    return PseudoLabelRun(
+        csv,
+        sidecar_path,
+        reference,
+        summary,
+        classes,
+        teacher,
+        result.tau,
+        result.threshold,
+        len(source),
+        encoded,
+        rows,
+    )

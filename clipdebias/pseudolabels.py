@@ -21,18 +21,29 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from clipdebias import defaults
 from clipdebias.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-DEFAULT_TAU = 0.4  # debiasing strength of the paper's scripts
-DEFAULT_THRESHOLD = 0.95  # confidence above which a pseudo-label is "selected" (the CVPR 2022 zero-shot recipe)
-DEFAULT_CHUNK_ROWS = 16384  # rows of logits in memory at once: 16384 x 1000 classes x 4 B = 64 MB per copy
+DEFAULT_TAU = defaults.TAU
+DEFAULT_THRESHOLD = defaults.THRESHOLD
+DEFAULT_CHUNK_ROWS = defaults.CHUNK_ROWS
 REFERENCE_SELECTED = "CLIPPseudoLabel{threshold}.csv"
 REFERENCE_UNSELECTED = "CLIPPseudoLabel{threshold}-Unselected.csv"
-CSV_COLUMNS = ("index", "path", "label", "pseudo_label", "pseudo_class", "confidence", "raw_pseudo_label", "raw_confidence", "selected")
+CSV_COLUMNS = (
+    "index",
+    "path",
+    "label",
+    "pseudo_label",
+    "pseudo_class",
+    "confidence",
+    "raw_pseudo_label",
+    "raw_confidence",
+    "selected",
+)
 
 
 class LogitRows(Protocol):
@@ -52,11 +63,15 @@ class ZeroShotLogits:
 
     ndim = 2
 
-    def __init__(self, embeddings: np.ndarray, classifier: torch.Tensor, scale: float, device: str | torch.device = "cpu"):
+    def __init__(
+        self, embeddings: np.ndarray, classifier: torch.Tensor, scale: float, device: str | torch.device = "cpu"
+    ):
         import torch
 
         if embeddings.ndim != 2 or embeddings.shape[1] != classifier.shape[1]:
-            raise ValueError(f"embeddings {tuple(embeddings.shape)} and classifier {tuple(classifier.shape)} do not match")
+            raise ValueError(
+                f"embeddings {tuple(embeddings.shape)} and classifier {tuple(classifier.shape)} do not match"
+            )
         self.embeddings = embeddings
         self.device = torch.device(device)
         self.classifier_t = classifier.to(self.device, torch.float32).T.contiguous()
@@ -94,7 +109,10 @@ def _as_tensor(chunk: Any) -> torch.Tensor:
 
 
 def debiased_pseudo_labels(
-    logits: LogitRows, tau: float = DEFAULT_TAU, threshold: float = DEFAULT_THRESHOLD, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    logits: LogitRows,
+    tau: float = DEFAULT_TAU,
+    threshold: float = DEFAULT_THRESHOLD,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> PseudoLabels:
     """Two streaming passes over ``logits`` (see the module docstring); memory is O(chunk_rows x C)."""
     import torch
@@ -121,12 +139,20 @@ def debiased_pseudo_labels(
         part = slice(start, start + chunk.shape[0])
         targets, conf, mask = select_pseudo_labels(chunk, prior, tau, threshold)
         raw_conf, raw_targets = torch.softmax(chunk, dim=-1).max(dim=-1)
-        label[part], confidence[part], selected[part] = targets.cpu().numpy(), conf.cpu().numpy(), mask.cpu().numpy() > 0
+        label[part], confidence[part], selected[part] = (
+            targets.cpu().numpy(),
+            conf.cpu().numpy(),
+            mask.cpu().numpy() > 0,
+        )
         raw_label[part], raw_confidence[part] = raw_targets.cpu().numpy(), raw_conf.cpu().numpy()
-    return PseudoLabels(prior.cpu().numpy(), label, confidence, raw_label, raw_confidence, selected, float(tau), float(threshold))
+    return PseudoLabels(
+        prior.cpu().numpy(), label, confidence, raw_label, raw_confidence, selected, float(tau), float(threshold)
+    )
 
 
-def pseudo_label_table(result: PseudoLabels, indices: np.ndarray, paths: list[str], truth: np.ndarray, classes: list[str]) -> pd.DataFrame:
+def pseudo_label_table(
+    result: PseudoLabels, indices: np.ndarray, paths: list[str], truth: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
     """The CSV table (docs/formats.md): one row per logit row; ``indices`` are their dataset
     positions, ``paths`` / ``truth`` (``-1`` = unknown) are indexed by dataset position."""
     import pandas as pd
@@ -201,7 +227,9 @@ def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> 
 
 def reference_file_names(threshold: float) -> tuple[str, str]:
     """The CVPR 2022 code's file names, e.g. ``CLIPPseudoLabel0.95.csv`` and ``CLIPPseudoLabel0.95-Unselected.csv``."""
-    return REFERENCE_SELECTED.format(threshold=f"{threshold:g}"), REFERENCE_UNSELECTED.format(threshold=f"{threshold:g}")
+    return REFERENCE_SELECTED.format(threshold=f"{threshold:g}"), REFERENCE_UNSELECTED.format(
+        threshold=f"{threshold:g}"
+    )
 
 
 def write_reference_format(table: pd.DataFrame, directory: str | Path, threshold: float) -> tuple[Path, Path]:
@@ -216,7 +244,13 @@ def write_reference_format(table: pd.DataFrame, directory: str | Path, threshold
     selected_name, unselected_name = reference_file_names(threshold)
     chosen = table["selected"].to_numpy(dtype=bool)
     selected = pd.DataFrame({"Index": table["index"][chosen], "PseudoLabel": table["pseudo_label"][chosen]})
-    rest = pd.DataFrame({"Index": table["index"][~chosen], "PseudoLabel": table["pseudo_label"][~chosen], "Probs": table["confidence"][~chosen]})
+    rest = pd.DataFrame(
+        {
+            "Index": table["index"][~chosen],
+            "PseudoLabel": table["pseudo_label"][~chosen],
+            "Probs": table["confidence"][~chosen],
+        }
+    )
     paths = directory / selected_name, directory / unselected_name
     atomic_write(paths[0], lambda handle: selected.to_csv(handle, index=False))
     atomic_write(paths[1], lambda handle: rest.to_csv(handle, index=False))

@@ -67,7 +67,10 @@ class Weights:
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
-    return any(os.environ.get(name, "").strip().lower() in {"1", "on", "yes", "true"} for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").strip().lower() in {"1", "on", "yes", "true"}
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hub_cache_dir() -> Path:
@@ -199,7 +202,9 @@ def _resolve_tag(model: str, tag: str, cfg: dict) -> Weights:
         places.append(str(local))
         if local.is_file():
             return _file_weights(local, tag, "tag", quick_gelu, preprocess)
-    looked_for = f"weights for --model {model} --pretrained {tag} are not on this machine (looked for {' and '.join(places)})"
+    looked_for = (
+        f"weights for --model {model} --pretrained {tag} are not on this machine (looked for {' and '.join(places)})"
+    )
     how = _how_to_supply(model, tag)
     _network_or_fail(hub_endpoint() if hub else url, looked_for, how)
     import open_clip
@@ -207,13 +212,17 @@ def _resolve_tag(model: str, tag: str, cfg: dict) -> Weights:
     try:
         path = open_clip.pretrained.download_pretrained(cfg)
     except Exception as err:  # noqa: BLE001 - any download failure becomes one line
-        raise UserError(f"{looked_for}; downloading them failed ({type(err).__name__}: {_first_line(err)}): {how}") from err
+        raise UserError(
+            f"{looked_for}; downloading them failed ({type(err).__name__}: {_first_line(err)}): {how}"
+        ) from err
     if not path:
         raise UserError(f"{looked_for}; open_clip has no download location for this tag: {how}")
     return _file_weights(Path(path), tag, "tag", quick_gelu, preprocess)
 
 
-def _file_weights(path: Path, spec: str, source: str, quick_gelu: bool | None = None, preprocess: dict | None = None) -> Weights:
+def _file_weights(
+    path: Path, spec: str, source: str, quick_gelu: bool | None = None, preprocess: dict | None = None
+) -> Weights:
     torchscript = is_torchscript_archive(path)
     if quick_gelu is None and (torchscript or _mentions_openai(path)):
         quick_gelu = True
@@ -236,14 +245,20 @@ def _config_quick_gelu(config_path: Path, name: str) -> bool | None:
 def _resolve_local_dir(spec: str) -> Weights:
     folder = Path(spec[len(LOCAL_DIR_PREFIX) :]).expanduser()
     if not folder.is_dir():
-        raise UserError(f"--pretrained {spec}: {folder} is not a directory (expected a folder with {OPEN_CLIP_CONFIG} and a weights file)")
+        raise UserError(
+            f"--pretrained {spec}: {folder} is not a directory (expected a folder with {OPEN_CLIP_CONFIG} and a weights file)"
+        )
     config = folder / OPEN_CLIP_CONFIG
     if not config.is_file():
-        raise UserError(f"--pretrained {spec}: {config} is missing (write the model config there, as open_clip's Hub folders have it)")
+        raise UserError(
+            f"--pretrained {spec}: {config} is missing (write the model config there, as open_clip's Hub folders have it)"
+        )
     checkpoints = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
     if not checkpoints:
         raise UserError(f"--pretrained {spec}: no weights file ({', '.join(CHECKPOINT_SUFFIXES)}) in {folder}")
-    return Weights("local-dir", spec, checkpoints[0], config_dir=folder, quick_gelu=_config_quick_gelu(config, str(folder)))
+    return Weights(
+        "local-dir", spec, checkpoints[0], config_dir=folder, quick_gelu=_config_quick_gelu(config, str(folder))
+    )
 
 
 def _resolve_hub(spec: str) -> Weights:
@@ -269,7 +284,9 @@ def _resolve_hub(spec: str) -> Weights:
             config = Path(hf_hub_download(repo_id, OPEN_CLIP_CONFIG))
             weights = Path(open_clip.pretrained.download_pretrained_from_hf(repo_id))
         except Exception as err:  # noqa: BLE001 - any download failure becomes one line
-            raise UserError(f"{looked_for}; downloading failed ({type(err).__name__}: {_first_line(err)}): {how}") from err
+            raise UserError(
+                f"{looked_for}; downloading failed ({type(err).__name__}: {_first_line(err)}): {how}"
+            ) from err
     return Weights("hf-hub", spec, weights, config_dir=config.parent, quick_gelu=_config_quick_gelu(config, repo_id))
 
 
@@ -295,7 +312,9 @@ def resolve_weights(model: str, pretrained: str) -> Weights:
     if path.is_file():
         return _file_weights(path, spec, "file")
     if path.is_dir():
-        raise UserError(f"--pretrained {spec} is a directory; use --pretrained local-dir:{spec} for a folder with {OPEN_CLIP_CONFIG} and weights")
+        raise UserError(
+            f"--pretrained {spec} is a directory; use --pretrained local-dir:{spec} for a folder with {OPEN_CLIP_CONFIG} and weights"
+        )
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
     cfg = get_pretrained_cfg(model, spec)
@@ -306,7 +325,9 @@ def resolve_weights(model: str, pretrained: str) -> Weights:
     known = f"tags of {model}: {shown}" if tags else f"open_clip knows no tags for {model}"
     if os.sep in spec or spec.endswith(CHECKPOINT_SUFFIXES):
         raise UserError(f"--pretrained {spec}: no such file ({known}; or hf-hub:ORG/REPO, local-dir:DIR, none)")
-    raise UserError(f"--pretrained {spec!r} is not a weights tag of {model} nor a file ({known}; or a file path, hf-hub:ORG/REPO, local-dir:DIR, none)")
+    raise UserError(
+        f"--pretrained {spec!r} is not a weights tag of {model} nor a file ({known}; or a file path, hf-hub:ORG/REPO, local-dir:DIR, none)"
+    )
 
 
 def file_sha256(path: Path, memo_dir: Path | None = None) -> str:

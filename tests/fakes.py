@@ -65,3 +65,148 @@ def make_cifar_root(root: Path, name: str = "cifar10", per_class_train: int = 4,
         data, labels = batch(per_class_val, seed=99)
         dump(base / "test", {"data": data, "fine_labels": labels})
     return root
+
+
+# --- fabricated outputs of `ssl` / `zeroshot` / `pseudolabel` (docs/formats.md), for `report` / `compare`
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def make_pseudolabel_csv(
+    path: Path,
+    num_classes: int = 10,
+    rows_per_class: int = 30,
+    labels: bool = True,
+    sidecar: bool = True,
+    tau: float = 0.4,
+    threshold: float = 0.95,
+    seed: int = 0,
+) -> Path:
+    """A pseudo-label CSV (+ ``.json`` sidecar) of a balanced dataset whose zero-shot logits carry a
+    per-class bias, so the raw pseudo-labels are naturally imbalanced and the debiased ones flatter.
+
+    Debiasing is computed here with numpy, independently of clipdebias.debias.
+    """
+    import json
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(num_classes), rows_per_class)
+    bias = np.sort(rng.normal(0.0, 1.5, num_classes))[::-1]  # class 0 is favoured most
+    signal = 1.0 + np.log(num_classes)  # the true class stands out about as much at 10 and 1000 classes
+    noisy = signal * np.eye(num_classes, dtype=np.float32)[truth] + bias + rng.normal(0.0, 1.0, (truth.size, num_classes))
+    logits = 2.0 * noisy  # a logit scale, so that a realistic share of rows passes a 0.95 threshold
+    raw = _softmax(logits)
+    prior = raw.mean(axis=0)
+    debiased = _softmax(logits - tau * np.log(prior))
+    names = [f"class_{c:04d}" for c in range(num_classes)]
+    pseudo = debiased.argmax(axis=1)
+    confidence = debiased.max(axis=1)
+    frame = pd.DataFrame(
+        {
+            "index": np.arange(truth.size),
+            "path": [f"fake:train/{i}" for i in range(truth.size)],
+            "label": pd.array(truth if labels else [None] * truth.size, dtype="Int64"),
+            "pseudo_label": pseudo,
+            "pseudo_class": [names[c] for c in pseudo],
+            "confidence": confidence,
+            "raw_pseudo_label": raw.argmax(axis=1),
+            "raw_confidence": raw.max(axis=1),
+            "selected": confidence >= threshold,
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    if sidecar:
+        meta = {
+            "classes": names, "tau": tau, "threshold": threshold, "prior": prior.tolist(), "model": "fake-clip",
+            "pretrained": "none", "dataset": "fake", "split": "train", "selected": int((confidence >= threshold).sum()),
+        }
+        if labels:
+            meta["zeroshot_top1"] = float(100.0 * np.mean(raw.argmax(axis=1) == truth))
+            meta["zeroshot_debiased_top1"] = float(100.0 * np.mean(pseudo == truth))
+        path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
+
+
+def make_run_folder(
+    root: Path,
+    num_classes: int = 10,
+    epochs: int = 4,
+    method: str = "debiaspl",
+    seed: int = 0,
+    dataset: str = "digits",
+    unlabeled_per_class: int = 40,
+    final_top1: float | None = None,
+    with_pseudolabels_csv: bool = False,
+    tau: float = 0.4,
+) -> Path:
+    """A finished `ssl` run folder: config.json, metrics.jsonl (one line per epoch), metrics.json and
+    the labeled/unlabeled index CSVs, with imbalanced pseudo-label counts that flatten over epochs
+    for DebiasPL and stay steep for FixMatch (whose ``prior`` is ``null``)."""
+    import json
+
+    debias = method == "debiaspl"
+    rng = np.random.default_rng([seed, num_classes, int(debias)])
+    root.mkdir(parents=True, exist_ok=True)
+    classes = [f"c{c}" for c in range(num_classes)]
+    final_top1 = float(final_top1 if final_top1 is not None else 70.0 + 10.0 * debias + rng.normal(0.0, 3.0))
+    skew = np.exp(-np.linspace(0.0, 3.0, num_classes))  # natural imbalance: class 0 swallows the rest
+    records = []
+    prior = np.full(num_classes, 1.0 / num_classes)
+    for epoch in range(1, epochs + 1):
+        progress = epoch / epochs
+        flatten = 0.8 * progress if debias else 0.1 * progress
+        shares = (1.0 - flatten) * skew / skew.sum() + flatten / num_classes
+        mask_rate = 0.3 + 0.6 * progress
+        counts = rng.multinomial(int(mask_rate * unlabeled_per_class * num_classes), shares)
+        if debias:
+            prior = 0.5 * prior + 0.5 * (skew / skew.sum())
+        records.append(
+            {
+                "epoch": epoch, "step": 100 * epoch, "lr": 0.03 * (1.0 - progress / 2), "loss": 2.0 / epoch,
+                "loss_x": 1.2 / epoch, "loss_u": 0.8 / epoch, "mask_rate": mask_rate,
+                "pseudo_label_accuracy": 60.0 + 30.0 * progress, "pseudo_label_counts": counts.tolist(),
+                "imbalance_ratio": float(counts.max() / max(counts.min(), 1)),
+                "prior": prior.tolist() if debias else None,
+                "prior_entropy": float(-(prior * np.log(prior)).sum()) if debias else None,
+                "top1": final_top1 - 20.0 * (1.0 - progress), "top5": min(100.0, final_top1 + 15.0), "elapsed_s": 10.0 * epoch,
+            }
+        )
+    (root / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    last = records[-1]
+    per_class = np.clip(final_top1 + rng.normal(0.0, 15.0, num_classes), 0.0, 100.0)
+    metrics = {
+        "method": method, "dataset": dataset, "num_classes": num_classes, "classes": classes, "top1": final_top1,
+        "top5": last["top5"], "per_class_top1": per_class.tolist(),
+        "pseudo_labels": {
+            "mask_rate": last["mask_rate"], "accuracy": last["pseudo_label_accuracy"],
+            "class_counts": last["pseudo_label_counts"], "imbalance_ratio": last["imbalance_ratio"],
+        },
+        "epochs": epochs, "steps": last["step"], "seed": seed, "elapsed_s": last["elapsed_s"],
+    }
+    config = {
+        "command": "zeroshot" if with_pseudolabels_csv else "ssl", "version": "0.1.0", "classes": classes,
+        "dataset": dataset, "labels": "1-per-class", "method": method, "tau": tau,
+        "threshold": 0.95, "seed": seed, "epochs": epochs, "out": str(root),
+    }
+    if with_pseudolabels_csv:
+        table = make_pseudolabel_csv(root / "pseudolabels.csv", num_classes=num_classes, rows_per_class=20, seed=seed)
+        import pandas as pd
+
+        frame = pd.read_csv(table)
+        metrics["zeroshot_top1"] = float(100.0 * np.mean(frame["raw_pseudo_label"] == frame["label"]))
+        metrics["zeroshot_debiased_top1"] = float(100.0 * np.mean(frame["pseudo_label"] == frame["label"]))
+        metrics["student_top1"] = final_top1
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    (root / "config.json").write_text(json.dumps(config))
+    labeled = [(c, f"digits:train/{c}", c) for c in range(num_classes)]
+    unlabeled = [(num_classes + i, f"digits:train/{num_classes + i}", i % num_classes) for i in range(unlabeled_per_class * num_classes)]
+    for name, rows in (("labeled_index.csv", labeled), ("unlabeled_index.csv", unlabeled)):
+        (root / name).write_text("index,path,label\n" + "".join(f"{i},{p},{y}\n" for i, p, y in rows))
+    return root

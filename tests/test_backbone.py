@@ -105,7 +105,9 @@ def _fake_hub_repo(hub: Path, repo_id: str, files: dict[str, object]) -> None:
             torch.save(content, snapshot / name)
 
 
-def test_tag_is_found_in_the_hub_cache_with_its_quick_gelu_and_preprocessing(random_tiny, tiny_clip, tmp_path, monkeypatch):
+def test_tag_is_found_in_the_hub_cache_with_its_quick_gelu_and_preprocessing(
+    random_tiny, tiny_clip, tmp_path, monkeypatch
+):
     import open_clip
     from huggingface_hub import constants
 
@@ -114,14 +116,23 @@ def test_tag_is_found_in_the_hub_cache_with_its_quick_gelu_and_preprocessing(ran
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     register_model(tiny_clip)
     tags = {
-        "qg": {"hf_hub": "someone/tiny-weights/", "quick_gelu": True, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)},
+        "qg": {
+            "hf_hub": "someone/tiny-weights/",
+            "quick_gelu": True,
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.25, 0.25, 0.25),
+        },
         "plain": {"hf_hub": "someone/tiny-weights/"},
     }
     monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "tiny-clip", tags)
     tagged = load_backbone(BackboneConfig(model=tiny_clip, pretrained="qg"))
     assert tagged.weights.source == "tag" and _same_weights(tagged.model, random_tiny.model)
     assert _activation(tagged) is QuickGELU
-    assert tuple(tagged.preprocess_cfg["mean"]) == (0.5, 0.5, 0.5) and tuple(tagged.preprocess_cfg["std"]) == (0.25, 0.25, 0.25)
+    assert tuple(tagged.preprocess_cfg["mean"]) == (0.5, 0.5, 0.5) and tuple(tagged.preprocess_cfg["std"]) == (
+        0.25,
+        0.25,
+        0.25,
+    )
     assert tagged.transform_id != random_tiny.transform_id
     assert _activation(load_backbone(BackboneConfig(model=tiny_clip, pretrained="plain"))) is torch.nn.GELU
 
@@ -139,7 +150,11 @@ def test_hub_and_local_dir_folders_bring_their_own_config(random_tiny, tiny_clip
 
     hub = tmp_path / "hub"
     openai_cfg = {"model_cfg": model_cfg}
-    _fake_hub_repo(hub, "someone/tiny.openai", {"open_clip_config.json": openai_cfg, "open_clip_pytorch_model.bin": random_tiny.model.state_dict()})
+    _fake_hub_repo(
+        hub,
+        "someone/tiny.openai",
+        {"open_clip_config.json": openai_cfg, "open_clip_pytorch_model.bin": random_tiny.model.state_dict()},
+    )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     from_hub = load_backbone(BackboneConfig(model="ViT-B-32", pretrained="hf-hub:someone/tiny.openai"))
     assert _same_weights(from_hub.model, random_tiny.model) and _activation(from_hub) is QuickGELU
@@ -189,7 +204,13 @@ def test_missing_weights_fail_in_seconds_even_without_hf_hub_offline(tmp_path):
     command = [sys.executable, "-m", "clipdebias", "encode", "--dataset", "digits", "--model", "ViT-B-32"]
     began = time.monotonic()
     try:
-        done = subprocess.run([*command, "--pretrained", "laion2b_s34b_b79k", "--cache-dir", str(tmp_path / "c")], env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [*command, "--pretrained", "laion2b_s34b_b79k", "--cache-dir", str(tmp_path / "c")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         silent.close()
     elapsed = time.monotonic() - began
@@ -197,7 +218,11 @@ def test_missing_weights_fail_in_seconds_even_without_hf_hub_offline(tmp_path):
     assert elapsed < 15
     error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "Traceback" not in done.stderr
-    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in error[0] and "cannot be reached" in error[0] and "HF_HOME" in error[0]
+    assert (
+        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in error[0]
+        and "cannot be reached" in error[0]
+        and "HF_HOME" in error[0]
+    )
 
 
 def test_hf_hub_offline_names_the_flag(tmp_path, monkeypatch):

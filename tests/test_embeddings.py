@@ -86,7 +86,9 @@ def test_cache_key_separates_everything_the_embeddings_depend_on(backbone, folde
     assert len(paths) == 6
     (folder / "train" / "cat" / "img_999.png").write_bytes((folder / "train" / "cat" / "img_000.png").read_bytes())
     grown = open_dataset("imagefolder", "train", folder)
-    assert entry_path(tmp_path, cache_key(grown, folder, backbone.cache_identity, backbone.transform_id)) != entry_path(tmp_path, base)
+    assert entry_path(tmp_path, cache_key(grown, folder, backbone.cache_identity, backbone.transform_id)) != entry_path(
+        tmp_path, base
+    )
 
 
 def test_another_transform_is_its_own_entry(backbone, folder, tmp_path):
@@ -94,7 +96,9 @@ def test_another_transform_is_its_own_entry(backbone, folder, tmp_path):
 
     source = open_dataset("imagefolder", "train", folder)
     plain = _encode(source, backbone, tmp_path, data_root=folder)
-    flipped = encode_split(source, backbone, lambda image: backbone.transform(TF.hflip(image)), "hflip", tmp_path, data_root=folder)
+    flipped = encode_split(
+        source, backbone, lambda image: backbone.transform(TF.hflip(image)), "hflip", tmp_path, data_root=folder
+    )
     assert flipped.entry.path != plain.entry.path and flipped.encoded == 15
     assert not np.allclose(load_embeddings(flipped.entry)[1], load_embeddings(plain.entry)[1])
 
@@ -110,7 +114,9 @@ def test_unreadable_images_are_skipped_counted_and_listed(backbone, folder, tmp_
     manifest = read_manifest(result.entry)
     assert len(manifest) == 15 and manifest["label"].tolist() == source.labels.tolist()
     failed = manifest[manifest["error"] != ""]
-    assert failed["index"].tolist() == [2, 6] and failed["path"].str.endswith(("cat/img_002.png", "dog/img_001.png")).all()
+    assert (
+        failed["index"].tolist() == [2, 6] and failed["path"].str.endswith(("cat/img_002.png", "dog/img_001.png")).all()
+    )
     assert load_embeddings(result.entry)[0].tolist() == [i for i in range(15) if i not in (2, 6)]
 
 
@@ -137,12 +143,15 @@ def test_interrupted_run_resumes_encoding_only_missing_chunks(backbone, folder, 
     with pytest.raises(KeyboardInterrupt):
         _encode(source, backbone, tmp_path / "a", data_root=folder, batch_size=2, chunk_size=4, progress=_StopAfter(9))
     (entry,) = _entry_dirs(tmp_path / "a")
-    assert len(list((entry / SHARDS_DIR).glob("shard-*.npz"))) == 2 and not json.loads((entry / "meta.json").read_text())["complete"]
+    assert (
+        len(list((entry / SHARDS_DIR).glob("shard-*.npz"))) == 2
+        and not json.loads((entry / "meta.json").read_text())["complete"]
+    )
     sink = _StopAfter(10**9)
     resumed = _encode(source, backbone, tmp_path / "a", data_root=folder, batch_size=2, chunk_size=99, progress=sink)
     assert (resumed.encoded, resumed.reused, sink.completed) == (7, 8, 8)  # the first grid (4) is kept
     whole = _encode(source, backbone, tmp_path / "b", data_root=folder, batch_size=2, chunk_size=4)
-    for got, want in zip(load_embeddings(resumed.entry), load_embeddings(whole.entry)):
+    for got, want in zip(load_embeddings(resumed.entry), load_embeddings(whole.entry), strict=True):
         assert np.array_equal(got, want)
 
 
@@ -189,13 +198,32 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, capsys):
     model = tmp_path / "slow-clip.json"
     model.write_text(json.dumps(SLOW_CLIP))
     data = make_image_folder(tmp_path / "data", per_class=8, val_per_class=1)
-    args = ["encode", "--dataset", "imagefolder", "--data-root", str(data), "--model", str(model), "--pretrained", "none"]
+    args = [
+        "encode",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(data),
+        "--model",
+        str(model),
+        "--pretrained",
+        "none",
+    ]
     args += ["--batch-size", "2", "--chunk-size", "4"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     killed = tmp_path / "killed"
-    worker = subprocess.Popen([sys.executable, "-m", "clipdebias", *args, "--cache-dir", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "clipdebias", *args, "--cache-dir", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 90
-    while not list(killed.glob(f"embeddings/*/{SHARDS_DIR}/shard-*.npz")) and worker.poll() is None and time.monotonic() < deadline:
+    while (
+        not list(killed.glob(f"embeddings/*/{SHARDS_DIR}/shard-*.npz"))
+        and worker.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -212,6 +240,6 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, capsys):
     assert f"{24 - 4 * shards} in" in resumed_out  # only the missing chunks were encoded
 
     resumed, whole = open_entry(entry), open_entry(_entry_dirs(tmp_path / "whole")[0])
-    for got, want in zip(load_embeddings(resumed), load_embeddings(whole)):
+    for got, want in zip(load_embeddings(resumed), load_embeddings(whole), strict=True):
         assert np.array_equal(got, want)
     assert read_manifest(resumed).equals(read_manifest(whole))

@@ -21,7 +21,9 @@ def test_shipped_imagenet_prompts_are_open_clips_lists():
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
     assert read_lines(shipped_file("imagenet", "classnames.txt")) == list(IMAGENET_CLASSNAMES)
-    assert read_lines(shipped_file("imagenet", "templates.txt")) == [template("{}") for template in OPENAI_IMAGENET_TEMPLATES]
+    assert read_lines(shipped_file("imagenet", "templates.txt")) == [
+        template("{}") for template in OPENAI_IMAGENET_TEMPLATES
+    ]
     assert len(load_templates("imagenet")[0]) == 80
 
 
@@ -79,4 +81,7 @@ def test_text_classifier_is_the_normalised_mean_of_normalised_prompt_embeddings(
 def test_load_prompts_digest_tracks_content():
     first = load_prompts("imagefolder", ["cat", "dog"], templates="simple")
     second = load_prompts("imagefolder", ["cat", "wolf"], templates="simple")
-    assert first.digest() != second.digest() and first.digest() == load_prompts("imagefolder", ["cat", "dog"], templates="simple").digest()
+    assert (
+        first.digest() != second.digest()
+        and first.digest() == load_prompts("imagefolder", ["cat", "dog"], templates="simple").digest()
+    )

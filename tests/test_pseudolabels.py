@@ -79,12 +79,22 @@ def test_bad_logits_are_user_errors():
 def test_reference_format_splits_selected_and_the_rest(tmp_path):
     result = debiased_pseudo_labels(_biased_logits(rows=50), tau=0.4, threshold=0.8)
     indices = np.arange(100, 150)
-    table = pseudo_label_table(result, indices, [f"p{i}" for i in range(150)], np.full(150, -1), [f"c{i}" for i in range(7)])
+    table = pseudo_label_table(
+        result, indices, [f"p{i}" for i in range(150)], np.full(150, -1), [f"c{i}" for i in range(7)]
+    )
     assert list(table.columns) == list(CSV_COLUMNS) and table["label"].isna().all()
     selected_file, rest_file = write_reference_format(table, tmp_path, 0.8)
-    assert (selected_file.name, rest_file.name) == reference_file_names(0.8) == ("CLIPPseudoLabel0.8.csv", "CLIPPseudoLabel0.8-Unselected.csv")
+    assert (
+        (selected_file.name, rest_file.name)
+        == reference_file_names(0.8)
+        == ("CLIPPseudoLabel0.8.csv", "CLIPPseudoLabel0.8-Unselected.csv")
+    )
     selected, rest = pd.read_csv(selected_file), pd.read_csv(rest_file)
-    assert list(selected.columns) == ["Index", "PseudoLabel"] and list(rest.columns) == ["Index", "PseudoLabel", "Probs"]
+    assert list(selected.columns) == ["Index", "PseudoLabel"] and list(rest.columns) == [
+        "Index",
+        "PseudoLabel",
+        "Probs",
+    ]
     assert sorted(selected["Index"].tolist() + rest["Index"].tolist()) == list(range(100, 150))
     assert selected["Index"].tolist() == indices[result.selected].tolist()
     assert np.allclose(rest["Probs"], result.confidence[~result.selected], atol=1e-6) and (rest["Probs"] < 0.8).all()
@@ -96,7 +106,24 @@ def folder(tmp_path):
 
 
 def _pseudolabel(folder, tiny_clip, out, *extra):
-    return main(["pseudolabel", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip, "--pretrained", "none", "--templates", "simple", "--out", str(out), *extra])
+    return main(
+        [
+            "pseudolabel",
+            "--dataset",
+            "imagefolder",
+            "--data-root",
+            str(folder),
+            "--model",
+            tiny_clip,
+            "--pretrained",
+            "none",
+            "--templates",
+            "simple",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_cli_writes_the_csv_sidecar_and_reference_format(folder, tiny_clip, cache_root, tmp_path, capsys, monkeypatch):
@@ -114,9 +141,25 @@ def test_cli_writes_the_csv_sidecar_and_reference_format(folder, tiny_clip, cach
     assert set(table["pseudo_class"]) <= {"cat", "dog", "red fox"}
     assert (table["selected"] == (table["confidence"] >= 0.3)).all()
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    for key in ("classes", "tau", "threshold", "prior", "model", "pretrained", "dataset", "split", "num_selected", "zeroshot_top1", "zeroshot_debiased_top1"):
+    for key in (
+        "classes",
+        "tau",
+        "threshold",
+        "prior",
+        "model",
+        "pretrained",
+        "dataset",
+        "split",
+        "num_selected",
+        "zeroshot_top1",
+        "zeroshot_debiased_top1",
+    ):
         assert key in sidecar
-    assert sidecar["classes"] == ["cat", "dog", "red fox"] and sidecar["num_unreadable"] == 1 and sidecar["num_selected"] == int(table["selected"].sum())
+    assert (
+        sidecar["classes"] == ["cat", "dog", "red fox"]
+        and sidecar["num_unreadable"] == 1
+        and sidecar["num_selected"] == int(table["selected"].sum())
+    )
     assert abs(sum(sidecar["prior"]) - 1) < 1e-5
     assert sidecar["zeroshot_top1"] == pytest.approx((table["raw_pseudo_label"] == table["label"]).mean() * 100)
     selected = pd.read_csv(tmp_path / "ref" / "CLIPPseudoLabel0.3.csv")
@@ -126,7 +169,9 @@ def test_cli_writes_the_csv_sidecar_and_reference_format(folder, tiny_clip, cach
     assert _pseudolabel(folder, tiny_clip, tmp_path / "plain.csv", "--tau", "0") == 0
     assert "cache complete, nothing encoded" in capsys.readouterr().out
     plain = pd.read_csv(tmp_path / "plain.csv")
-    assert plain["pseudo_label"].equals(plain["raw_pseudo_label"]) and np.allclose(plain["confidence"], plain["raw_confidence"])
+    assert plain["pseudo_label"].equals(plain["raw_pseudo_label"]) and np.allclose(
+        plain["confidence"], plain["raw_confidence"]
+    )
     assert plain["raw_pseudo_label"].equals(table["raw_pseudo_label"])
 
 
@@ -137,13 +182,31 @@ def test_cli_takes_a_teachers_logits_without_loading_a_model(folder, tmp_path, c
     logits[:, 0] += 1.0  # a teacher biased towards "cat"
     logits[5, :] = [2.0, 1.9, -5.0]  # wrong (cat) when plain, right (dog) once debiased
     np.save(tmp_path / "teacher.npy", logits)
-    args = ["pseudolabel", "--dataset", "imagefolder", "--data-root", str(folder), "--model", "no-such-model", "--logits", str(tmp_path / "teacher.npy")]
+    args = [
+        "pseudolabel",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(folder),
+        "--model",
+        "no-such-model",
+        "--logits",
+        str(tmp_path / "teacher.npy"),
+    ]
     assert main([*args, "--out", str(tmp_path / "t.csv"), "--tau", "1"]) == 0
     table = pd.read_csv(tmp_path / "t.csv")
     expected = debiased_pseudo_labels(logits, tau=1.0)
-    assert table["pseudo_label"].tolist() == expected.label.tolist() and table["raw_pseudo_label"][5] == 0 and table["pseudo_label"][5] == 1
+    assert (
+        table["pseudo_label"].tolist() == expected.label.tolist()
+        and table["raw_pseudo_label"][5] == 0
+        and table["pseudo_label"][5] == 1
+    )
     sidecar = json.loads((tmp_path / "t.json").read_text())
-    assert sidecar["teacher"].startswith("logits file") and sidecar["model"] is None and sidecar["zeroshot_debiased_top1"] == 100.0
+    assert (
+        sidecar["teacher"].startswith("logits file")
+        and sidecar["model"] is None
+        and sidecar["zeroshot_debiased_top1"] == 100.0
+    )
     capsys.readouterr()
     np.save(tmp_path / "short.npy", logits[:10])
     assert main([*args[:-1], str(tmp_path / "short.npy"), "--out", str(tmp_path / "s.csv")]) == 2

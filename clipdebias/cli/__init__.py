@@ -18,9 +18,11 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
     from click import exceptions as click_exceptions
 
 from clipdebias import __version__
+from clipdebias.cli.compare import compare_command
 from clipdebias.cli.encode import encode_command
 from clipdebias.cli.info import info_command
 from clipdebias.cli.pseudolabel import pseudolabel_command
+from clipdebias.cli.report import report_command
 from clipdebias.errors import EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -52,6 +54,8 @@ def _root(
 app.command("info", help="Show versions, GPUs and the cache directory.")(info_command)
 app.command("encode", help="Encode every image of a split once into the embedding cache (resumable).")(encode_command)
 app.command("pseudolabel", help="Debiased zero-shot pseudo-labels of a split, as CSV.")(pseudolabel_command)
+app.command("report", help="Charts and report.md for a run folder or a pseudo-label CSV.")(report_command)
+app.command("compare", help="Put finished runs side by side (e.g. FixMatch vs DebiasPL over seeds).")(compare_command)
 
 
 def _fail(message: str, debug: bool) -> int:

@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 from typer import Option
 
+from clipdebias import defaults
 from clipdebias.cli import options
-from clipdebias.embeddings import DEFAULT_CHUNK_SIZE
 
 
 def encode_command(
@@ -25,7 +25,7 @@ def encode_command(
     batch_size: options.BatchSize = 64,
     num_workers: options.NumWorkers = None,
     cache_dir: options.CacheDir = None,
-    chunk_size: options.ChunkSize = DEFAULT_CHUNK_SIZE,
+    chunk_size: options.ChunkSize = defaults.CHUNK_SIZE,
     rebuild: Annotated[bool, Option("--rebuild", help="Discard this split's cache entry and encode it again.")] = False,
 ) -> None:
     from clipdebias.backbone import BackboneConfig
@@ -36,7 +36,9 @@ def encode_command(
         dataset=dataset,
         data_root=data_root,
         split=split,
-        backbone=BackboneConfig(model=model, pretrained=pretrained, precision=precision, device=device, quick_gelu=quick_gelu),
+        backbone=BackboneConfig(
+            model=model, pretrained=pretrained, precision=precision, device=device, quick_gelu=quick_gelu
+        ),
         cache_dir=cache_dir,
         batch_size=batch_size,
         num_workers=num_workers,

@@ -10,10 +10,14 @@ from typing import Annotated, Optional
 
 import typer
 
-Dataset = Annotated[str, typer.Option("--dataset", help="digits, cifar10, cifar100, imagenet or imagefolder (see docs/datasets.md).")]
+Dataset = Annotated[
+    str, typer.Option("--dataset", help="digits, cifar10, cifar100, imagenet or imagefolder (see docs/datasets.md).")
+]
 DataRoot = Annotated[Optional[str], typer.Option("--data-root", help="Folder of the dataset (not needed for digits).")]
 Split = Annotated[str, typer.Option("--split", help="train or val.")]
-Model = Annotated[str, typer.Option("--model", help="open_clip model name (ViT-B-32, RN50, ...) or a JSON model config file.")]
+Model = Annotated[
+    str, typer.Option("--model", help="open_clip model name (ViT-B-32, RN50, ...) or a JSON model config file.")
+]
 Pretrained = Annotated[
     str,
     typer.Option(
@@ -23,16 +27,23 @@ Pretrained = Annotated[
 ]
 QuickGelu = Annotated[
     Optional[bool],
-    typer.Option("--quick-gelu/--no-quick-gelu", help="Force the activation; by default it follows the weights (QuickGELU for OpenAI weights)."),
+    typer.Option(
+        "--quick-gelu/--no-quick-gelu",
+        help="Force the activation; by default it follows the weights (QuickGELU for OpenAI weights).",
+    ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-Precision = Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (embeddings are always stored as float32).")]
+Precision = Annotated[
+    str, typer.Option("--precision", help="fp32, fp16 or bf16 (embeddings are always stored as float32).")
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 NumWorkers = Annotated[
-    Optional[int], typer.Option("--num-workers", min=0, help="Image decoding processes [default: 0 on CPU, up to 8 with a GPU].")
+    Optional[int],
+    typer.Option("--num-workers", min=0, help="Image decoding processes [default: 0 on CPU, up to 8 with a GPU]."),
 ]
 CacheDir = Annotated[
-    Optional[str], typer.Option("--cache-dir", help="Embedding cache folder [default: $CLIPDEBIAS_CACHE or ~/.cache/clipdebias].")
+    Optional[str],
+    typer.Option("--cache-dir", help="Embedding cache folder [default: $CLIPDEBIAS_CACHE or ~/.cache/clipdebias]."),
 ]
 ChunkSize = Annotated[
     int, typer.Option("--chunk-size", min=1, help="Images per cache shard: the most a killed run has to redo.")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from typer import Option
 
+from clipdebias import defaults
 from clipdebias.cli import options
-from clipdebias.embeddings import DEFAULT_CHUNK_SIZE
-from clipdebias.pseudolabels import DEFAULT_CHUNK_ROWS, DEFAULT_TAU, DEFAULT_THRESHOLD, imbalance_ratio
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _percent(value: float | None) -> str:
@@ -32,31 +33,61 @@ def pseudolabel_command(
     model: options.Model = "ViT-B-32",
     pretrained: options.Pretrained = "openai",
     quick_gelu: options.QuickGelu = None,
-    classnames: Annotated[Optional[str], Option("--classnames", help="File with one class name per line, in label order [default: shipped names, else folder names].")] = None,
-    templates: Annotated[Optional[str], Option("--templates", help="Prompt templates: a file (one per line, with {}), openai (80) or simple [default: the dataset's shipped templates, else openai].")] = None,
-    tau: Annotated[float, Option("--tau", min=0.0, help="Debiasing strength; 0 gives plain zero-shot labels.")] = DEFAULT_TAU,
-    threshold: Annotated[float, Option("--threshold", min=0.0, max=1.0, help="Rows whose debiased confidence reaches this are 'selected'.")] = DEFAULT_THRESHOLD,
-    logit_scale: Annotated[Optional[float], Option("--logit-scale", help="Multiplies the cosine similarities [default: the model's, 100 for OpenAI CLIP].")] = None,
-    logits: Annotated[Optional[str], Option("--logits", help="Use a teacher's [N, C] logits (.npy, rows in dataset order) instead of CLIP.")] = None,
-    reference_format: Annotated[Optional[str], Option("--reference-format", help="Also write the CVPR 2022 code's two CSVs into this folder.")] = None,
+    classnames: Annotated[
+        Optional[str],
+        Option(
+            "--classnames",
+            help="File with one class name per line, in label order [default: shipped names, else folder names].",
+        ),
+    ] = None,
+    templates: Annotated[
+        Optional[str],
+        Option(
+            "--templates",
+            help="Prompt templates: a file (one per line, with {}), openai (80) or simple [default: the dataset's shipped templates, else openai].",
+        ),
+    ] = None,
+    tau: Annotated[
+        float, Option("--tau", min=0.0, help="Debiasing strength; 0 gives plain zero-shot labels.")
+    ] = defaults.TAU,
+    threshold: Annotated[
+        float,
+        Option("--threshold", min=0.0, max=1.0, help="Rows whose debiased confidence reaches this are 'selected'."),
+    ] = defaults.THRESHOLD,
+    logit_scale: Annotated[
+        Optional[float],
+        Option("--logit-scale", help="Multiplies the cosine similarities [default: the model's, 100 for OpenAI CLIP]."),
+    ] = None,
+    logits: Annotated[
+        Optional[str],
+        Option("--logits", help="Use a teacher's [N, C] logits (.npy, rows in dataset order) instead of CLIP."),
+    ] = None,
+    reference_format: Annotated[
+        Optional[str], Option("--reference-format", help="Also write the CVPR 2022 code's two CSVs into this folder.")
+    ] = None,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
     batch_size: options.BatchSize = 64,
     num_workers: options.NumWorkers = None,
     cache_dir: options.CacheDir = None,
-    chunk_size: options.ChunkSize = DEFAULT_CHUNK_SIZE,
-    chunk_rows: Annotated[int, Option("--chunk-rows", min=1, help="Rows of logits held in memory at once.")] = DEFAULT_CHUNK_ROWS,
+    chunk_size: options.ChunkSize = defaults.CHUNK_SIZE,
+    chunk_rows: Annotated[
+        int, Option("--chunk-rows", min=1, help="Rows of logits held in memory at once.")
+    ] = defaults.CHUNK_ROWS,
 ) -> None:
     from clipdebias.backbone import BackboneConfig
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.pseudolabel_job import PseudoLabelConfig, run_pseudolabel
+    from clipdebias.pseudolabels import imbalance_ratio
 
     config = PseudoLabelConfig(
         dataset=dataset,
         data_root=data_root,
         out=out,
         split=split,
-        backbone=BackboneConfig(model=model, pretrained=pretrained, precision=precision, device=device, quick_gelu=quick_gelu),
+        backbone=BackboneConfig(
+            model=model, pretrained=pretrained, precision=precision, device=device, quick_gelu=quick_gelu
+        ),
         classnames=classnames,
         templates=templates,
         tau=tau,
@@ -82,7 +113,9 @@ def pseudolabel_command(
     unreadable = run.num_images - summary.num_rows
     setup.add_row("images", f"{run.num_images:,}" + (f" ({unreadable:,} unreadable, left out)" if unreadable else ""))
     if run.encode is not None:
-        encoded = "cache complete, nothing encoded" if run.encode.was_complete else f"{run.encode.encoded:,} encoded now"
+        encoded = (
+            "cache complete, nothing encoded" if run.encode.was_complete else f"{run.encode.encoded:,} encoded now"
+        )
         setup.add_row("embeddings", escape(f"{encoded} ({run.encode.entry.path})"))
     console.print(setup)
 
@@ -91,10 +124,20 @@ def pseudolabel_command(
     table.add_column("plain zero-shot (tau 0)", justify="right")
     table.add_column(f"debiased (tau {run.tau:g})", justify="right")
     if summary.zeroshot_top1 is not None:
-        table.add_row("top-1 vs ground truth", _percent(summary.zeroshot_top1), _percent(summary.zeroshot_debiased_top1))
-    table.add_row("largest class", _extreme(summary.raw_counts, run.classes, True), _extreme(summary.counts, run.classes, True))
-    table.add_row("smallest class", _extreme(summary.raw_counts, run.classes, False), _extreme(summary.counts, run.classes, False))
-    table.add_row("imbalance (largest / smallest)", f"{imbalance_ratio(summary.raw_counts):.1f}", f"{imbalance_ratio(summary.counts):.1f}")
+        table.add_row(
+            "top-1 vs ground truth", _percent(summary.zeroshot_top1), _percent(summary.zeroshot_debiased_top1)
+        )
+    table.add_row(
+        "largest class", _extreme(summary.raw_counts, run.classes, True), _extreme(summary.counts, run.classes, True)
+    )
+    table.add_row(
+        "smallest class", _extreme(summary.raw_counts, run.classes, False), _extreme(summary.counts, run.classes, False)
+    )
+    table.add_row(
+        "imbalance (largest / smallest)",
+        f"{imbalance_ratio(summary.raw_counts):.1f}",
+        f"{imbalance_ratio(summary.counts):.1f}",
+    )
     console.print(table)
 
     share = summary.num_selected / max(summary.num_rows, 1) * 100

@@ -120,7 +120,9 @@ def load_templates(dataset: str, spec: str | None = None) -> tuple[list[str], st
     return templates, source
 
 
-def load_prompts(dataset: str, dataset_classes: list[str], classnames: str | Path | None = None, templates: str | None = None) -> PromptSet:
+def load_prompts(
+    dataset: str, dataset_classes: list[str], classnames: str | Path | None = None, templates: str | None = None
+) -> PromptSet:
     names, names_source = load_classnames(dataset, dataset_classes, classnames)
     lines, lines_source = load_templates(dataset, templates)
     return PromptSet(tuple(names), tuple(lines), names_source, lines_source)
@@ -167,7 +169,9 @@ def text_classifier(
 
     from clipdebias.atomic import atomic_write
 
-    key = hashlib.sha256(json.dumps([backbone.cache_identity, prompts.digest()], sort_keys=True).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([backbone.cache_identity, prompts.digest()], sort_keys=True).encode()).hexdigest()[
+        :24
+    ]
     path = Path(cache_dir) / "text" / f"{key}.npy" if cache_dir is not None else None
     if path is not None and path.is_file():
         cached = np.load(path)

@@ -1,0 +1,43 @@
+"""``clipdebias compare``: finished runs side by side, one table and one chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from clipdebias.cli.render import column_table, print_written
+
+DEFAULT_OUT = Path("compare")
+GROUP_KEYS_HELP = "method,dataset,labels,tau,threshold"
+"""Shown in --help; equal to clipdebias.compare.DEFAULT_GROUP_KEYS (a test checks), which is not
+imported here so that ``clipdebias --help`` does not load numpy."""
+
+
+def compare_command(
+    runs: list[Path] = typer.Argument(
+        ...,
+        help="Finished run folders, or folders holding one run folder each (e.g. one per seed).",
+        show_default=False,
+    ),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Folder for compare.md and compare.png."),
+    by: str | None = typer.Option(
+        None,
+        "--by",
+        help=f"Comma-separated keys of metrics.json/config.json that define a group (default: {GROUP_KEYS_HELP}).",
+        show_default=False,
+    ),
+) -> None:
+    from clipdebias.compare import DEFAULT_GROUP_KEYS, compare_runs, group_rows
+
+    keys = tuple(by.split(",")) if by is not None else DEFAULT_GROUP_KEYS
+    console = Console()
+    with console.status(f"comparing {len(runs)} path(s)…"):
+        result = compare_runs(runs, out, keys)
+    header, rows = group_rows(result.groups)
+    classes = f"{result.num_classes} classes" if result.num_classes is not None else "unknown class count"
+    baseline = result.groups[0].name
+    title = f"clipdebias compare: {len(result.runs)} runs, {classes}; Δ top-1 is paired by seed against {baseline}"
+    console.print(column_table(title, header, rows))
+    print_written(console, result.files, result.notes)

@@ -1,0 +1,38 @@
+"""Rich rendering shared by commands: key/value summary tables and the list of files written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def key_value_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
+    """A two-column table of ``(name, value)`` rows."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def column_table(title: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    """A table with a header row; the first column is bold."""
+    table = Table(title=title, title_justify="left")
+    for index, name in enumerate(header):
+        table.add_column(name, style="bold" if index == 0 else None, overflow="fold", no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_written(console: Console, files: Sequence[Path], notes: Sequence[str] = ()) -> None:
+    """The notes (yellow) and the paths of the files a command wrote."""
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {len(files)} file(s):")
+    for path in files:
+        console.print(f"  {path}", highlight=False, soft_wrap=True)

@@ -1,0 +1,31 @@
+"""``clipdebias report``: charts and report.md for a run folder or a pseudo-label CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from clipdebias.cli.render import key_value_table, print_written
+
+
+def report_command(
+    path: Path = typer.Argument(
+        ..., help="A run folder (the --out of ssl or zeroshot) or a pseudo-label CSV.", show_default=False
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for report.md and the PNGs (default: RUN/report/, or FILE_report/ beside FILE.csv).",
+        show_default=False,
+    ),
+) -> None:
+    from clipdebias.report import write_report
+
+    console = Console()
+    with console.status("drawing the report charts…"):
+        result = write_report(path, out)
+    console.print(key_value_table(f"clipdebias report: {result.source} ({result.kind})", result.summary))
+    print_written(console, result.files, result.notes)

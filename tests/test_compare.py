@@ -1,0 +1,124 @@
+"""`clipdebias compare`: grouping runs, mean ± std and paired gains, the chart, and clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipdebias.cli import main
+from clipdebias.cli.compare import GROUP_KEYS_HELP
+from clipdebias.compare import DEFAULT_GROUP_KEYS, compare_runs
+from clipdebias.errors import UserError
+from fakes import make_run_folder
+
+
+def top1(run):
+    return json.loads((run / "metrics.json").read_text())["top1"]
+
+
+@pytest.fixture
+def seeds(tmp_path):
+    """FixMatch and DebiasPL over seeds 0-2, one folder per method holding one folder per seed."""
+    runs = {
+        method: [
+            make_run_folder(tmp_path / method / f"seed{seed}", method=method, seed=seed, epochs=3) for seed in range(3)
+        ]
+        for method in ("fixmatch", "debiaspl")
+    }
+    return tmp_path, runs
+
+
+def test_compare_methods_over_seeds(seeds, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    root, runs = seeds
+    out = root / "cmp"
+    assert main(["compare", str(root / "fixmatch"), str(root / "debiaspl"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fixmatch" in printed and "debiaspl" in printed and str(out / "compare.md") in printed
+
+    result = compare_runs([root / "fixmatch", root / "debiaspl"], out)
+    assert [group.name for group in result.groups] == ["fixmatch", "debiaspl"]
+    fixmatch, debiaspl = result.groups
+    values = {method: np.array([top1(run) for run in paths]) for method, paths in runs.items()}
+    assert debiaspl.top1[0] == pytest.approx(values["debiaspl"].mean())
+    assert debiaspl.top1[1] == pytest.approx(values["debiaspl"].std(ddof=1))
+    gains = values["debiaspl"] - values["fixmatch"]  # same seed order in both
+    mean, std, count = debiaspl.paired_gain
+    assert (mean, std, count) == (pytest.approx(gains.mean()), pytest.approx(gains.std(ddof=1)), 3)
+    assert fixmatch.paired_gain is None
+    ratios = [
+        json.loads((run / "metrics.json").read_text())["pseudo_labels"]["imbalance_ratio"] for run in runs["fixmatch"]
+    ]
+    assert fixmatch.imbalance_median == pytest.approx(np.median(ratios))
+
+    markdown = (out / "compare.md").read_text()
+    assert f"{values['debiaspl'].mean():.1f} ± {values['debiaspl'].std(ddof=1):.1f}" in markdown
+    assert f"{gains.mean():+.1f} ± {gains.std(ddof=1):.1f} (n=3)" in markdown
+    assert markdown.count("/seed") == 6 and "](compare.png)" in markdown
+    with Image.open(out / "compare.png") as image:
+        assert image.format == "PNG" and 1000 <= image.size[0] <= 2000
+    assert (out / "compare.png").stat().st_size < 1_000_000
+
+
+def test_different_class_counts_are_a_clear_error(tmp_path, capsys):
+    small = make_run_folder(tmp_path / "digits", num_classes=10)
+    large = make_run_folder(tmp_path / "cifar100", num_classes=100)
+    with pytest.raises(UserError, match="different numbers of classes"):
+        compare_runs([small, large], tmp_path / "out")
+    assert main(["compare", str(small), str(large), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"{small} (10)" in err and f"{large} (100)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_groups_are_named_by_the_keys_that_differ(tmp_path):
+    make_run_folder(tmp_path / "fm", method="fixmatch", tau=0.4)
+    make_run_folder(tmp_path / "fm2", method="fixmatch", tau=1.0, seed=1)  # tau means nothing to FixMatch
+    make_run_folder(tmp_path / "t04", method="debiaspl", tau=0.4)
+    make_run_folder(tmp_path / "t1", method="debiaspl", tau=1.0)
+    paths = [tmp_path / name for name in ("fm", "fm2", "t04", "t1")]
+    result = compare_runs(paths, tmp_path / "out")
+    assert [(group.name, len(group.runs)) for group in result.groups] == [
+        ("fixmatch", 2),
+        ("debiaspl tau=0.4", 1),
+        ("debiaspl tau=1", 1),
+    ]
+    assert result.group_keys == ("method", "tau")
+    merged = compare_runs(paths, tmp_path / "out", group_by=["method"])
+    assert [(group.name, len(group.runs)) for group in merged.groups] == [("fixmatch", 2), ("debiaspl", 2)]
+
+
+def test_by_option_and_help_default(seeds, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    root, _ = seeds
+    assert (
+        main(["compare", str(root / "fixmatch"), str(root / "debiaspl"), "--by", "seed", "--out", str(root / "o")]) == 0
+    )
+    markdown = (root / "o" / "compare.md").read_text()
+    assert "grouped by: seed" in markdown and "| all runs" not in markdown
+    assert ",".join(DEFAULT_GROUP_KEYS) == GROUP_KEYS_HELP
+
+
+def test_unpaired_seeds_give_no_gain_and_a_note(tmp_path):
+    base = make_run_folder(tmp_path / "a", method="fixmatch", seed=0)
+    other = make_run_folder(tmp_path / "b", method="debiaspl", seed=5)
+    result = compare_runs([base, other], tmp_path / "out")
+    assert result.groups[1].paired_gain is None
+    assert any("no paired gain" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("case", ["empty folder", "unfinished run", "missing"])
+def test_non_runs_are_one_line_errors(tmp_path, capsys, case):
+    if case == "empty folder":
+        path = tmp_path / "empty"
+        path.mkdir()
+    elif case == "unfinished run":
+        path = make_run_folder(tmp_path / "running")
+        (path / "metrics.json").unlink()
+    else:
+        path = tmp_path / "missing"
+    assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and str(path) in err

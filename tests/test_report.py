@@ -1,0 +1,262 @@
+"""`clipdebias report` and `clipdebias.report.write_report`: from a finished run, from a CSV alone,
+defensive reading of optional fields, one-line errors for foreign input, readable 1000-class charts."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from clipdebias import plots
+from clipdebias.cli import main
+from clipdebias.errors import UserError
+from clipdebias.report import TABLE_EXTREMES, write_report
+from fakes import make_pseudolabel_csv, make_run_folder
+
+
+def assert_sane_png(path):
+    """A real PNG, 1000-2000 px wide, under 1 MB, and not blank."""
+    assert path.is_file(), path
+    assert path.stat().st_size < 1_000_000
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert 1000 <= width <= 2000 and 300 <= height <= 1500, image.size
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50  # axes, text and curves, not an empty canvas
+
+
+def summary_value(result, name):
+    return dict(result.summary)[name]
+
+
+def test_report_from_finished_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    run = make_run_folder(tmp_path / "run", num_classes=10, epochs=4, method="debiaspl")
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    report_dir = run / "report"
+    expected = ["class_counts.png", "per_class_accuracy.png", "training.png", "prior.png"]
+    for name in expected:
+        assert_sane_png(report_dir / name)
+        assert str(report_dir / name) in out
+    markdown = (report_dir / "report.md").read_text()
+    for name in expected:
+        assert f"]({name})" in markdown
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"{metrics['top1']:.1f}%" in out and f"{metrics['top1']:.1f}%" in markdown
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["imbalance_ratio"]
+    assert f"{first:.1f}× → {metrics['pseudo_labels']['imbalance_ratio']:.1f}×" in out
+    # ten classes: the per-class table lists all of them, worst top-1 first
+    worst = int(np.argmin(metrics["per_class_top1"]))
+    assert f"| 1 | c{worst} |" in markdown
+    assert not list(report_dir.glob(".*.tmp"))
+
+
+def test_report_from_csv_alone(tmp_path):
+    csv = make_pseudolabel_csv(tmp_path / "pl.csv", num_classes=8, rows_per_class=25, sidecar=False)
+    result = write_report(csv)
+    assert result.out_dir == tmp_path / "pl_report"
+    assert [p.name for p in result.images] == ["class_counts.png", "per_class.png", "confidence.png"]
+    for image in result.images:
+        assert_sane_png(image)
+    frame = pd.read_csv(csv)
+    inferred = frame.loc[frame["selected"], "confidence"].min()
+    assert summary_value(result, "tau / threshold") == f"unknown / ≈{inferred:.3f} (inferred)"
+    assert any("no class list in a sidecar" in note for note in result.notes)
+    markdown = result.markdown.read_text()
+    assert "class_0000" in markdown  # names come from the pseudo_class column
+    assert "## Notes" in markdown
+
+
+def test_csv_summary_matches_the_data(tmp_path):
+    csv = make_pseudolabel_csv(tmp_path / "pl.csv", num_classes=10, rows_per_class=30)
+    result = write_report(csv, tmp_path / "out")
+    frame = pd.read_csv(csv)
+    raw_acc = 100 * (frame["raw_pseudo_label"] == frame["label"]).mean()
+    deb_acc = 100 * (frame["pseudo_label"] == frame["label"]).mean()
+    assert summary_value(result, "accuracy, labeled rows (raw → debiased)") == f"{raw_acc:.1f}% → {deb_acc:.1f}%"
+    raw_counts = np.bincount(frame["raw_pseudo_label"], minlength=10)
+    deb_counts = np.bincount(frame["pseudo_label"], minlength=10)
+    ratio = lambda c: c.max() / max(c.min(), 1)  # noqa: E731
+    assert (
+        summary_value(result, "imbalance, all rows (raw → debiased)")
+        == f"{ratio(raw_counts):.1f}× → {ratio(deb_counts):.1f}×"
+    )
+    raw_kept = int((frame["raw_confidence"] >= 0.95).sum())
+    assert (
+        summary_value(result, "selected rows (raw → debiased)") == f"{raw_kept} → {int(frame['selected'].sum())} of 300"
+    )
+    assert summary_value(result, "tau / threshold") == "0.40 / 0.95"
+    assert result.out_dir == tmp_path / "out" and result.markdown == tmp_path / "out" / "report.md"
+
+
+def test_csv_without_labels_skips_accuracy(tmp_path):
+    csv = make_pseudolabel_csv(tmp_path / "nolabels.csv", labels=False)
+    assert pd.read_csv(csv)["label"].isna().all()
+    result = write_report(csv)
+    assert [p.name for p in result.images] == ["class_counts.png", "confidence.png"]
+    assert not any("accuracy" in name for name, _ in result.summary)
+
+
+def test_fixmatch_run_without_prior_has_no_prior_chart(tmp_path):
+    run = make_run_folder(tmp_path / "fixmatch", method="fixmatch")
+    result = write_report(run)
+    names = [p.name for p in result.images]
+    assert "prior.png" not in names and "training.png" in names
+    assert not any(name.startswith("prior entropy") for name, _ in result.summary)
+    assert summary_value(result, "input").startswith("training run (fixmatch)")
+
+
+def test_zeroshot_run_adds_its_pseudolabel_charts(tmp_path):
+    run = make_run_folder(tmp_path / "zs", with_pseudolabels_csv=True)
+    result = write_report(run)
+    names = [p.name for p in result.images]
+    for name in ("zeroshot_class_counts.png", "zeroshot_per_class.png", "zeroshot_confidence.png", "training.png"):
+        assert name in names
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert summary_value(result, "zero-shot top-1 (debiased)") == f"{metrics['zeroshot_debiased_top1']:.1f}%"
+    assert "## Zero-shot pseudo-labels (pseudolabels.csv)" in result.markdown.read_text()
+
+
+def test_thousand_classes_stay_readable(tmp_path):
+    csv = make_pseudolabel_csv(tmp_path / "imagenet.csv", num_classes=1000, rows_per_class=5)
+    run = make_run_folder(tmp_path / "run1000", num_classes=1000, epochs=3, unlabeled_per_class=5)
+    for result in (write_report(csv), write_report(run)):
+        for image in result.images:
+            assert_sane_png(image)
+        table = result.markdown.read_text().rsplit("### Per-class", 1)[1]
+        class_rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+        assert len(class_rows) == 2 * TABLE_EXTREMES + 1  # both ends and one "…" row, not 1000 rows
+
+
+def test_sorted_curves_name_classes_only_when_few():
+    names = [f"class{i}" for i in range(1000)]
+    figure, (many, few) = plots.new_figure(2, "t")
+    values = np.random.default_rng(0).integers(0, 50, 1000).astype(float)
+    plots.sorted_class_panel(many, [plots.Curve("counts", values)], "many", "rows", names=names)
+    plots.sorted_class_panel(few, [plots.Curve("counts", values[:10])], "few", "rows", names=names[:10])
+    figure.canvas.draw()  # the canvas exists without pyplot
+    assert len(many.get_xticks()) <= 12
+    labels = [label.get_text() for label in few.get_xticklabels()]
+    order = np.argsort(-values[:10], kind="stable")
+    assert labels == [names[i] for i in order]
+
+
+def test_unfinished_run_reports_its_epochs(tmp_path):
+    run = make_run_folder(tmp_path / "running", epochs=3)
+    (run / "metrics.json").unlink()
+    result = write_report(run)
+    assert "training.png" in [p.name for p in result.images]
+    assert any("has not finished" in note for note in result.notes)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary_value(result, "top-1 / top-5").startswith(f"{last['top1']:.1f}%")
+
+
+def test_missing_and_malformed_optional_fields_do_not_raise(tmp_path):
+    run = tmp_path / "sparse"
+    run.mkdir()
+    (run / "metrics.json").write_text(
+        json.dumps({"top1": 50.0, "method": "debiaspl", "per_class_top1": "n/a", "pseudo_labels": None})
+    )
+    lines = [
+        json.dumps({"epoch": 1, "top1": 40.0, "prior": None, "pseudo_label_counts": [1, 2, "x"], "mask_rate": "high"}),
+        "{not json",
+        json.dumps(
+            {
+                "epoch": 2,
+                "top1": 45.0,
+                "loss": float("nan"),
+                "loss_u": 0.7,
+                "prior": [0.5, 0.5],
+                "pseudo_label_counts": [3, 9],
+            }
+        ),
+        json.dumps([1, 2, 3]),
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "config.json").write_text("[]")
+    result = write_report(run)
+    assert summary_value(result, "top-1 / top-5") == "50.0% / –"
+    assert any("skipped 2 line(s)" in note for note in result.notes)
+    assert any("config.json ignored" in note for note in result.notes)
+    for image in result.images:
+        assert_sane_png(image)
+
+
+def test_resumed_run_keeps_one_record_per_epoch(tmp_path):
+    run = make_run_folder(tmp_path / "resumed", epochs=3)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    redo = json.loads(lines[1]) | {"top1": 12.5}
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], lines[1], json.dumps(redo), lines[2]]) + "\n")
+    from clipdebias.runfiles import read_run
+
+    record = read_run(run)
+    epochs, top1 = record.epoch_series("top1")
+    assert epochs.tolist() == [1.0, 2.0, 3.0] and top1[1] == 12.5
+
+
+def test_write_report_prints_nothing(tmp_path, capfd):
+    write_report(make_pseudolabel_csv(tmp_path / "quiet.csv"))
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def _csv_without_columns(tmp_path):
+    path = tmp_path / "foreign.csv"
+    path.write_text("index,path,score\n0,a.png,0.3\n")
+    return path, "missing column(s) pseudo_label, confidence, raw_pseudo_label, raw_confidence"
+
+
+def _empty_csv(tmp_path):
+    path = make_pseudolabel_csv(tmp_path / "empty.csv")
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    return path, "has no rows"
+
+
+def _label_outside_classes(tmp_path):
+    path = make_pseudolabel_csv(tmp_path / "bad.csv", num_classes=4)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps(meta | {"classes": ["a", "b"]}))
+    return path, "lists 2 classes"
+
+
+def _folder_without_metrics(tmp_path):
+    (tmp_path / "somewhere").mkdir()
+    return tmp_path / "somewhere", "is not a clipdebias run folder"
+
+
+def _broken_metrics(tmp_path):
+    run = make_run_folder(tmp_path / "broken")
+    (run / "metrics.json").write_text('{"top1": 5')
+    return run, "metrics.json is not valid JSON"
+
+
+def _missing_path(tmp_path):
+    return tmp_path / "nothing-here", "does not exist"
+
+
+@pytest.mark.parametrize(
+    "make_input",
+    [_csv_without_columns, _empty_csv, _label_outside_classes, _folder_without_metrics, _broken_metrics, _missing_path],
+)
+def test_foreign_input_is_a_one_line_error(tmp_path, capsys, make_input):
+    path, message = make_input(tmp_path)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        write_report(path)
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_cli_import_stays_light():
+    heavy = "('numpy', 'matplotlib', 'pandas', 'torch')"
+    code = f"import sys, clipdebias.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
