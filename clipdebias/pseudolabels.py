@@ -74,15 +74,15 @@ class ZeroShotLogits:
             )
         self.embeddings = embeddings
         self.device = torch.device(device)
-        self.classifier_t = classifier.to(self.device, torch.float32).T.contiguous()
         self.scale = float(scale)
+        self.classifier_t = (self.scale * classifier.to(self.device, torch.float32)).T.contiguous()  # scale folded in
         self.shape = (int(embeddings.shape[0]), int(classifier.shape[0]))
 
     def __getitem__(self, rows: slice) -> torch.Tensor:
         import torch
 
         chunk = torch.from_numpy(np.array(self.embeddings[rows], dtype=np.float32)).to(self.device)
-        return self.scale * (chunk @ self.classifier_t)
+        return chunk @ self.classifier_t
 
 
 @dataclass(frozen=True)
