@@ -115,6 +115,9 @@ class Backbone:
         cache_identity: dict[str, str],
         preprocess_cfg: dict,
     ):
+        import torch
+        from open_clip.model import get_input_dtype
+
         self.model = model
         self.transform = transform
         self.tokenizer = tokenizer
@@ -125,7 +128,7 @@ class Backbone:
         self.quick_gelu = quick_gelu
         self.cache_identity = cache_identity
         self.preprocess_cfg = preprocess_cfg
-        self.input_dtype = next(model.parameters()).dtype
+        self.input_dtype = get_input_dtype(config.precision) or torch.float32  # what the model takes in
         self.transform_id = "clip-eval-" + _digest(preprocess_cfg)[:16]
 
     @property

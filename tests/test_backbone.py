@@ -235,3 +235,13 @@ def test_hf_hub_offline_names_the_flag(tmp_path, monkeypatch):
         load_backbone(BackboneConfig(model="ViT-B-32", pretrained="openai"))
     assert time.monotonic() - began < 5
     assert "timm/vit_base_patch32_clip_224.openai" in str(caught.value) and "ViT-B-32.pt" in str(caught.value)
+
+
+def test_low_precision_still_gives_float32_unit_embeddings_and_its_own_key(random_tiny, tiny_clip):
+    half = load_backbone(BackboneConfig(model=tiny_clip, pretrained="none", precision="bf16"))
+    assert half.input_dtype == torch.bfloat16
+    images = half.encode_images(torch.randn(2, 3, 32, 32))
+    assert images.dtype == torch.float32 and torch.allclose(images.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert half.cache_identity["precision"] == "bf16" and half.cache_identity != random_tiny.cache_identity
+    with pytest.raises(UserError, match="unknown --precision"):
+        load_backbone(BackboneConfig(model=tiny_clip, pretrained="none", precision="fp8"))

@@ -243,3 +243,26 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, capsys):
     for got, want in zip(load_embeddings(resumed), load_embeddings(whole), strict=True):
         assert np.array_equal(got, want)
     assert read_manifest(resumed).equals(read_manifest(whole))
+
+
+def test_cli_encode_uses_clipdebias_cache_and_rebuilds_on_request(folder, tiny_clip, cache_root, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    args = [
+        "encode",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(folder),
+        "--model",
+        tiny_clip,
+        "--pretrained",
+        "none",
+    ]
+    assert main(args) == 0
+    assert "15 in" in capsys.readouterr().out
+    (entry,) = _entry_dirs(cache_root)
+    assert main([*args, "--rebuild"]) == 0
+    out = capsys.readouterr().out
+    assert "15 in" in out and str(entry) in out
+    assert main([*args, "--split", "val"]) == 0
+    assert len(_entry_dirs(cache_root)) == 2

@@ -45,7 +45,7 @@ class RichProgress:
         )
         self._task: int | None = None
 
-    def __enter__(self) -> "RichProgress":
+    def __enter__(self) -> RichProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
