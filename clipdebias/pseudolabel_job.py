@@ -168,26 +168,21 @@ def _clip_logits(
 
 def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None) -> PseudoLabelRun:
     """The whole ``pseudolabel`` command; every file is written atomically."""
-    from clipdebias.data import open_dataset
-    from clipdebias.prompts import load_classnames
-
     from clipdebias.backbone import load_backbone
+    from clipdebias.data import open_dataset
     from clipdebias.paths import cache_dir as resolve_cache_dir
+    from clipdebias.prompts import load_classnames
 
     progress = progress or NoProgress()
     out = _check_out(config.out)
-    # The backbone first: missing weights fail before a long folder scan.
-    backbone = (
-        None
-        if config.logits is not None
-        else load_backbone(config.backbone, digest_dir=resolve_cache_dir(config.cache_dir))
-    )
+    backbone = None
+    if config.logits is None:  # the backbone first: missing weights fail before a long folder scan
+        backbone = load_backbone(config.backbone, digest_dir=resolve_cache_dir(config.cache_dir))
     source = open_dataset(config.dataset, config.split, config.data_root)
     classes, _ = load_classnames(config.dataset, source.classes, config.classnames)
     encoded: EncodeResult | None = None
     scale: float | None = None
-    if backbone is None:
-        assert config.logits is not None
+    if config.logits is not None:
         logits: LogitRows = load_logits_file(config.logits, len(source), len(classes))
         indices = np.arange(len(source), dtype=np.int64)
         teacher, rows = f"logits file {config.logits}", [("teacher", f"logits file {config.logits}")]
