@@ -29,7 +29,6 @@ RUN pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY clipdebias ./clipdebias
-COPY prompts ./prompts
 
 # Install the package (non-editable), then swap the CPU faiss it depends on for the GPU build:
 # both provide the same `faiss` module, so only one of them may be installed.

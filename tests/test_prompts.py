@@ -85,3 +85,13 @@ def test_load_prompts_digest_tracks_content():
         first.digest() != second.digest()
         and first.digest() == load_prompts("imagefolder", ["cat", "dog"], templates="simple").digest()
     )
+
+
+def test_repo_level_prompt_folders_point_at_the_shipped_files():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for dataset, count in (("imagenet", 1000), ("cifar10", 10), ("cifar100", 100)):
+        names = (root / "prompts" / dataset / "classnames.txt").read_text().splitlines()
+        assert len(names) == count
+        assert all("{}" in t for t in (root / "prompts" / dataset / "templates.txt").read_text().splitlines())
