@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - depends on the installed Typer
 
 from clipdebias import __version__
 from clipdebias.cli.info import info_command
+from clipdebias.cli.ssl import ssl_command
 from clipdebias.errors import EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ def _root(
 
 
 app.command("info", help="Show versions, GPUs and the cache directory.")(info_command)
+app.command("ssl", help="Semi-supervised training: FixMatch + DebiasPL on a few labels per class.")(ssl_command)
 
 
 def _fail(message: str, debug: bool) -> int:
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{err.format_message()} (see '{command} --help')", debug)
     except click_exceptions.ClickException as err:
         return _fail(err.format_message(), debug)
-    except click_exceptions.Abort:
+    except getattr(click_exceptions, "Abort", ()):  # typer._click has no Abort; click has
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
