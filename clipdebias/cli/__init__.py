@@ -23,6 +23,7 @@ from clipdebias.cli.encode import encode_command
 from clipdebias.cli.info import info_command
 from clipdebias.cli.pseudolabel import pseudolabel_command
 from clipdebias.cli.report import report_command
+from clipdebias.cli.ssl import ssl_command
 from clipdebias.errors import EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -52,6 +53,7 @@ def _root(
 
 
 app.command("info", help="Show versions, GPUs and the cache directory.")(info_command)
+app.command("ssl", help="Semi-supervised training: FixMatch + DebiasPL on a few labels per class.")(ssl_command)
 app.command("encode", help="Encode every image of a split once into the embedding cache (resumable).")(encode_command)
 app.command("pseudolabel", help="Debiased zero-shot pseudo-labels of a split, as CSV.")(pseudolabel_command)
 app.command("report", help="Charts and report.md for a run folder or a pseudo-label CSV.")(report_command)
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{err.format_message()} (see '{command} --help')", debug)
     except click_exceptions.ClickException as err:
         return _fail(err.format_message(), debug)
-    except click_exceptions.Abort:
+    except getattr(click_exceptions, "Abort", ()):  # typer._click has no Abort; click has
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

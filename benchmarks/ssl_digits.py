@@ -1,0 +1,264 @@
+"""Accuracy benchmark: FixMatch vs DebiasPL on digits, several label budgets, paired seeds.
+
+    python benchmarks/ssl_digits.py --seeds 5 --budgets 1,2 --tune --jobs 2
+
+For every budget (labeled images per class) and seed, both methods train on the *same* labeled
+split (the split depends on the seed only) with the ``clipdebias ssl`` digits defaults. Phases:
+
+1. ``paper``: the defaults of ``clipdebias ssl --dataset digits`` (tau 0.4, threshold 0.95), on val.
+2. ``tune`` (with ``--tune``): a grid over the threshold for FixMatch and over (tau, threshold)
+   for DebiasPL, with as many points each, trained with ``--holdout`` (a stratified part of *train*
+   held out as the evaluation split) on other seeds than the final ones; val is never looked at.
+3. ``tuned``: the best grid point of each method and budget (mean holdout top-1), on val with the
+   phase-1 seeds. A point equal to the defaults reuses the phase-1 runs.
+
+Each run is a ``python -m clipdebias ssl`` process writing its run folder under ``--out``; a run whose
+``metrics.json`` already exists with the same options is not run again. The tables go into
+``--results`` (docs/results.md), between markers, so the text around them is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- ssl_digits:begin (written by benchmarks/ssl_digits.py) -->", "<!-- ssl_digits:end -->"
+DEFAULT_TAU, DEFAULT_THRESHOLD = 0.4, 0.95  # the digits defaults of clipdebias ssl
+FIXMATCH_GRID = (0.7, 0.8, 0.9, 0.95)  # thresholds
+DEBIASPL_GRID = tuple(itertools.product((0.4, 1.0), (0.8, 0.95)))  # (tau, threshold)
+TUNE_SEED_OFFSET = 100  # tuning seeds are 100, 101, ...: never the seeds of the final runs
+
+
+@dataclass(frozen=True)
+class Run:
+    phase: str
+    per_class: int
+    seed: int
+    method: str  # "fixmatch" | "debiaspl" | "labeled-only"
+    tau: float
+    threshold: float
+    holdout: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"k{self.per_class}-{self.method}-tau{self.tau:g}-thr{self.threshold:g}-h{self.holdout:g}-seed{self.seed}"
+
+    def args(self, out: Path) -> list[str]:
+        args = [
+            "ssl", "--dataset", "digits", "--labels", f"{self.per_class}-per-class", "--seed", str(self.seed),
+            "--threshold", str(self.threshold), "--device", "cpu", "--out", str(out),
+        ]
+        args += ["--no-debias"] if self.method != "debiaspl" else ["--tau", str(self.tau)]
+        if self.method == "labeled-only":
+            args += ["--lambda-u", "0"]
+        if self.holdout:
+            args += ["--holdout", str(self.holdout)]
+        return args
+
+
+def _matches(run: Run, folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (config["tau"], config["threshold"], config["seed"], config["labels"], config["holdout"]) == (
+        run.tau if run.method == "debiaspl" else 0.0, run.threshold, run.seed, f"{run.per_class}-per-class", run.holdout
+    )
+
+
+def execute(runs: list[Run], out: Path, jobs: int, threads: int, log) -> dict[Run, dict]:
+    """Run every missing run (``jobs`` processes at a time, ``threads`` torch threads each)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+    def one(run: Run) -> tuple[Run, dict]:
+        folder = out / run.phase / run.name
+        if not _matches(run, folder):
+            if folder.exists():
+                import shutil
+
+                shutil.rmtree(folder)
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "clipdebias", *run.args(folder)], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{run.name} failed ({done.returncode}): {done.stderr[-2000:]}")
+            log(f"{run.phase:6} {run.name}: {json.loads((folder / 'metrics.json').read_text())['top1']:.1f}% in {time.perf_counter() - started:.0f} s")
+        return run, json.loads((folder / "metrics.json").read_text())
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return dict(pool.map(one, runs))
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+
+
+def _rows(results: dict[Run, dict], runs: list[Run]) -> list[str]:
+    """Markdown rows, one per (budget, method, tau, threshold), with paired gains over FixMatch."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.per_class, run.method, run.tau, run.threshold), []).append(run)
+    lines = []
+    for (k, method, tau, threshold), members in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] != "labeled-only", item[0][1] != "fixmatch", item[0][2:])):
+        members = sorted(members, key=lambda r: r.seed)
+        metrics = [results[r] for r in members]
+        top1 = [m["top1"] for m in metrics]
+        gain = "-"
+        if method == "debiaspl":
+            partners = {r.seed: results[r] for r in runs if r.per_class == k and r.method == "fixmatch"}
+            diffs = [m["top1"] - partners[r.seed]["top1"] for r, m in zip(members, metrics) if r.seed in partners]
+            if diffs:
+                gain = f"{_mean_std(diffs)} ({sum(d > 0 for d in diffs)}/{len(diffs)} wins)"
+        pl_acc = [m["pseudo_labels"]["accuracy"] for m in metrics if m["pseudo_labels"]["accuracy"] is not None]
+        ratios = [m["pseudo_labels"]["imbalance_ratio"] for m in metrics]
+        worst = [min(v for v in m["per_class_top1"] if v is not None) for m in metrics]
+        shown_tau = f"{tau:g}" if method == "debiaspl" else "–"
+        lines.append(
+            f"| {k} | {method} | {shown_tau} | {threshold:g} | {len(members)} | **{_mean_std(top1)}** | {gain} | "
+            f"{_mean_std(worst)} | {_mean_std(pl_acc)} | {_mean_std([m['pseudo_labels']['mask_rate'] * 100 for m in metrics])} | "
+            f"{statistics.median(ratios):.2f} ({min(ratios):.1f}–{max(ratios):.1f}) |"
+        )
+    return lines
+
+
+HEADER = (
+    "| labels per class | method | tau | threshold | seeds | top-1 % | paired gain over FixMatch (points) | worst class top-1 % | "
+    "pseudo-label accuracy % | mask rate % | imbalance ratio, median (min–max) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _best(results: dict[Run, dict], k: int, method: str) -> Run:
+    """The grid point with the best mean holdout top-1 (ties: the defaults, then the first)."""
+    scores: dict[tuple[float, float], list[float]] = {}
+    for run, metrics in results.items():
+        if run.phase == "tune" and run.per_class == k and run.method == method:
+            scores.setdefault((run.tau, run.threshold), []).append(metrics["top1"])
+    default = (DEFAULT_TAU if method == "debiaspl" else 0.0, DEFAULT_THRESHOLD)
+    best = max(scores, key=lambda key: (statistics.mean(scores[key]), key == default))
+    return Run("tuned", k, 0, method, *best)
+
+
+def _tuning_table(results: dict[Run, dict], budgets: list[int]) -> list[str]:
+    lines = ["| labels per class | method | tau | threshold | holdout top-1 % (mean ± std over tuning seeds) |", "|---|---|---|---|---|"]
+    for k in budgets:
+        for method in ("fixmatch", "debiaspl"):
+            scores: dict[tuple[float, float], list[float]] = {}
+            for run, metrics in results.items():
+                if run.phase == "tune" and run.per_class == k and run.method == method:
+                    scores.setdefault((run.tau, run.threshold), []).append(metrics["top1"])
+            chosen = _best(results, k, method)
+            for (tau, threshold), values in sorted(scores.items()):
+                mark = " ← chosen" if (tau, threshold) == (chosen.tau, chosen.threshold) else ""
+                shown_tau = f"{tau:g}" if method == "debiaspl" else "–"
+                lines.append(f"| {k} | {method} | {shown_tau} | {threshold:g} | {_mean_std(values)}{mark} |")
+    return lines
+
+
+def write_results(path: Path, body: str) -> None:
+    text = path.read_text() if path.is_file() else "# Results\n"
+    block = f"{BEGIN}\n{body.strip()}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5, help="final seeds per budget and method (0 .. N-1)")
+    parser.add_argument("--budgets", default="1,2", help="labeled images per class, comma-separated")
+    parser.add_argument("--tune", action="store_true", help="tune on a held-out part of train, then rerun the best on val")
+    parser.add_argument("--tune-seeds", type=int, default=2, help="seeds per grid point when tuning")
+    parser.add_argument("--holdout", type=float, default=0.25, help="fraction of train held out for tuning")
+    parser.add_argument("--labeled-only", action="store_true", help="also train on the labeled images only (lambda_u 0)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (default: CPUs / jobs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ssl-digits")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
+    args = parser.parse_args(argv)
+    budgets = [int(b) for b in args.budgets.split(",")]
+    seeds = list(range(args.seeds))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    started = time.perf_counter()
+
+    paper = [Run("paper", k, s, m, DEFAULT_TAU if m == "debiaspl" else 0.0, DEFAULT_THRESHOLD)
+             for k in budgets for s in seeds for m in ("fixmatch", "debiaspl")]
+    if args.labeled_only:
+        paper += [Run("paper", k, s, "labeled-only", 0.0, DEFAULT_THRESHOLD) for k in budgets for s in seeds]
+    tune: list[Run] = []
+    if args.tune:
+        tune_seeds = [TUNE_SEED_OFFSET + i for i in range(args.tune_seeds)]
+        for k, s in itertools.product(budgets, tune_seeds):
+            tune += [Run("tune", k, s, "fixmatch", 0.0, t, args.holdout) for t in FIXMATCH_GRID]
+            tune += [Run("tune", k, s, "debiaspl", tau, t, args.holdout) for tau, t in DEBIASPL_GRID]
+    results = execute(paper + tune, args.out, args.jobs, threads, log)
+    tuned: list[Run] = []
+    if args.tune:
+        for k, method in itertools.product(budgets, ("fixmatch", "debiaspl")):
+            best = _best(results, k, method)
+            phase = "paper" if (best.tau, best.threshold) == (DEFAULT_TAU if method == "debiaspl" else 0.0, DEFAULT_THRESHOLD) else "tuned"
+            tuned += [replace(best, phase=phase, seed=s) for s in seeds]
+        results.update(execute([r for r in tuned if r.phase == "tuned"], args.out, args.jobs, threads, log))
+    wall = time.perf_counter() - started
+
+    command = "python benchmarks/ssl_digits.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    train_times = [m["elapsed_s"] for m in results.values()]
+    import torch
+
+    body = [
+        "## Semi-supervised digits: FixMatch vs DebiasPL",
+        "",
+        f"Reproduce: `{command}` ({len(results)} runs, {wall / 60:.1f} min wall time here; "
+        f"{statistics.mean(train_times):.0f} s of training per run on average, {args.jobs} run(s) at a time with "
+        f"{threads} torch thread(s) each; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}). Every run is `clipdebias ssl --dataset digits` with the digits defaults "
+        "(docs/usage.md: 10 epochs x 250 steps, batch 16 labeled + 64 unlabeled, EMA teacher 0.99, prior "
+        "momentum 0.99), on 540 val images; seeds 0..{} pick the labeled images, paired between methods.".format(args.seeds - 1),
+        "",
+        "Columns: top-1 and worst-class top-1 of the EMA teacher on val (mean ± std over seeds); paired gain = "
+        "DebiasPL - FixMatch on the same seed (same labeled images); pseudo-label accuracy, mask rate and "
+        "imbalance ratio (largest / smallest class count, smallest floored at 1) of the confident pseudo-labels "
+        "of the last epoch.",
+        "",
+        "### Paper defaults (tau 0.4, threshold 0.95)",
+        "",
+        HEADER,
+        *_rows(results, paper),
+    ]
+    if args.tune:
+        body += [
+            "",
+            f"### Tuning on a held-out {args.holdout:.0%} of train (seeds {TUNE_SEED_OFFSET}..{TUNE_SEED_OFFSET + args.tune_seeds - 1}; val unused)",
+            "",
+            *_tuning_table(results, budgets),
+            "",
+            "### Tuned settings, on val (seeds as above)",
+            "",
+            HEADER,
+            *_rows(results, tuned),
+        ]
+    write_results(args.results, "\n".join(body))
+    log(f"wrote {args.results} ({wall / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

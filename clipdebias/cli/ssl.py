@@ -1,0 +1,133 @@
+"""``clipdebias ssl``: FixMatch + DebiasPL semi-supervised training (options -> config -> run_ssl)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+_DEFAULT = "default: the dataset's, see docs/usage.md"
+
+
+class _ProgressView:
+    """Renders the loop's progress events as one rich progress bar over all steps."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: Any = None
+        self.steps_per_epoch = 0
+        self.epochs = 0
+        self.top1 = ""
+
+    def __enter__(self) -> "_ProgressView":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.task is not None:  # the bar is only shown once training starts
+            self.progress.__exit__(*exc)
+
+    def __call__(self, event: Any) -> None:
+        from clipdebias.train import EpochEnd, StepProgress, TrainStart
+
+        if isinstance(event, TrainStart):
+            self.progress.__enter__()
+            self.steps_per_epoch, self.epochs = event.steps_per_epoch, event.epochs
+            done = event.start_epoch * event.steps_per_epoch
+            if event.start_epoch:
+                self.progress.console.print(f"resuming after epoch {event.start_epoch} of {event.epochs}")
+            self.task = self.progress.add_task(
+                f"epoch {min(event.start_epoch + 1, event.epochs)}/{event.epochs}",
+                total=event.epochs * event.steps_per_epoch, completed=done, stats="",
+            )
+        elif isinstance(event, StepProgress):
+            accuracy = "" if event.pseudo_label_accuracy is None else f" pl-acc {event.pseudo_label_accuracy:5.1f}%"
+            self.progress.update(
+                self.task,
+                description=f"epoch {event.epoch + 1}/{self.epochs}",
+                completed=event.epoch * self.steps_per_epoch + event.step,
+                stats=f"loss {event.loss:.3f} mask {event.mask_rate:.2f}{accuracy}{self.top1}",
+            )
+        elif isinstance(event, EpochEnd):
+            self.top1 = f" top1 {event.record['top1']:5.1f}%"
+
+
+def _summary(metrics: dict[str, Any], out: str) -> Table:
+    pl = metrics["pseudo_labels"]
+    table = Table(title=f"ssl: {metrics['method']} on {metrics['dataset']}", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    known = [v for v in metrics["per_class_top1"] if v is not None]
+    rows = [
+        ("labeled / unlabeled images", f"{metrics['labeled_images']} / {metrics['unlabeled_images']}"),
+        (f"top-1 ({metrics['eval_split']}, {metrics['eval_images']} images)", f"{metrics['top1']:.2f}%"),
+        ("top-5", f"{metrics['top5']:.2f}%"),
+        ("worst class top-1", f"{min(known):.2f}%" if known else "-"),
+        ("pseudo-labels: mask rate", f"{pl['mask_rate']:.3f}"),
+        ("pseudo-labels: accuracy", "-" if pl["accuracy"] is None else f"{pl['accuracy']:.2f}%"),
+        ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
+        ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
+        ("training time", f"{metrics['elapsed_s']:.1f} s"),
+        ("run folder", out),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def ssl_command(
+    dataset: str = typer.Option(..., "--dataset", help="digits, cifar10, cifar100, imagenet or imagefolder."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config, splits, metrics, checkpoint."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root (not for digits)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help=f"Label budget: 0.2pct, 1pct, N-per-class ({_DEFAULT})."),
+    labeled_index: Optional[Path] = typer.Option(None, "--labeled-index", help="Reuse a labeled_index.csv instead of drawing a split."),
+    holdout: float = typer.Option(0.0, "--holdout", help="Evaluate on this stratified fraction of train, held out, instead of val (for tuning)."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="DebiasPL strength; 0 = FixMatch (default 0.4)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help=f"Pseudo-label confidence threshold ({_DEFAULT})."),
+    prior_momentum: Optional[float] = typer.Option(None, "--prior-momentum", help=f"EMA momentum of the class prior ({_DEFAULT})."),
+    lambda_u: Optional[float] = typer.Option(None, "--lambda-u", help=f"Weight of the unlabeled loss ({_DEFAULT})."),
+    mu: Optional[int] = typer.Option(None, "--mu", help=f"Unlabeled / labeled batch size ratio ({_DEFAULT})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Labeled batch size ({_DEFAULT})."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help=f"Number of epochs ({_DEFAULT})."),
+    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help=f"Steps per epoch ({_DEFAULT})."),
+    lr: Optional[float] = typer.Option(None, "--lr", help=f"Peak learning rate, cosine schedule ({_DEFAULT})."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=f"SGD weight decay ({_DEFAULT})."),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help=f"Linear LR warm-up epochs ({_DEFAULT})."),
+    ema_momentum: Optional[float] = typer.Option(None, "--ema-momentum", help=f"EMA teacher momentum ({_DEFAULT})."),
+    arch: Optional[str] = typer.Option(None, "--arch", help=f"Student: cnn, resnet18, resnet50 ({_DEFAULT})."),
+    init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="Start the student from this state dict."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help=f"Training image side in pixels ({_DEFAULT})."),
+    multiviews: Optional[bool] = typer.Option(None, "--multiviews/--single-view", help=f"Two weak + two strong views per unlabeled image ({_DEFAULT})."),
+    no_debias: bool = typer.Option(False, "--no-debias", help="Plain FixMatch (the same loop with --tau 0)."),
+    clip_pseudolabels: Optional[Path] = typer.Option(None, "--clip-pseudolabels", help="Pseudo-label CSV used as fallback labels (DebiasPL w/ CLIP)."),
+    clip_fallback: Optional[float] = typer.Option(None, "--clip-fallback", help="Fallback confidence needed to label an uncertain row (default 0.3)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the labeled split, the initialisation and the batches."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: 0 for digits, else CPUs - 1, at most 8)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    from clipdebias.ssl import resolve_ssl_config, run_ssl
+
+    config = resolve_ssl_config(
+        dataset, out, data_root=data_root, labels=labels, labeled_index=labeled_index, holdout=holdout, tau=tau,
+        threshold=threshold, prior_momentum=prior_momentum, lambda_u=lambda_u, mu=mu, batch_size=batch_size,
+        epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        ema_momentum=ema_momentum, arch=arch, init_weights=init_weights, image_size=image_size, multiviews=multiviews,
+        no_debias=no_debias, clip_pseudolabels=clip_pseudolabels, clip_fallback=clip_fallback, seed=seed,
+        device=device, workers=workers, resume=resume,
+    )
+    with _ProgressView(Console(stderr=True)) as view:
+        metrics = run_ssl(config, progress=view)
+    Console().print(_summary(metrics, config.out))

@@ -1,0 +1,287 @@
+"""Batch streams for the training loop, and the evaluation function, built in one place.
+
+Every stream is *keyed by epoch*: the rows of epoch ``e`` are a function of ``(seed, stream,
+e)`` only (concatenated random permutations of the stream's rows), and so is every image's
+augmentation (each image gets its own seed in the plan). A resumed run therefore sees exactly the
+batches an uninterrupted run would have seen, whatever the number of DataLoader workers.
+
+Two kinds of data:
+
+- grayscale arrays (digits): all images live as one tensor on the training device and the views
+  are made a batch at a time (:class:`clipdebias.views.GrayAugment`);
+- RGB images (CIFAR arrays, image files): a ``DataLoader`` over the rows with per-image
+  torchvision transforms (:func:`clipdebias.views.natural_transforms`) in worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from clipdebias.data import ArraySource, ImageSource, UnreadableImage
+from clipdebias.errors import UserError
+from clipdebias.metrics import EvalResult, eval_result
+from clipdebias.train import Evaluator, LabeledBatch, UnlabeledBatch
+from clipdebias.views import GrayAugment, gray_to_tensor, natural_transforms
+
+# Stream identifiers mixed into the plan seeds, so the labeled and unlabeled streams differ.
+LABELED_STREAM, UNLABELED_STREAM = 1, 2
+_SEED_LIMIT = 2**63 - 1
+
+
+def epoch_plan(num_rows: int, batch_size: int, steps: int, seed: int, stream: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions, seeds)``, both ``[steps, batch_size]``: which of the ``num_rows`` rows each batch
+    holds (random permutations laid end to end, so every row appears before any repeats) and a seed
+    for each drawn image's augmentation. A pure function of its arguments."""
+    if num_rows < 1:
+        raise ValueError("a batch stream needs at least one row")
+    rng = np.random.default_rng([seed, stream, epoch])
+    needed = steps * batch_size
+    rounds = -(-needed // num_rows)
+    positions = np.concatenate([rng.permutation(num_rows) for _ in range(rounds)])[:needed]
+    seeds = rng.integers(0, _SEED_LIMIT, size=needed, dtype=np.int64)
+    return positions.reshape(steps, batch_size), seeds.reshape(steps, batch_size)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """How to batch and view the data (resolved options of the command)."""
+
+    dataset: str
+    batch_size: int
+    mu: int
+    views: int  # weak/strong views per unlabeled image: 1, or 2 with --multiviews
+    seed: int
+    image_size: int
+    workers: int
+    eval_batch_size: int
+
+
+@dataclass(frozen=True)
+class Streams:
+    labeled: "GrayStream | LoaderStream"
+    unlabeled: "GrayStream | LoaderStream"
+    evaluate: Evaluator
+    in_channels: int
+
+
+# --- grayscale arrays, augmented a batch at a time on the device --------------------------------
+
+
+class GrayStream:
+    """Batches of in-memory grayscale images (a ``[N, 1, H, W]`` tensor on the training device)."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        rows: Tensor,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        augment: GrayAugment,
+        views: int = 0,
+    ):
+        self.images, self.labels, self.rows = images, labels, rows
+        self.batch_size, self.seed, self.stream = batch_size, seed, stream
+        self.augment = augment
+        self.views = views  # 0: labeled stream (one weak view); n >= 1: n weak + n strong views
+
+    def batches(self, epoch: int, steps: int) -> Iterator[LabeledBatch | UnlabeledBatch]:
+        positions, seeds = epoch_plan(len(self.rows), self.batch_size, steps, self.seed, self.stream, epoch)
+        generator = torch.Generator(device=self.images.device)
+        generator.manual_seed(int(seeds[0, 0]))
+        plan = torch.as_tensor(positions, device=self.images.device)
+        for chosen in plan:
+            images = self.images[chosen]
+            if self.views == 0:
+                yield LabeledBatch(self.augment.weak(images, generator), self.labels[chosen], self.rows[chosen])
+            else:
+                weak = tuple(self.augment.weak(images, generator) for _ in range(self.views))
+                strong = tuple(self.augment.strong(images, generator) for _ in range(self.views))
+                yield UnlabeledBatch(weak, strong, self.rows[chosen], self.labels[chosen])
+
+
+def _gray_streams(
+    train: ArraySource, labeled: np.ndarray, unlabeled: np.ndarray, evaluation: ImageSource, eval_rows: np.ndarray,
+    spec: StreamSpec, device: torch.device,
+) -> Streams:
+    augment = GrayAugment()
+    images = gray_to_tensor(train.images, spec.image_size).to(device)
+    labels = torch.as_tensor(train.labels, device=device)
+
+    def stream(rows: np.ndarray, batch_size: int, tag: int, views: int) -> GrayStream:
+        index = torch.as_tensor(rows, device=device)
+        return GrayStream(images[index], labels[index], index, batch_size, spec.seed, tag, augment, views)
+
+    if not isinstance(evaluation, ArraySource) or evaluation.images.ndim != 3:
+        raise ValueError("grayscale training data needs a grayscale evaluation split")
+    eval_images = gray_to_tensor(evaluation.images[eval_rows], spec.image_size).to(device)
+    eval_labels = torch.as_tensor(evaluation.labels[eval_rows])
+
+    def evaluate(model: nn.Module) -> EvalResult:
+        logits = torch.cat([model(chunk) for chunk in eval_images.split(spec.eval_batch_size)])
+        return eval_result(logits, eval_labels)
+
+    return Streams(
+        labeled=stream(labeled, spec.batch_size, LABELED_STREAM, 0),
+        unlabeled=stream(unlabeled, spec.batch_size * spec.mu, UNLABELED_STREAM, spec.views),
+        evaluate=evaluate,
+        in_channels=1,
+    )
+
+
+# --- RGB images through a DataLoader ----------------------------------------------------------
+
+
+class _PlanBatches:
+    """A batch sampler that yields the ``(row position, image seed)`` pairs of one epoch's plan.
+
+    The main process iterates it, so setting ``epoch``/``steps`` before ``iter(loader)`` works with
+    persistent workers too.
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int, stream: int):
+        self.num_rows, self.batch_size, self.seed, self.stream = num_rows, batch_size, seed, stream
+        self.epoch, self.steps = 0, 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        positions, seeds = epoch_plan(self.num_rows, self.batch_size, self.steps, self.seed, self.stream, self.epoch)
+        for batch_positions, batch_seeds in zip(positions.tolist(), seeds.tolist()):
+            yield list(zip(batch_positions, batch_seeds))
+
+    def __len__(self) -> int:
+        return self.steps
+
+
+class _ViewDataset(torch.utils.data.Dataset):
+    """Row ``(position, seed)`` -> ``(view_1, ..., view_k, dataset index, label)``; the views are
+    drawn under ``torch.manual_seed(seed)`` in a forked RNG, so they depend on the seed alone."""
+
+    def __init__(self, source: ImageSource, rows: np.ndarray, transforms: Sequence[Callable]):
+        self.source, self.rows, self.transforms = source, rows, tuple(transforms)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple:
+        position, seed = key
+        index = int(self.rows[position])
+        try:
+            image = self.source.load(index)
+        except UnreadableImage as err:
+            raise UserError(f"unreadable image {err.path}: {err.reason}") from err
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            views = [transform(image) for transform in self.transforms]
+        return (*views, index, int(self.source.labels[index]))
+
+
+class _EvalDataset(torch.utils.data.Dataset):
+    def __init__(self, source: ImageSource, rows: np.ndarray, transform: Callable):
+        self.source, self.rows, self.transform = source, rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int) -> tuple[Tensor, int]:
+        index = int(self.rows[position])
+        try:
+            image = self.source.load(index)
+        except UnreadableImage as err:
+            raise UserError(f"unreadable image {err.path}: {err.reason}") from err
+        return self.transform(image), int(self.source.labels[index])
+
+
+def _one_line(err: Exception) -> str:
+    """An error re-raised from a DataLoader worker carries the worker's traceback: keep its last line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(err).__name__
+    return last.split("UserError: ", 1)[-1]
+
+
+class LoaderStream:
+    """Batches of RGB images from a ``DataLoader`` whose batch sampler follows :func:`epoch_plan`."""
+
+    def __init__(self, dataset: _ViewDataset, sampler: _PlanBatches, weak_views: int, labeled: bool, workers: int, device: torch.device):
+        self.sampler, self.weak_views, self.labeled, self.device = sampler, weak_views, labeled, device
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda",
+        )
+
+    def batches(self, epoch: int, steps: int) -> Iterator[LabeledBatch | UnlabeledBatch]:
+        self.sampler.epoch, self.sampler.steps = epoch, steps
+        try:
+            for batch in self.loader:
+                *views, indices, labels = (t.to(self.device, non_blocking=True) for t in batch)
+                if self.labeled:
+                    yield LabeledBatch(views[0], labels, indices)
+                else:
+                    yield UnlabeledBatch(tuple(views[: self.weak_views]), tuple(views[self.weak_views :]), indices, labels)
+        except UserError as err:
+            raise UserError(_one_line(err)) from err
+
+
+def _natural_streams(
+    train: ImageSource, labeled: np.ndarray, unlabeled: np.ndarray, evaluation: ImageSource, eval_rows: np.ndarray,
+    spec: StreamSpec, device: torch.device,
+) -> Streams:
+    transforms = natural_transforms(spec.dataset, spec.image_size, small_images=isinstance(train, ArraySource))
+
+    def stream(rows: np.ndarray, batch_size: int, tag: int, views: tuple[Callable, ...], weak_views: int) -> LoaderStream:
+        sampler = _PlanBatches(len(rows), batch_size, spec.seed, tag)
+        return LoaderStream(_ViewDataset(train, rows, views), sampler, weak_views, tag == LABELED_STREAM, spec.workers, device)
+
+    unlabeled_views = (transforms.weak,) * spec.views + (transforms.strong,) * spec.views
+    eval_loader = torch.utils.data.DataLoader(
+        _EvalDataset(evaluation, eval_rows, transforms.eval),
+        batch_size=spec.eval_batch_size,
+        shuffle=False,
+        num_workers=spec.workers,
+        pin_memory=device.type == "cuda",
+    )
+
+    def evaluate(model: nn.Module) -> EvalResult:
+        logits, labels = [], []
+        try:
+            for images, targets in eval_loader:
+                logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+                labels.append(targets)
+        except UserError as err:
+            raise UserError(_one_line(err)) from err
+        return eval_result(torch.cat(logits), torch.cat(labels))
+
+    return Streams(
+        labeled=stream(labeled, spec.batch_size, LABELED_STREAM, (transforms.weak,), 1),
+        unlabeled=stream(unlabeled, spec.batch_size * spec.mu, UNLABELED_STREAM, unlabeled_views, spec.views),
+        evaluate=evaluate,
+        in_channels=3,
+    )
+
+
+def build_streams(
+    train: ImageSource,
+    labeled: np.ndarray,
+    unlabeled: np.ndarray,
+    evaluation: ImageSource,
+    eval_rows: np.ndarray,
+    spec: StreamSpec,
+    device: torch.device,
+) -> Streams:
+    """The labeled and unlabeled streams over rows of ``train`` and the evaluator over rows of
+    ``evaluation`` (every sampler and loader of a run is built here)."""
+    if len(labeled) == 0 or len(unlabeled) == 0:
+        raise UserError(f"training needs labeled and unlabeled images; got {len(labeled)} labeled and {len(unlabeled)} unlabeled")
+    if len(eval_rows) == 0:
+        raise UserError("the evaluation split is empty")
+    if isinstance(train, ArraySource) and train.images.ndim == 3:
+        return _gray_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device)
+    return _natural_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device)

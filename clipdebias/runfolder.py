@@ -1,0 +1,89 @@
+"""The run folder (``--out``) of ``ssl`` and ``zeroshot``: every file a training run writes.
+
+All writes go through :class:`RunFolder`, atomically, so a run killed at any moment leaves
+complete files, and so that "only rank 0 writes" under torch.distributed is the one flag
+``writes``. The layout is specified in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clipdebias.atomic import atomic_write, atomic_write_json, atomic_write_text
+from clipdebias.errors import UserError
+
+CONFIG = "config.json"
+METRICS = "metrics.json"
+METRICS_LINES = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+LABELED_INDEX = "labeled_index.csv"
+UNLABELED_INDEX = "unlabeled_index.csv"
+INDEX_COLUMNS = ("index", "path", "label")
+
+
+class RunFolder:
+    """Reads and writes the files of one run folder. With ``writes=False`` every write is a no-op."""
+
+    def __init__(self, path: str | Path, writes: bool = True):
+        self.path = Path(path)
+        self.writes = writes
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def has_run(self) -> bool:
+        """True when the folder already holds a run (its config or a checkpoint)."""
+        return self.file(CONFIG).is_file() or self.file(CHECKPOINT).is_file()
+
+    def read_config(self) -> dict[str, Any] | None:
+        if not self.file(CONFIG).is_file():
+            return None
+        try:
+            return json.loads(self.file(CONFIG).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserError(f"cannot read {str(self.file(CONFIG))!r}: {err}") from err
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        if self.writes:
+            atomic_write_json(self.file(CONFIG), config)
+
+    def write_index(self, name: str, rows: Sequence[tuple[int, str, int]]) -> None:
+        """``labeled_index.csv`` / ``unlabeled_index.csv``: ``index,path,label`` rows."""
+        if not self.writes:
+            return
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(INDEX_COLUMNS)
+        writer.writerows(rows)
+        atomic_write_text(self.file(name), buffer.getvalue())
+
+    def write_history(self, records: Sequence[dict[str, Any]]) -> None:
+        """``metrics.jsonl``, rewritten whole from the records, so it always matches the checkpoint."""
+        if self.writes:
+            atomic_write_text(self.file(METRICS_LINES), "".join(json.dumps(r) + "\n" for r in records))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        if self.writes:
+            atomic_write_json(self.file(METRICS), metrics)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        if self.writes:
+            import torch
+
+            atomic_write(self.file(CHECKPOINT), lambda handle: torch.save(state, handle))
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint's contents, or ``None`` when the folder has none."""
+        if not self.file(CHECKPOINT).is_file():
+            return None
+        import torch
+
+        try:
+            return torch.load(self.file(CHECKPOINT), map_location="cpu", weights_only=False)
+        except Exception as err:  # a truncated or foreign file
+            raise UserError(f"cannot read checkpoint {str(self.file(CHECKPOINT))!r}: {err}") from err

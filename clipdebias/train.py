@@ -1,0 +1,460 @@
+"""The one training loop: FixMatch with an EMA teacher, debiased by DebiasPL when ``tau > 0``.
+
+The loop does not know about images or CNNs. It takes a model (``inputs -> logits``), an
+optimizer and a per-step LR schedule, a labeled and an unlabeled :class:`BatchStream` that yield
+already-augmented tensors plus dataset indices, and an evaluation function. Each step:
+
+1. the EMA teacher (eval mode, no gradient) gives weak-view logits ``z_w`` (the mean over weak
+   views with ``--multiviews``);
+2. pseudo-labels, confidences and masks come from ``clipdebias.debias.select_pseudo_labels`` with
+   the class prior *before* its update (with ``tau = 0`` this is plain FixMatch);
+3. optionally, rows the student is unsure of take a fallback label (:func:`apply_fallback`);
+4. the prior is updated from the raw teacher probabilities ``softmax(z_w)``;
+5. the student's strong-view loss is ``adaptive_margin_loss`` with the *updated* prior, and the
+   total loss is ``CE(labeled) + lambda_u * L_u``; SGD step, LR schedule step, EMA update.
+
+An epoch is a fixed number of steps. At each epoch end the teacher is evaluated, a record is
+appended to the history (``metrics.jsonl``) and a checkpoint is written; a run resumed from that
+checkpoint continues exactly as if it had not stopped (the batch streams are keyed by epoch and
+the RNG states, optimizer, schedule, EMA teacher and class prior are all restored).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
+from clipdebias.errors import UserError
+from clipdebias.metrics import EvalResult, PseudoLabelCounter, PseudoLabelStats, entropy
+from clipdebias.runfolder import RunFolder
+
+CHECKPOINT_FORMAT = 1
+# Steps between two progress reports (and the host syncs they cost on a GPU).
+DEFAULT_LOG_EVERY = 10
+
+
+@dataclass(frozen=True)
+class LabeledBatch:
+    """Labeled inputs (already augmented, weak view), their targets and dataset indices."""
+
+    inputs: Tensor
+    targets: Tensor
+    indices: Tensor
+
+
+@dataclass(frozen=True)
+class UnlabeledBatch:
+    """Weak and strong views of the same unlabeled rows, their dataset indices, and their
+    ground-truth labels (``-1`` when unknown; used only for statistics, never for training)."""
+
+    weak: tuple[Tensor, ...]
+    strong: tuple[Tensor, ...]
+    indices: Tensor
+    labels: Tensor
+
+
+BatchT = TypeVar("BatchT", covariant=True)
+
+
+class BatchStream(Protocol[BatchT]):
+    """Yields ``steps`` batches for ``epoch``; the same epoch always yields the same batches."""
+
+    def batches(self, epoch: int, steps: int) -> Iterator[BatchT]: ...
+
+
+Evaluator = Callable[[nn.Module], EvalResult]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The knobs of the loop itself (the optimizer and the data are built by the caller)."""
+
+    num_classes: int
+    epochs: int
+    steps_per_epoch: int
+    tau: float = 0.4
+    threshold: float = 0.95
+    prior_momentum: float = 0.999
+    lambda_u: float = 1.0
+    ema_momentum: float = 0.999
+    log_every: int = DEFAULT_LOG_EVERY
+
+    @property
+    def debias(self) -> bool:
+        """DebiasPL when ``tau > 0``; plain FixMatch (no prior at all) when ``tau == 0``."""
+        return self.tau > 0
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Per-row fallback labels indexed by dataset index (the zero-shot recipe: CLIP's labels).
+
+    ``targets[i]`` is the fallback label of dataset row ``i`` (``-1``: none), ``confidence[i]`` its
+    confidence; it replaces the student's pseudo-label where the student is not confident and the
+    fallback confidence is at least ``threshold``.
+    """
+
+    targets: Tensor
+    confidence: Tensor
+    threshold: float
+
+    def to(self, device: torch.device | str) -> "Fallback":
+        return Fallback(self.targets.to(device), self.confidence.to(device), self.threshold)
+
+
+def apply_fallback(
+    targets: Tensor, mask: Tensor, fallback_targets: Tensor, fallback_confidence: Tensor, threshold: float
+) -> tuple[Tensor, Tensor]:
+    """Where ``mask == 0`` and ``fallback_confidence >= threshold`` (and a fallback label exists),
+    the row takes the fallback label with mask 1; every other row is unchanged."""
+    use = (mask <= 0) & (fallback_confidence >= threshold) & (fallback_targets >= 0)
+    return torch.where(use, fallback_targets, targets), torch.where(use, torch.ones_like(mask), mask)
+
+
+class EMATeacher:
+    """An exponential moving average of a model's parameters *and* buffers (BatchNorm statistics),
+    kept in eval mode: ``teacher = m * teacher + (1 - m) * student`` after every step. Integer
+    buffers (``num_batches_tracked``) are copied."""
+
+    def __init__(self, model: nn.Module, momentum: float):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"EMA momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.module = copy.deepcopy(model).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        student = model.state_dict()
+        for name, value in self.module.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.lerp_(student[name].to(value.dtype), 1.0 - self.momentum)
+            else:
+                value.copy_(student[name])
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        return self.module(inputs)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: Tensor
+    loss_x: Tensor
+    loss_u: Tensor
+    targets: Tensor
+    mask: Tensor
+
+
+def fixmatch_step(
+    model: nn.Module,
+    teacher: EMATeacher,
+    prior: ClassPrior | None,
+    labeled: LabeledBatch,
+    unlabeled: UnlabeledBatch,
+    config: TrainConfig,
+    fallback: Fallback | None = None,
+) -> StepOutput:
+    """The losses of one step (and the prior update); no optimizer step.
+
+    With several weak/strong views (``--multiviews``, as in the reference code): the pseudo-labels
+    come from the mean of the weak-view logits and from every weak view on its own, and the
+    unlabeled loss averages every (pseudo-label set, strong view) pair. The returned ``targets`` /
+    ``mask`` are those of the mean-logit set.
+    """
+    with torch.no_grad():
+        weak_logits = teacher(torch.cat(unlabeled.weak)).float().chunk(len(unlabeled.weak))
+    logits = model(torch.cat([labeled.inputs, *unlabeled.strong]))
+    logits_x = logits[: labeled.inputs.shape[0]]
+    strong_logits = logits[labeled.inputs.shape[0] :].chunk(len(unlabeled.strong))
+
+    mean_weak = torch.stack(weak_logits).mean(dim=0)
+    uniform = torch.full((config.num_classes,), 1.0 / config.num_classes, device=mean_weak.device)
+    prior_before = prior.probs if prior is not None else uniform
+    candidates = [mean_weak] + (list(weak_logits) if len(weak_logits) > 1 else [])
+    selections = []
+    for z_w in candidates:
+        targets, _, mask = select_pseudo_labels(z_w, prior_before, config.tau, config.threshold)
+        if fallback is not None:
+            rows = unlabeled.indices.to(fallback.targets.device)
+            targets, mask = apply_fallback(
+                targets, mask, fallback.targets[rows], fallback.confidence[rows], fallback.threshold
+            )
+        selections.append((targets, mask))
+    if prior is not None:
+        prior.update(torch.softmax(mean_weak, dim=-1))
+    prior_after = prior.probs if prior is not None else uniform
+    losses_u = [
+        adaptive_margin_loss(z_s, targets, prior_after, config.tau, mask)
+        for targets, mask in selections
+        for z_s in strong_logits
+    ]
+    loss_u = torch.stack(losses_u).mean()
+    loss_x = F.cross_entropy(logits_x.float(), labeled.targets)
+    loss = loss_x + config.lambda_u * loss_u
+    return StepOutput(loss, loss_x.detach(), loss_u.detach(), selections[0][0], selections[0][1])
+
+
+# --- optimizer and schedule -------------------------------------------------------------------
+
+
+def make_sgd(model: nn.Module, lr: float, weight_decay: float, momentum: float, nesterov: bool = True) -> torch.optim.SGD:
+    """SGD whose weight decay skips biases and normalisation weights (tensors of one dimension)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """LR multiplier: linear warm-up over ``warmup_steps``, then a half cosine from 1 to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + float(np.cos(np.pi * min(step - warmup_steps, span) / span)))
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step schedule for :func:`cosine_factor` (call ``scheduler.step()`` after each step)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps, warmup_steps))
+
+
+# --- progress events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainStart:
+    start_epoch: int
+    epochs: int
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    epoch: int  # 0-based epoch being trained
+    step: int  # steps done in this epoch
+    loss: float
+    mask_rate: float
+    pseudo_label_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    record: dict[str, Any]
+
+
+ProgressEvent = TrainStart | StepProgress | EpochEnd
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    final_eval: EvalResult
+    pseudo_labels: PseudoLabelStats
+    prior: list[float] | None
+    steps: int
+    elapsed_s: float
+    resumed_from_epoch: int | None = None
+
+
+# --- checkpoint helpers -----------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class _Progress:
+    epoch: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: EvalResult | None = None
+    last_stats: PseudoLabelStats | None = None
+
+
+def _restore(
+    checkpoint: dict[str, Any],
+    config: TrainConfig,
+    model: nn.Module,
+    teacher: EMATeacher,
+    prior: ClassPrior | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> _Progress:
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"the checkpoint has format {checkpoint.get('format')!r}, this clipdebias reads {CHECKPOINT_FORMAT}")
+    saved = checkpoint["train_config"]
+    if saved != asdict(config):
+        changed = sorted(k for k in set(saved) | set(asdict(config)) if saved.get(k) != asdict(config).get(k))
+        raise UserError(f"cannot resume: the checkpoint was trained with other settings ({', '.join(changed)})")
+    model.load_state_dict(checkpoint["model"])
+    teacher.load_state_dict(checkpoint["teacher"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if prior is not None:
+        prior.load_state_dict(checkpoint["prior"])
+    _set_rng_state(checkpoint["rng"])
+    return _Progress(
+        epoch=checkpoint["epoch"],
+        step=checkpoint["step"],
+        elapsed_s=checkpoint["elapsed_s"],
+        history=list(checkpoint["history"]),
+        last_eval=EvalResult(**checkpoint["last_eval"]),
+        last_stats=PseudoLabelStats(**checkpoint["last_pseudo_labels"]),
+    )
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def _epoch_record(
+    done: _Progress, lr: float, sums: Tensor, steps: int, stats: PseudoLabelStats, prior: ClassPrior | None, result: EvalResult
+) -> dict[str, Any]:
+    loss, loss_x, loss_u = (v / steps for v in sums.tolist())
+    return {
+        "epoch": done.epoch,
+        "step": done.step,
+        "lr": lr,
+        "loss": loss,
+        "loss_x": loss_x,
+        "loss_u": loss_u,
+        "mask_rate": stats.mask_rate,
+        "pseudo_label_accuracy": stats.accuracy,
+        "pseudo_label_counts": stats.class_counts,
+        "imbalance_ratio": stats.imbalance_ratio,
+        "prior": prior.probs.cpu().tolist() if prior is not None else None,
+        "prior_entropy": entropy(prior.probs.cpu()) if prior is not None else None,
+        "top1": result.top1,
+        "top5": result.top5,
+        "elapsed_s": done.elapsed_s,
+    }
+
+
+def train(
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    labeled: BatchStream[LabeledBatch],
+    unlabeled: BatchStream[UnlabeledBatch],
+    evaluate: Evaluator,
+    *,
+    device: torch.device | str = "cpu",
+    run: RunFolder | None = None,
+    resume: bool = False,
+    fallback: Fallback | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``config.epochs`` epochs (continuing ``run``'s checkpoint if ``resume``).
+
+    ``scheduler`` is stepped once per step (see :func:`cosine_schedule`); it and ``optimizer`` must
+    be built for ``model`` already on ``device``. ``evaluate`` is called with the EMA teacher
+    (in eval mode, under ``torch.no_grad``) at each epoch end. ``run`` (optional) receives the
+    checkpoint and ``metrics.jsonl`` after every epoch.
+    """
+    notify = progress or (lambda event: None)
+    model.to(device)
+    teacher = EMATeacher(model, config.ema_momentum)
+    prior = ClassPrior(config.num_classes, config.prior_momentum).to(device) if config.debias else None
+    fallback = fallback.to(device) if fallback is not None else None
+    done = _Progress()
+    checkpoint = run.load_checkpoint() if (resume and run is not None) else None
+    if checkpoint is not None:
+        done = _restore(checkpoint, config, model, teacher, prior, optimizer, scheduler)
+    resumed_from = done.epoch if checkpoint is not None else None
+    notify(TrainStart(done.epoch, config.epochs, config.steps_per_epoch))
+
+    for epoch in range(done.epoch, config.epochs):
+        started = time.perf_counter()
+        model.train()
+        counter = PseudoLabelCounter(config.num_classes, device)
+        sums = torch.zeros(3, device=device)
+        steps = 0
+        batches = zip(labeled.batches(epoch, config.steps_per_epoch), unlabeled.batches(epoch, config.steps_per_epoch))
+        for lab, unl in batches:
+            out = fixmatch_step(model, teacher, prior, lab, unl, config, fallback)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            scheduler.step()
+            teacher.update(model)
+            counter.add(out.targets, out.mask, unl.labels)
+            sums += torch.stack([out.loss.detach(), out.loss_x, out.loss_u])
+            steps += 1
+            if steps % config.log_every == 0 or steps == config.steps_per_epoch:
+                mean_loss = sums[0].item() / steps
+                if not np.isfinite(mean_loss):
+                    raise UserError(f"the loss became {mean_loss} in epoch {epoch + 1}; lower --lr")
+                stats = counter.result()
+                notify(StepProgress(epoch, steps, mean_loss, stats.mask_rate, stats.accuracy))
+        if steps != config.steps_per_epoch:
+            raise RuntimeError(f"the batch streams gave {steps} batches, expected {config.steps_per_epoch}")
+        with torch.no_grad():
+            result = evaluate(teacher.module.eval())
+        done.epoch, done.step = epoch + 1, done.step + steps
+        done.elapsed_s += time.perf_counter() - started
+        done.last_eval, done.last_stats = result, counter.result()
+        record = _epoch_record(done, optimizer.param_groups[0]["lr"], sums, steps, done.last_stats, prior, result)
+        done.history.append(record)
+        if run is not None:
+            run.save_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "train_config": asdict(config),
+                    "epoch": done.epoch,
+                    "step": done.step,
+                    "elapsed_s": done.elapsed_s,
+                    "model": model.state_dict(),
+                    "teacher": teacher.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "prior": prior.state_dict() if prior is not None else None,
+                    "rng": _rng_state(),
+                    "history": done.history,
+                    "last_eval": asdict(result),
+                    "last_pseudo_labels": asdict(done.last_stats),
+                }
+            )
+            run.write_history(done.history)
+        notify(EpochEnd(record))
+
+    if done.last_eval is None or done.last_stats is None:
+        raise ValueError("config.epochs must be at least 1")
+    return TrainResult(
+        history=done.history,
+        final_eval=done.last_eval,
+        pseudo_labels=done.last_stats,
+        prior=prior.probs.cpu().tolist() if prior is not None else None,
+        steps=done.step,
+        elapsed_s=done.elapsed_s,
+        resumed_from_epoch=resumed_from,
+    )

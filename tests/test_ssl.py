@@ -1,0 +1,233 @@
+"""``clipdebias ssl`` end to end with tiny settings: every dataset kind, the run folder format,
+FixMatch = DebiasPL at tau 0, determinism, kill -9 + resume, fallback labels and user errors."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from clipdebias.cli import main
+from clipdebias.ssl import read_clip_pseudolabels, resolve_ssl_config
+from clipdebias.errors import UserError
+from fakes import make_cifar_root, make_image_folder
+
+TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--device", "cpu"]
+EPOCH_KEYS = {
+    "epoch", "step", "lr", "loss", "loss_x", "loss_u", "mask_rate", "pseudo_label_accuracy", "pseudo_label_counts",
+    "imbalance_ratio", "prior", "prior_entropy", "top1", "top5", "elapsed_s",
+}
+# Everything of metrics.json that does not depend on the clock or on how the run was started.
+STABLE = ("method", "top1", "top5", "per_class_top1", "pseudo_labels", "prior", "steps", "labeled_images")
+
+
+def _ssl(args, tmp_path, name="run"):
+    out = tmp_path / name
+    assert main(["ssl", *args, "--out", str(out)]) == 0
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def _index(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _history(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_digits_run_folder_follows_the_format(tmp_path, capsys):
+    out, metrics = _ssl(["--dataset", "digits", "--labels", "2-per-class", *TINY], tmp_path)
+    assert {p.name for p in out.iterdir()} == {
+        "config.json", "labeled_index.csv", "unlabeled_index.csv", "metrics.jsonl", "metrics.json", "checkpoint.pt"
+    }
+    config = json.loads((out / "config.json").read_text())
+    assert config["command"] == "ssl" and config["method"] == "debiaspl" and config["classes"] == [str(c) for c in range(10)]
+    # Given options win, the rest are the digits defaults.
+    assert (config["tau"], config["threshold"], config["prior_momentum"], config["ema_momentum"]) == (0.4, 0.95, 0.99, 0.99)
+    assert (config["batch_size"], config["mu"], config["steps_per_epoch"], config["arch"]) == (4, 2, 3, "cnn")
+    labeled, unlabeled = _index(out / "labeled_index.csv"), _index(out / "unlabeled_index.csv")
+    assert list(labeled[0]) == ["index", "path", "label"]
+    assert len(labeled) == 20 and len(unlabeled) == 1257 - 20
+    assert sorted(int(r["label"]) for r in labeled) == sorted(list(range(10)) * 2)
+    assert not {r["index"] for r in labeled} & {r["index"] for r in unlabeled}
+    assert labeled[0]["path"] == f"digits:train/{labeled[0]['index']}"
+    history = _history(out)
+    assert [r["epoch"] for r in history] == [1, 2] and [r["step"] for r in history] == [3, 6]
+    assert all(set(r) == EPOCH_KEYS for r in history)
+    assert len(history[-1]["prior"]) == 10 and sum(history[-1]["prior"]) == pytest.approx(1.0, abs=1e-5)
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0
+    assert metrics["method"] == "debiaspl" and metrics["dataset"] == "digits" and metrics["num_classes"] == 10
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100 and len(metrics["per_class_top1"]) == 10
+    assert metrics["top1"] == history[-1]["top1"] and metrics["eval_images"] == 540
+    pl = metrics["pseudo_labels"]
+    assert set(pl) == {"mask_rate", "accuracy", "class_counts", "imbalance_ratio"}
+    assert pl["class_counts"] == history[-1]["pseudo_label_counts"] and 0 <= pl["mask_rate"] <= 1
+    assert pl["imbalance_ratio"] == max(pl["class_counts"]) / max(min(pl["class_counts"]), 1)
+    captured = capsys.readouterr()
+    assert "top-1 (val, 540 images)" in captured.out and "pseudo-labels: imbalance ratio" in captured.out
+
+
+def test_image_folder_run_with_resnet18(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=5, val_per_class=2, size=16)
+    out, metrics = _ssl(
+        ["--dataset", "imagefolder", "--data-root", str(root), "--labels", "1-per-class", "--arch", "resnet18",
+         "--image-size", "16", "--workers", "0", "--multiviews", "--epochs", "1", "--steps-per-epoch", "2",
+         "--batch-size", "2", "--mu", "1", "--device", "cpu"],
+        tmp_path,
+    )
+    assert metrics["num_classes"] == 3 and metrics["classes"] == ["cat", "dog", "red_fox"]
+    assert metrics["eval_images"] == 6 and metrics["labeled_images"] == 3 and metrics["unlabeled_images"] == 12
+    assert _index(out / "labeled_index.csv")[0]["path"].endswith(".png")
+    assert json.loads((out / "config.json").read_text())["multiviews"] is True
+
+
+def test_cifar_run(tmp_path):
+    root = make_cifar_root(tmp_path / "data", "cifar10", per_class_train=2, per_class_val=1)
+    out, metrics = _ssl(
+        ["--dataset", "cifar10", "--data-root", str(root), "--labels", "1-per-class", "--arch", "cnn",
+         "--image-size", "16", "--workers", "0", *TINY],
+        tmp_path,
+    )
+    assert metrics["labeled_images"] == 10 and metrics["unlabeled_images"] == 90 and metrics["eval_images"] == 10
+    assert len(_history(out)) == 2
+
+
+def test_no_debias_equals_tau_zero_and_is_fixmatch(tmp_path):
+    _, a = _ssl(["--dataset", "digits", "--no-debias", *TINY], tmp_path, "a")
+    _, b = _ssl(["--dataset", "digits", "--tau", "0", *TINY], tmp_path, "b")
+    assert a["method"] == b["method"] == "fixmatch"
+    assert a["prior"] is None and _history(tmp_path / "a")[-1]["prior"] is None
+    assert {k: a[k] for k in STABLE} == {k: b[k] for k in STABLE}
+    _, c = _ssl(["--dataset", "digits", *TINY], tmp_path, "c")  # the same run, debiased
+    assert c["method"] == "debiaspl" and c["prior"] is not None
+
+
+def test_same_seed_same_metrics_other_seed_other_split(tmp_path):
+    out_a, a = _ssl(["--dataset", "digits", "--seed", "3", *TINY], tmp_path, "a")
+    out_b, b = _ssl(["--dataset", "digits", "--seed", "3", *TINY], tmp_path, "b")
+    out_c, _ = _ssl(["--dataset", "digits", "--seed", "4", *TINY], tmp_path, "c")
+    assert {k: a[k] for k in STABLE} == {k: b[k] for k in STABLE}
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(_history(out_a)) == strip(_history(out_b))
+    assert _index(out_a / "labeled_index.csv") == _index(out_b / "labeled_index.csv")
+    assert _index(out_a / "labeled_index.csv") != _index(out_c / "labeled_index.csv")
+
+
+def test_killed_run_resumes_with_prior_and_teacher(tmp_path):
+    args = ["ssl", "--dataset", "digits", "--epochs", "6", "--steps-per-epoch", "8", "--batch-size", "8", "--mu", "2",
+            "--device", "cpu", "--seed", "1"]
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    process = subprocess.Popen([sys.executable, "-m", "clipdebias", *args, "--out", str(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (lines.is_file() and lines.read_text().strip()):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    killed_after = checkpoint["epoch"]
+    assert 1 <= killed_after < 6, "the run finished before it could be killed"
+    assert not torch.allclose(checkpoint["prior"]["probs"], torch.full((10,), 0.1))
+    assert any(not torch.equal(checkpoint["teacher"][k], checkpoint["model"][k]) for k in checkpoint["model"])
+
+    # Without --resume the folder is protected; with it the run continues from its checkpoint.
+    assert main([*args, "--out", str(out)]) == 2
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["resumed_from_epoch"] == killed_after
+    full_out, full = _ssl(args[1:], tmp_path, "uninterrupted")
+    assert {k: resumed[k] for k in STABLE} == {k: full[k] for k in STABLE}
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(_history(out)) == strip(_history(full_out))
+    # A finished run resumed again trains nothing more and reports the same metrics.
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert {k: json.loads((out / "metrics.json").read_text())[k] for k in STABLE} == {k: full[k] for k in STABLE}
+    # Resuming with other training options is refused.
+    assert main([*args, "--out", str(out), "--resume", "--tau", "1.0"]) == 2
+
+
+def test_labeled_index_is_reused(tmp_path):
+    first, _ = _ssl(["--dataset", "digits", "--labels", "1-per-class", "--seed", "5", *TINY], tmp_path, "first")
+    second, metrics = _ssl(
+        ["--dataset", "digits", "--labeled-index", str(first / "labeled_index.csv"), "--seed", "9", *TINY], tmp_path, "second"
+    )
+    assert _index(second / "labeled_index.csv") == _index(first / "labeled_index.csv")
+    assert metrics["labeled_images"] == 10
+
+
+def test_holdout_evaluates_on_train_rows_outside_both_streams(tmp_path):
+    out, metrics = _ssl(["--dataset", "digits", "--holdout", "0.2", *TINY], tmp_path)
+    used = {r["index"] for name in ("labeled_index.csv", "unlabeled_index.csv") for r in _index(out / name)}
+    assert metrics["eval_split"] == "holdout"
+    assert metrics["eval_images"] + len(used) == 1257 and 240 <= metrics["eval_images"] <= 260
+
+
+def test_clip_pseudolabels_fallback_run_and_validation(tmp_path, capsys):
+    table = tmp_path / "clip.csv"
+    table.write_text("index,pseudo_label,confidence\n" + "".join(f"{i},{i % 10},0.5\n" for i in range(1257)))
+    out, metrics = _ssl(["--dataset", "digits", "--clip-pseudolabels", str(table), "--threshold", "1.0", *TINY], tmp_path)
+    # No student row reaches threshold 1.0; every unlabeled row falls back to its CLIP label (0.5 >= 0.3).
+    assert metrics["pseudo_labels"]["mask_rate"] == 1.0
+    assert json.loads((out / "config.json").read_text())["clip_fallback"] == 0.3
+    targets, confidence = read_clip_pseudolabels(table, 1257, 10)
+    assert targets[13] == 3 and confidence[13] == pytest.approx(0.5)
+    for body, message in [
+        ("index,label\n0,1\n", "lacks the column"),
+        ("index,pseudo_label,confidence\n1257,1,0.5\n", "'index'"),
+        ("index,pseudo_label,confidence\n0,10,0.5\n", "class ids"),
+        ("index,pseudo_label,confidence\n0,1,1.5\n", "'confidence'"),
+    ]:
+        table.write_text(body)
+        with pytest.raises(UserError, match=message):
+            read_clip_pseudolabels(table, 1257, 10)
+    capsys.readouterr()
+    assert main(["ssl", "--dataset", "digits", "--clip-pseudolabels", str(table), "--out", str(tmp_path / "bad"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "'confidence'" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "digits", "--labels", "lots"], "--labels 'lots'"),
+        (["--dataset", "digits", "--labels", "0-per-class"], "at least 1"),
+        (["--dataset", "digits", "--labels", "200-per-class"], "fewer than the 200"),
+        (["--dataset", "cifar10"], "needs --data-root"),
+        (["--dataset", "imagefolder", "--data-root", "/nonexistent/data"], "not a directory"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--dataset", "digits", "--no-debias", "--tau", "0.4"], "--no-debias"),
+        (["--dataset", "digits", "--threshold", "1.5"], "--threshold"),
+        (["--dataset", "digits", "--arch", "vgg"], "unknown --arch"),
+        (["--dataset", "digits", "--arch", "resnet18"], "grayscale"),
+        (["--dataset", "digits", "--device", "tpu"], "--device"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
+    assert main(["ssl", *args, "--out", str(tmp_path / "run"), "--epochs", "1", "--steps-per-epoch", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
+
+
+def test_cifar_root_missing_files(tmp_path, capsys):
+    assert main(["ssl", "--dataset", "cifar100", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    assert "cifar-100-python" in capsys.readouterr().err
+
+
+def test_resolved_defaults_per_dataset():
+    imagenet = resolve_ssl_config("imagenet", "out", data_root="/x")
+    assert (imagenet.threshold, imagenet.lambda_u, imagenet.mu, imagenet.tau, imagenet.multiviews) == (0.7, 10.0, 5, 0.4, True)
+    assert imagenet.steps_per_epoch is None and imagenet.arch == "resnet50" and imagenet.labels == "0.2pct"
+    cifar = resolve_ssl_config("cifar10", "out", threshold=0.9, workers=1)
+    assert (cifar.threshold, cifar.mu, cifar.steps_per_epoch, cifar.workers, cifar.method) == (0.9, 7, 1024, 1, "debiaspl")
+    assert resolve_ssl_config("digits", "out", no_debias=True).method == "fixmatch"

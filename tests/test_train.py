@@ -1,0 +1,248 @@
+"""The training loop's pieces: fallback rule, EMA teacher, one FixMatch/DebiasPL step, schedule,
+epoch plans, augmentations, metrics and students."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
+from clipdebias.errors import UserError
+from clipdebias.loaders import epoch_plan
+from clipdebias.metrics import PseudoLabelCounter, eval_result, imbalance_ratio, per_class_accuracy
+from clipdebias.models import SmallCNN, build_model, load_init_weights
+from clipdebias.train import (
+    EMATeacher,
+    LabeledBatch,
+    TrainConfig,
+    UnlabeledBatch,
+    apply_fallback,
+    cosine_factor,
+    fixmatch_step,
+    make_sgd,
+)
+from clipdebias.views import GrayAugment, gray_to_tensor
+
+
+def test_apply_fallback_truth_table():
+    # Rows: (student mask, fallback confidence, fallback label) -> (target, mask)
+    student_targets = torch.tensor([1, 1, 1, 1, 1, 1])
+    student_mask = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    fallback_targets = torch.tensor([2, 2, 2, 2, 2, -1])
+    fallback_conf = torch.tensor([0.9, 0.1, 0.3, 0.29, 0.9, 0.9])
+    targets, mask = apply_fallback(student_targets, student_mask, fallback_targets, fallback_conf, threshold=0.3)
+    # confident student keeps its label whatever the fallback says (rows 0, 1);
+    # unsure student takes the fallback at >= threshold (row 2: exactly 0.3; row 4), not below (row 3);
+    # a row without a fallback label (-1) is unchanged (row 5).
+    assert targets.tolist() == [1, 1, 2, 1, 2, 1]
+    assert mask.tolist() == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_ema_teacher_averages_parameters_and_batchnorm_buffers():
+    torch.manual_seed(0)
+    student = SmallCNN(3)
+    teacher = EMATeacher(student, momentum=0.75)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student.train()
+    student(torch.rand(8, 1, 8, 8))  # moves BatchNorm running statistics
+    with torch.no_grad():
+        for param in student.parameters():
+            param.add_(1.0)
+    teacher.update(student)
+    after, now = teacher.state_dict(), student.state_dict()
+    for key in ("features.0.weight", "features.1.running_mean", "features.1.running_var", "fc.bias"):
+        assert torch.allclose(after[key], 0.75 * before[key] + 0.25 * now[key], atol=1e-6), key
+    assert int(after["features.1.num_batches_tracked"]) == 1
+    assert not teacher.module.training
+    assert all(not p.requires_grad for p in teacher.module.parameters())
+
+
+class _Fixed(nn.Module):
+    """A model whose logits are its (flattened) input times a learnable scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return x.flatten(1) * self.scale
+
+
+def _batches(weak_views, strong_views, labels=None):
+    count = weak_views[0].shape[0]
+    labeled = LabeledBatch(torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([0]), torch.tensor([0]))
+    unlabeled = UnlabeledBatch(
+        tuple(weak_views), tuple(strong_views), torch.arange(count), labels if labels is not None else -torch.ones(count, dtype=torch.long)
+    )
+    return labeled, unlabeled
+
+
+def test_step_selects_with_the_prior_before_its_update_and_margins_with_the_updated_prior():
+    weak = torch.tensor([[2.0, 1.4, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 4.0], [2.5, 0.0, 0.0]])
+    strong = torch.tensor([[1.0, 0.5, 0.0], [0.2, 0.1, 0.0], [0.0, 0.3, 1.0], [0.5, 0.0, 0.0]])
+    config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=1.0, threshold=0.57, prior_momentum=0.5, lambda_u=2.0)
+    model = _Fixed()
+    prior = ClassPrior(3, momentum=0.5)
+    prior.probs = torch.tensor([0.6, 0.2, 0.2])
+    q_before = prior.probs.clone()
+    labeled, unlabeled = _batches([weak], [strong])
+
+    out = fixmatch_step(model, EMATeacher(model, 0.9), prior, labeled, unlabeled, config)
+
+    targets, _, mask = select_pseudo_labels(weak, q_before, 1.0, 0.57)
+    q_after = 0.5 * q_before + 0.5 * torch.softmax(weak, dim=-1).mean(dim=0)
+    assert torch.allclose(prior.probs, q_after / q_after.sum(), atol=1e-6)
+    assert out.targets.tolist() == targets.tolist() and out.mask.tolist() == mask.tolist()
+    # The debiased labels differ from what the updated prior would give: the order matters here.
+    other_targets, _, other_mask = select_pseudo_labels(weak, prior.probs, 1.0, 0.57)
+    assert (other_targets.tolist(), other_mask.tolist()) != (targets.tolist(), mask.tolist())
+    expected_u = adaptive_margin_loss(strong, targets, prior.probs, 1.0, mask)
+    assert out.loss_u.item() == pytest.approx(expected_u.item(), abs=1e-6)
+    expected_x = nn.functional.cross_entropy(torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([0]))
+    assert out.loss.item() == pytest.approx(expected_x.item() + 2.0 * expected_u.item(), abs=1e-6)
+
+
+def test_step_without_debias_is_plain_fixmatch():
+    weak = torch.tensor([[2.0, 1.4, 0.0], [0.0, 0.0, 4.0]])
+    strong = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.3, 1.0]])
+    config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=0.0, threshold=0.5)
+    assert not config.debias
+    model = _Fixed()
+    out = fixmatch_step(model, EMATeacher(model, 0.9), None, *_batches([weak], [strong]), config)
+    probs = torch.softmax(weak, dim=-1)
+    confidence, targets = probs.max(dim=-1)
+    mask = (confidence >= 0.5).float()
+    expected = (nn.functional.cross_entropy(strong, targets, reduction="none") * mask).mean()
+    assert out.loss_u.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_multiviews_average_every_pseudo_label_set_over_every_strong_view():
+    w1 = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 1.9]])
+    w2 = torch.tensor([[2.0, 2.2, 0.0], [0.0, 1.0, 3.0]])
+    s1 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    s2 = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=0.5, threshold=0.5, prior_momentum=0.9)
+    model = _Fixed()
+    prior = ClassPrior(3, momentum=0.9)
+    out = fixmatch_step(model, EMATeacher(model, 0.9), prior, *_batches([w1, w2], [s1, s2]), config)
+    uniform = torch.full((3,), 1 / 3)
+    mean = (w1 + w2) / 2
+    sets = [select_pseudo_labels(z, uniform, 0.5, 0.5) for z in (mean, w1, w2)]
+    expected = torch.stack(
+        [adaptive_margin_loss(s, t, prior.probs, 0.5, m) for t, _, m in sets for s in (s1, s2)]
+    ).mean()
+    assert out.loss_u.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert out.targets.tolist() == sets[0][0].tolist()
+    q = 0.9 * uniform + 0.1 * torch.softmax(mean, dim=-1).mean(dim=0)
+    assert torch.allclose(prior.probs, q / q.sum(), atol=1e-6)
+
+
+def test_fallback_enters_the_loss_by_dataset_index():
+    from clipdebias.train import Fallback
+
+    weak = torch.tensor([[0.0, 0.0, 0.1], [0.0, 0.0, 0.1]])  # unsure: no row passes the threshold
+    strong = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=0.0, threshold=0.9)
+    model = _Fixed()
+    labeled, unlabeled = _batches([weak], [strong])
+    unlabeled = UnlabeledBatch(unlabeled.weak, unlabeled.strong, torch.tensor([5, 7]), unlabeled.labels)
+    fallback = Fallback(torch.tensor([-1, -1, -1, -1, -1, 1, -1, 0]), torch.tensor([0, 0, 0, 0, 0, 0.8, 0, 0.2]), 0.3)
+    out = fixmatch_step(model, EMATeacher(model, 0.9), None, labeled, unlabeled, config, fallback)
+    assert out.targets.tolist() == [1, 2] and out.mask.tolist() == [1.0, 0.0]
+    expected = nn.functional.cross_entropy(strong[:1], torch.tensor([1])) / 2
+    assert out.loss_u.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_cosine_factor_with_warmup():
+    assert cosine_factor(0, 100, 10) == pytest.approx(0.1)
+    assert cosine_factor(9, 100, 10) == pytest.approx(1.0)
+    assert cosine_factor(10, 100, 10) == pytest.approx(1.0)
+    assert cosine_factor(55, 100, 10) == pytest.approx(0.5)
+    assert cosine_factor(100, 100, 10) == pytest.approx(0.0)
+    assert cosine_factor(50, 100) == pytest.approx(0.5)
+
+
+def test_sgd_skips_weight_decay_on_biases_and_norms():
+    optimizer = make_sgd(SmallCNN(3), lr=0.1, weight_decay=1e-3, momentum=0.9)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 1e-3 and all(p.ndim > 1 for p in decayed["params"])
+    assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
+    assert optimizer.defaults["nesterov"]
+
+
+def test_epoch_plan_is_keyed_by_seed_stream_and_epoch():
+    positions, seeds = epoch_plan(num_rows=7, batch_size=3, steps=5, seed=1, stream=2, epoch=3)
+    assert positions.shape == (5, 3) and seeds.shape == (5, 3)
+    flat = positions.reshape(-1)
+    assert sorted(flat[:7].tolist()) == list(range(7))  # every row once before any repeats
+    again = epoch_plan(7, 3, 5, 1, 2, 3)
+    assert np.array_equal(again[0], positions) and np.array_equal(again[1], seeds)
+    for other in (epoch_plan(7, 3, 5, 1, 2, 4), epoch_plan(7, 3, 5, 1, 1, 3), epoch_plan(7, 3, 5, 2, 2, 3)):
+        assert not np.array_equal(other[1], seeds)
+
+
+def test_gray_augment_views():
+    images = gray_to_tensor(np.random.default_rng(0).integers(0, 256, size=(6, 8, 8), dtype=np.uint8), 16)
+    assert images.shape == (6, 1, 16, 16) and 0.0 <= images.min() and images.max() <= 1.0
+    augment = GrayAugment()
+
+    def views(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return augment.weak(images, generator), augment.strong(images, generator)
+
+    weak, strong = views(0)
+    weak_again, strong_again = views(0)
+    assert torch.equal(weak, weak_again) and torch.equal(strong, strong_again)
+    assert not torch.equal(views(1)[1], strong)
+    assert weak.shape == strong.shape == images.shape
+    assert 0.0 <= strong.min() and strong.max() <= 1.0
+    # A weak view is a whole-pixel shift: its values are the original ones, moved (or zero).
+    centre = torch.zeros(1, 1, 16, 16)
+    centre[0, 0, 8, 8] = 1.0
+    shifted = augment.weak(centre, torch.Generator().manual_seed(3))
+    assert shifted.sum().item() == pytest.approx(1.0) and shifted.max().item() == pytest.approx(1.0)
+    # The strong view zeroes a cutout square on every image.
+    assert all((view == 0).sum() >= augment.cutout for view in augment.strong(torch.ones(4, 1, 16, 16), torch.Generator().manual_seed(0)))
+
+
+def test_metrics():
+    assert imbalance_ratio([50, 0, 10]) == 50.0
+    assert imbalance_ratio([4, 2, 8]) == 4.0
+    assert per_class_accuracy(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), 3) == [200 / 3, 100.0, None]
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0, -2.0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    result = eval_result(logits, torch.tensor([1, 0]))
+    assert (result.top1, result.top5, result.count) == (0.0, 50.0, 2)
+    counter = PseudoLabelCounter(3)
+    counter.add(torch.tensor([0, 1, 1, 2]), torch.tensor([1.0, 1.0, 0.0, 1.0]), torch.tensor([0, 2, 1, -1]))
+    counter.add(torch.tensor([0]), torch.tensor([1.0]), torch.tensor([0]))
+    stats = counter.result()
+    assert (stats.rows, stats.confident, stats.known, stats.correct) == (5, 4, 3, 2)
+    assert stats.class_counts == [2, 1, 1] and stats.imbalance_ratio == 2.0
+    assert stats.mask_rate == pytest.approx(0.8) and stats.accuracy == pytest.approx(200 / 3)
+
+
+def test_models_and_init_weights(tmp_path):
+    cnn = build_model("cnn", 4, in_channels=1, image_size=16)
+    assert cnn(torch.rand(2, 1, 16, 16)).shape == (2, 4)
+    resnet = build_model("resnet18", 5, in_channels=3, image_size=16)
+    assert isinstance(resnet.maxpool, nn.Identity) and resnet.conv1.kernel_size == (3, 3)
+    assert resnet.eval()(torch.rand(1, 3, 16, 16)).shape == (1, 5)
+    assert build_model("resnet18", 5, image_size=224).conv1.kernel_size == (7, 7)
+    with pytest.raises(UserError, match="unknown --arch"):
+        build_model("vgg", 5)
+    # Weights from a model with another number of classes: everything but the classifier loads.
+    source = SmallCNN(7, in_channels=1)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "w.pt")
+    target = SmallCNN(4, in_channels=1)
+    load_init_weights(target, tmp_path / "w.pt")
+    assert torch.equal(target.features[0].weight, source.features[0].weight)
+    assert target.fc.weight.shape == (4, 128)
+    torch.save(SmallCNN(4, in_channels=3).state_dict(), tmp_path / "rgb.pt")
+    with pytest.raises(UserError, match="other shapes"):
+        load_init_weights(target, tmp_path / "rgb.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="cannot be read"):
+        load_init_weights(target, tmp_path / "junk.pt")
+    assert math.isfinite(float(target.fc.weight.detach().sum()))
