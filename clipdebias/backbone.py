@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipdebias.defaults import PRECISIONS
 from clipdebias.errors import UserError
 from clipdebias.weights import LOCAL_DIR_PREFIX, Weights, file_sha256, resolve_weights
 
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 # Random weights (--pretrained none) are drawn with this seed, so that they are the same every run.
 RANDOM_WEIGHTS_SEED = 0
 _REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")

@@ -12,3 +12,8 @@ THRESHOLD = 0.95
 CHUNK_SIZE = 4096
 # Rows of logits in memory at once in `pseudolabel` (16384 x 1000 classes x 4 B = 64 MB per copy).
 CHUNK_ROWS = 16384
+# Numeric precisions of --precision: fp32, or bf16 / fp16 (autocast while training; the CLIP
+# backbone's weights when encoding).
+PRECISIONS = ("fp32", "fp16", "bf16")
+# Batches each DataLoader worker loads ahead while training (torch's default is 2).
+PREFETCH_FACTOR = 4

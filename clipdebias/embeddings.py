@@ -365,6 +365,73 @@ def _examples(source: ImageSource, failed: list[tuple[int, str]]) -> list[tuple[
     return [(i, source.path(i), reason) for i, reason in failed[:FAILED_EXAMPLES]]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What rank 0 found in the entry folder: a finished entry, or the chunks still to encode."""
+
+    meta: dict
+    complete: bool
+    todo: list[tuple[int, int]] = field(default_factory=list)
+    reused: int = 0
+
+
+def _plan_entry(
+    source: ImageSource, path: Path, key: dict[str, str], dim: int, chunk_size: int, rebuild: bool
+) -> _Plan:
+    """Start (or continue) the entry at ``path``: discard it if ``rebuild`` or its key differs,
+    write ``meta.json`` marked unfinished, list the chunks without a finished shard."""
+    meta = _read_meta(path)
+    if rebuild or (meta is not None and meta.get("key") != key):
+        for name in (META_FILE, INDEX_FILE, MANIFEST_FILE):
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / SHARDS_DIR, ignore_errors=True)
+        meta = None
+    if meta is not None and meta.get("complete") and (path / INDEX_FILE).is_file():
+        shutil.rmtree(path / SHARDS_DIR, ignore_errors=True)  # left over if killed while cleaning up
+        return _Plan(meta, complete=True)
+    for stale in path.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    chunk = int(meta["chunk_size"]) if meta is not None else chunk_size
+    meta = {
+        "format": CACHE_FORMAT,
+        "complete": False,
+        "key": key,
+        "chunk_size": chunk,
+        "num_images": len(source),
+        "dim": dim,
+        "clipdebias": __version__,
+        "started": (meta or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+    }
+    atomic_write_json(path / META_FILE, meta)
+    bounds = _chunk_bounds(len(source), chunk)
+    done = _finished_shards(path, bounds)
+    todo = [bound for bound in bounds if bound not in done]
+    return _Plan(meta, complete=False, todo=todo, reused=sum(stop - start for start, stop in done))
+
+
+def _finish_entry(source: ImageSource, path: Path, meta: dict, began: float) -> tuple[dict, int, list[tuple[int, str]]]:
+    """Merge every shard into the finished entry; returns its meta, encoded count and failures."""
+    shards = [_shard_path(path, start, stop) for start, stop in _chunk_bounds(len(source), int(meta["chunk_size"]))]
+    missing = [shard for shard in shards if not shard.is_file()]
+    if missing:
+        raise UserError(
+            f"{len(missing)} shard(s) of {path} are missing (first: {missing[0].name}); under torchrun every process "
+            "writes its shards into the cache directory, which must be a file system all nodes share (--cache-dir)"
+        )
+    num_encoded, failed = _merge(source, path, shards, int(meta["dim"]))
+    meta = {
+        **meta,
+        "complete": True,
+        "num_encoded": num_encoded,
+        "num_failed": len(failed),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "last_run_s": round(time.perf_counter() - began, 3),
+    }
+    atomic_write_json(path / META_FILE, meta)
+    shutil.rmtree(path / SHARDS_DIR, ignore_errors=True)
+    return meta, num_encoded, failed
+
+
 def encode_split(
     source: ImageSource,
     encoder: ImageEncoder,
@@ -385,64 +452,51 @@ def encode_split(
     in the key (any transform works, e.g. a seeded augmentation with its own id). A finished
     entry is returned as is (nothing encoded); ``rebuild`` discards it first. ``chunk_size`` is
     only used when an entry is started: a resumed entry keeps its chunk grid.
+
+    Under torchrun call it on every rank: rank 0 locks and prepares the entry, every rank encodes
+    every ``world``-th missing chunk into its own shards, and rank 0 merges them all into the one
+    entry (the cache directory must be shared by all nodes). The entry is the same as one
+    process's, and a killed run resumes with any number of processes. Only rank 0 reports
+    ``progress``, for its own chunks.
     """
+    from clipdebias import distributed
+
     if batch_size < 1 or chunk_size < 1:
         raise UserError(f"--batch-size and --chunk-size must be at least 1 (got {batch_size}, {chunk_size})")
     if num_workers < 0:
         raise UserError(f"--num-workers must be 0 or more (got {num_workers})")
-    progress = progress or NoProgress()
+    progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()
     began = time.perf_counter()
     key = cache_key(source, data_root, encoder.cache_identity, transform_id)
     path = entry_path(cache_dir, key)
-    path.mkdir(parents=True, exist_ok=True)
-    with _entry_lock(path):
-        meta = _read_meta(path)
-        if rebuild or (meta is not None and meta.get("key") != key):
-            for name in (META_FILE, INDEX_FILE, MANIFEST_FILE):
-                (path / name).unlink(missing_ok=True)
-            shutil.rmtree(path / SHARDS_DIR, ignore_errors=True)
-            meta = None
-        if meta is not None and meta.get("complete") and (path / INDEX_FILE).is_file():
-            shutil.rmtree(path / SHARDS_DIR, ignore_errors=True)  # left over if killed while cleaning up
-            entry = CacheEntry(path, meta)
+    with contextlib.ExitStack() as held:
+
+        def prepare() -> _Plan:
+            path.mkdir(parents=True, exist_ok=True)
+            held.enter_context(_entry_lock(path))  # rank 0 holds the lock for the whole run
+            return _plan_entry(source, path, key, encoder.embed_dim, chunk_size, rebuild)
+
+        plan = distributed.on_main(prepare)
+        if plan.complete:
+            entry = CacheEntry(path, plan.meta)
             return EncodeResult(entry, 0, entry.num_encoded, entry.num_failed, time.perf_counter() - began, True)
-        for stale in path.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        chunk = int(meta["chunk_size"]) if meta is not None else chunk_size
-        meta = {
-            "format": CACHE_FORMAT,
-            "complete": False,
-            "key": key,
-            "chunk_size": chunk,
-            "num_images": len(source),
-            "dim": encoder.embed_dim,
-            "clipdebias": __version__,
-            "started": (meta or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        }
-        atomic_write_json(path / META_FILE, meta)
-        bounds = _chunk_bounds(len(source), chunk)
-        done = _finished_shards(path, bounds)
-        todo = [bound for bound in bounds if bound not in done]
-        reused = sum(stop - start for start, stop in done)
-        progress.start("encoding images", len(source), completed=reused)
-        encoded = (
-            _encode_chunks(source, encoder, transform, path, todo, batch_size, num_workers, progress) if todo else 0
-        )
-        shards = [_shard_path(path, start, stop) for start, stop in bounds]
-        num_encoded, failed = _merge(source, path, shards, encoder.embed_dim)
-        elapsed = time.perf_counter() - began
-        meta.update(
-            complete=True,
-            num_encoded=num_encoded,
-            num_failed=len(failed),
-            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            last_run_s=round(elapsed, 3),
-        )
-        atomic_write_json(path / META_FILE, meta)
-        shutil.rmtree(path / SHARDS_DIR, ignore_errors=True)
+        mine = plan.todo[distributed.rank() :: distributed.world_size()]
+        progress.start("encoding images", plan.reused + sum(stop - start for start, stop in mine), completed=plan.reused)
+        encoded_here = _encode_chunks(source, encoder, transform, path, mine, batch_size, num_workers, progress) if mine else 0
+        encoded = _sum_over_ranks(encoded_here)  # also waits until every rank has written its shards
+        meta, num_encoded, failed = distributed.on_main(lambda: _finish_entry(source, path, plan.meta, began))
+    elapsed = time.perf_counter() - began
     return EncodeResult(
         CacheEntry(path, meta), encoded, num_encoded - encoded, len(failed), elapsed, False, _examples(source, failed)
     )
+
+
+def _sum_over_ranks(count: int) -> int:
+    import torch
+
+    from clipdebias import distributed
+
+    return int(distributed.all_reduce_sum(torch.tensor([count], dtype=torch.long)).item())
 
 
 # Reading entries -------------------------------------------------------------------------------
@@ -590,12 +644,25 @@ def cached_embeddings(
 
 
 def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[EncodeResult, Any]:
-    """Load the backbone, open the dataset and fill the cache; returns the result and the backbone."""
+    """Load the backbone, open the dataset and fill the cache; returns the result and the backbone.
+
+    Under torchrun every process loads the backbone on its own GPU and encodes its share of the
+    chunks (see :func:`encode_split`).
+    """
+    from clipdebias import distributed
+    from clipdebias.device import resolve_device
+
+    with distributed.session(resolve_device(config.backbone.device)):
+        return _run_encode(config, progress)
+
+
+def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[EncodeResult, Any]:
     from clipdebias.backbone import load_backbone
     from clipdebias.data import open_dataset
+    from clipdebias import distributed
     from clipdebias.paths import cache_dir as resolve_cache_dir
 
-    progress = progress or NoProgress()
+    progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()
     root = resolve_cache_dir(config.cache_dir)
     backbone = load_backbone(config.backbone, digest_dir=root)  # first: missing weights fail before a long folder scan
     source = open_dataset(config.dataset, config.split, config.data_root)

@@ -10,7 +10,16 @@ Two kinds of data:
 - grayscale arrays (digits): all images live as one tensor on the training device and the views
   are made a batch at a time (:class:`clipdebias.views.GrayAugment`);
 - RGB images (CIFAR arrays, image files): a ``DataLoader`` over the rows with per-image
-  torchvision transforms (:func:`clipdebias.views.natural_transforms`) in worker processes.
+  torchvision transforms (:func:`clipdebias.views.natural_transforms`) in worker processes, with
+  pinned memory on CUDA and ``prefetch_factor`` batches loaded ahead per worker.
+
+Under torchrun the batch sizes are *global*: every rank draws the same epoch plan and keeps its
+own contiguous part of each batch (:func:`clipdebias.distributed.shard_slice`), like a
+``DistributedSampler`` over the per-epoch index sequence. The ranks' parts together are exactly the
+single-process batch, image seeds included, so a run's data does not depend on the number of
+processes and a checkpoint resumes with another number of processes on the same batches.
+Evaluation is split too (rank ``r`` takes every ``world``-th row from ``r``) and the counts are
+summed over the ranks.
 """
 
 from __future__ import annotations
@@ -22,15 +31,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from clipdebias import defaults, distributed
 from clipdebias.data import ArraySource, ImageSource, UnreadableImage
 from clipdebias.errors import UserError
-from clipdebias.metrics import EvalResult, eval_result
+from clipdebias.metrics import EvalResult, eval_counts, eval_result_from_counts
 from clipdebias.train import Evaluator, LabeledBatch, UnlabeledBatch
 from clipdebias.views import GrayAugment, gray_to_tensor, natural_transforms
 
 # Stream identifiers mixed into the plan seeds, so the labeled and unlabeled streams differ.
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
 _SEED_LIMIT = 2**63 - 1
+DEFAULT_PREFETCH_FACTOR = defaults.PREFETCH_FACTOR
 
 
 def epoch_plan(num_rows: int, batch_size: int, steps: int, seed: int, stream: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +70,26 @@ class StreamSpec:
     image_size: int
     workers: int
     eval_batch_size: int
+    prefetch_factor: int = DEFAULT_PREFETCH_FACTOR
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of every batch: rank ``rank`` of ``world`` processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> "Shard":
+        """The part of the initialised process group (the whole batch without one)."""
+        return cls(distributed.rank() if distributed.is_distributed() else 0, distributed.world_size())
+
+    def batch(self, global_size: int) -> slice:
+        return distributed.shard_slice(global_size, self.rank, self.world)
+
+    def eval_rows(self, rows: np.ndarray) -> np.ndarray:
+        return rows[self.rank :: self.world]
 
 
 @dataclass(frozen=True)
@@ -85,30 +116,45 @@ class GrayStream:
         stream: int,
         augment: GrayAugment,
         views: int = 0,
+        shard: Shard = Shard(),
     ):
         self.images, self.labels, self.rows = images, labels, rows
         self.batch_size, self.seed, self.stream = batch_size, seed, stream
         self.augment = augment
         self.views = views  # 0: labeled stream (one weak view); n >= 1: n weak + n strong views
+        self.part = shard.batch(batch_size)
 
     def batches(self, epoch: int, steps: int) -> Iterator[LabeledBatch | UnlabeledBatch]:
+        """Views are drawn for the whole global batch (one generator per epoch, as with a single
+        process) and each rank keeps its part: cheap for small grayscale images, and exact."""
         positions, seeds = epoch_plan(len(self.rows), self.batch_size, steps, self.seed, self.stream, epoch)
         generator = torch.Generator(device=self.images.device)
         generator.manual_seed(int(seeds[0, 0]))
         plan = torch.as_tensor(positions, device=self.images.device)
+        part = self.part
         for chosen in plan:
             images = self.images[chosen]
+            mine = chosen[part]
             if self.views == 0:
-                yield LabeledBatch(self.augment.weak(images, generator), self.labels[chosen], self.rows[chosen])
+                yield LabeledBatch(self.augment.weak(images, generator)[part], self.labels[mine], self.rows[mine])
             else:
-                weak = tuple(self.augment.weak(images, generator) for _ in range(self.views))
-                strong = tuple(self.augment.strong(images, generator) for _ in range(self.views))
-                yield UnlabeledBatch(weak, strong, self.rows[chosen], self.labels[chosen])
+                weak = tuple(self.augment.weak(images, generator)[part] for _ in range(self.views))
+                strong = tuple(self.augment.strong(images, generator)[part] for _ in range(self.views))
+                yield UnlabeledBatch(weak, strong, self.rows[mine], self.labels[mine])
+
+
+def _global_result(logits: list[Tensor], labels: list[Tensor], num_classes: int) -> EvalResult:
+    """The evaluation result of every rank's rows together (this rank's may be none)."""
+    if logits:
+        counts = eval_counts(torch.cat(logits), torch.cat(labels))
+    else:
+        counts = torch.zeros(2 * num_classes + 1, dtype=torch.long)
+    return eval_result_from_counts(distributed.all_reduce_sum(counts))
 
 
 def _gray_streams(
     train: ArraySource, labeled: np.ndarray, unlabeled: np.ndarray, evaluation: ImageSource, eval_rows: np.ndarray,
-    spec: StreamSpec, device: torch.device,
+    spec: StreamSpec, device: torch.device, shard: Shard,
 ) -> Streams:
     augment = GrayAugment()
     images = gray_to_tensor(train.images, spec.image_size).to(device)
@@ -116,16 +162,17 @@ def _gray_streams(
 
     def stream(rows: np.ndarray, batch_size: int, tag: int, views: int) -> GrayStream:
         index = torch.as_tensor(rows, device=device)
-        return GrayStream(images[index], labels[index], index, batch_size, spec.seed, tag, augment, views)
+        return GrayStream(images[index], labels[index], index, batch_size, spec.seed, tag, augment, views, shard)
 
     if not isinstance(evaluation, ArraySource) or evaluation.images.ndim != 3:
         raise ValueError("grayscale training data needs a grayscale evaluation split")
-    eval_images = gray_to_tensor(evaluation.images[eval_rows], spec.image_size).to(device)
-    eval_labels = torch.as_tensor(evaluation.labels[eval_rows])
+    mine = shard.eval_rows(eval_rows)
+    eval_images = gray_to_tensor(evaluation.images[mine], spec.image_size).to(device)
+    eval_labels = torch.as_tensor(evaluation.labels[mine])
 
     def evaluate(model: nn.Module) -> EvalResult:
-        logits = torch.cat([model(chunk) for chunk in eval_images.split(spec.eval_batch_size)])
-        return eval_result(logits, eval_labels)
+        logits = [model(chunk).float().cpu() for chunk in eval_images.split(spec.eval_batch_size)]
+        return _global_result(logits, [eval_labels] if logits else [], train.num_classes)
 
     return Streams(
         labeled=stream(labeled, spec.batch_size, LABELED_STREAM, 0),
@@ -145,13 +192,14 @@ class _PlanBatches:
     persistent workers too.
     """
 
-    def __init__(self, num_rows: int, batch_size: int, seed: int, stream: int):
+    def __init__(self, num_rows: int, batch_size: int, seed: int, stream: int, shard: Shard = Shard()):
         self.num_rows, self.batch_size, self.seed, self.stream = num_rows, batch_size, seed, stream
+        self.part = shard.batch(batch_size)
         self.epoch, self.steps = 0, 0
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         positions, seeds = epoch_plan(self.num_rows, self.batch_size, self.steps, self.seed, self.stream, self.epoch)
-        for batch_positions, batch_seeds in zip(positions.tolist(), seeds.tolist()):
+        for batch_positions, batch_seeds in zip(positions[:, self.part].tolist(), seeds[:, self.part].tolist()):
             yield list(zip(batch_positions, batch_seeds))
 
     def __len__(self) -> int:
@@ -207,15 +255,18 @@ def _one_line(err: Exception) -> str:
 class LoaderStream:
     """Batches of RGB images from a ``DataLoader`` whose batch sampler follows :func:`epoch_plan`."""
 
-    def __init__(self, dataset: _ViewDataset, sampler: _PlanBatches, weak_views: int, labeled: bool, workers: int, device: torch.device):
+    def __init__(
+        self,
+        dataset: _ViewDataset,
+        sampler: _PlanBatches,
+        weak_views: int,
+        labeled: bool,
+        workers: int,
+        device: torch.device,
+        prefetch_factor: int = DEFAULT_PREFETCH_FACTOR,
+    ):
         self.sampler, self.weak_views, self.labeled, self.device = sampler, weak_views, labeled, device
-        self.loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=device.type == "cuda",
-        )
+        self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **_loader_options(workers, device, prefetch_factor))
 
     def batches(self, epoch: int, steps: int) -> Iterator[LabeledBatch | UnlabeledBatch]:
         self.sampler.epoch, self.sampler.steps = epoch, steps
@@ -230,23 +281,35 @@ class LoaderStream:
             raise UserError(_one_line(err)) from err
 
 
+def _loader_options(workers: int, device: torch.device, prefetch_factor: int) -> dict:
+    """DataLoader keywords: worker processes kept between epochs, batches prefetched per worker,
+    page-locked (pinned) host memory for asynchronous copies to a GPU."""
+    options: dict = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=prefetch_factor)
+    return options
+
+
 def _natural_streams(
     train: ImageSource, labeled: np.ndarray, unlabeled: np.ndarray, evaluation: ImageSource, eval_rows: np.ndarray,
-    spec: StreamSpec, device: torch.device,
+    spec: StreamSpec, device: torch.device, shard: Shard,
 ) -> Streams:
     transforms = natural_transforms(spec.dataset, spec.image_size, small_images=isinstance(train, ArraySource))
 
     def stream(rows: np.ndarray, batch_size: int, tag: int, views: tuple[Callable, ...], weak_views: int) -> LoaderStream:
-        sampler = _PlanBatches(len(rows), batch_size, spec.seed, tag)
-        return LoaderStream(_ViewDataset(train, rows, views), sampler, weak_views, tag == LABELED_STREAM, spec.workers, device)
+        sampler = _PlanBatches(len(rows), batch_size, spec.seed, tag, shard)
+        return LoaderStream(
+            _ViewDataset(train, rows, views), sampler, weak_views, tag == LABELED_STREAM, spec.workers, device,
+            spec.prefetch_factor,
+        )
 
     unlabeled_views = (transforms.weak,) * spec.views + (transforms.strong,) * spec.views
+    mine = shard.eval_rows(eval_rows)
     eval_loader = torch.utils.data.DataLoader(
-        _EvalDataset(evaluation, eval_rows, transforms.eval),
+        _EvalDataset(evaluation, mine, transforms.eval),
         batch_size=spec.eval_batch_size,
         shuffle=False,
-        num_workers=spec.workers,
-        pin_memory=device.type == "cuda",
+        **_loader_options(spec.workers, device, spec.prefetch_factor),
     )
 
     def evaluate(model: nn.Module) -> EvalResult:
@@ -257,7 +320,7 @@ def _natural_streams(
                 labels.append(targets)
         except UserError as err:
             raise UserError(_one_line(err)) from err
-        return eval_result(torch.cat(logits), torch.cat(labels))
+        return _global_result(logits, labels, train.num_classes)
 
     return Streams(
         labeled=stream(labeled, spec.batch_size, LABELED_STREAM, (transforms.weak,), 1),
@@ -277,11 +340,24 @@ def build_streams(
     device: torch.device,
 ) -> Streams:
     """The labeled and unlabeled streams over rows of ``train`` and the evaluator over rows of
-    ``evaluation`` (every sampler and loader of a run is built here)."""
+    ``evaluation`` (every sampler and loader of a run is built here).
+
+    Under torchrun (an initialised process group) the streams yield this rank's part of every
+    global batch and the evaluator returns the result over all ranks' rows; ``spec.batch_size`` is
+    the global labeled batch and must be divisible by the number of processes.
+    """
     if len(labeled) == 0 or len(unlabeled) == 0:
         raise UserError(f"training needs labeled and unlabeled images; got {len(labeled)} labeled and {len(unlabeled)} unlabeled")
     if len(eval_rows) == 0:
         raise UserError("the evaluation split is empty")
+    shard = Shard.current()
+    if spec.batch_size % shard.world:
+        raise UserError(
+            f"--batch-size {spec.batch_size} is the global labeled batch of all {shard.world} processes and must be "
+            f"divisible by {shard.world}"
+        )
+    if spec.prefetch_factor < 1:
+        raise UserError("--prefetch-factor must be >= 1")
     if isinstance(train, ArraySource) and train.images.ndim == 3:
-        return _gray_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device)
-    return _natural_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device)
+        return _gray_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device, shard)
+    return _natural_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device, shard)

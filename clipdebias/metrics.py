@@ -5,6 +5,7 @@ Accuracies are percent (0-100), rates are fractions (0-1), as in docs/formats.md
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,15 +59,39 @@ class EvalResult:
     count: int
 
 
+def eval_counts(logits: Tensor, targets: Tensor) -> Tensor:
+    """The counts an :class:`EvalResult` is made of, as one int64 tensor ``[2 C + 1]``: images per
+    class, top-1 hits per class, top-5 hits in all. Counts of disjoint parts of a split add up, so
+    several processes can each count their part and sum (all-reduce) the counts."""
+    num_classes = logits.shape[-1]
+    logits, targets = logits.float().cpu(), targets.long().cpu().reshape(-1)
+    hits = targets[topk_correct(logits, targets, 1)]
+    return torch.cat(
+        [
+            torch.bincount(targets, minlength=num_classes),
+            torch.bincount(hits, minlength=num_classes),
+            topk_correct(logits, targets, 5).sum().reshape(1),
+        ]
+    )
+
+
+def eval_result_from_counts(counts: Tensor) -> EvalResult:
+    """The :class:`EvalResult` of :func:`eval_counts` (possibly summed over several parts)."""
+    values = [int(v) for v in counts.reshape(-1).tolist()]
+    num_classes = (len(values) - 1) // 2
+    totals, correct, top5 = values[:num_classes], values[num_classes : 2 * num_classes], values[-1]
+    count = sum(totals)
+    if count == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    per_class = [100.0 * c / t if t > 0 else None for c, t in zip(correct, totals)]
+    return EvalResult(top1=100.0 * sum(correct) / count, top5=100.0 * top5 / count, per_class_top1=per_class, count=count)
+
+
 def eval_result(logits: Tensor, targets: Tensor) -> EvalResult:
     """Top-1, top-5 and per-class top-1 (percent) from logits ``[N, C]`` and labels ``[N]``."""
     if logits.shape[0] == 0:
         raise ValueError("cannot evaluate on an empty split")
-    logits, targets = logits.float().cpu(), targets.long().cpu()
-    top1 = 100.0 * int(topk_correct(logits, targets, 1).sum()) / len(targets)
-    top5 = 100.0 * int(topk_correct(logits, targets, 5).sum()) / len(targets)
-    per_class = per_class_accuracy(logits.argmax(dim=-1), targets, logits.shape[-1])
-    return EvalResult(top1=top1, top5=top5, per_class_top1=per_class, count=int(targets.numel()))
+    return eval_result_from_counts(eval_counts(logits, targets))
 
 
 @dataclass(frozen=True)
@@ -130,6 +155,11 @@ class PseudoLabelCounter:
             ]
         ).to(self._totals.device)
 
-    def result(self) -> PseudoLabelStats:
-        rows, confident, correct, known = (int(v) for v in self._totals.tolist())
-        return PseudoLabelStats(rows, confident, correct, known, [int(c) for c in self._counts.tolist()])
+    def result(self, reduce: Callable[[Tensor], Tensor] | None = None) -> PseudoLabelStats:
+        """The statistics so far; ``reduce`` (e.g. :func:`clipdebias.distributed.all_reduce_sum`)
+        sums the counts of all processes first."""
+        values = torch.cat([self._totals, self._counts])
+        if reduce is not None:
+            values = reduce(values)
+        rows, confident, correct, known = (int(v) for v in values[:4].tolist())
+        return PseudoLabelStats(rows, confident, correct, known, [int(c) for c in values[4:].tolist()])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from clipdebias import __version__
+from clipdebias.defaults import PRECISIONS, PREFETCH_FACTOR
 from clipdebias.config import parse_label_budget
 from clipdebias.data import DATASETS, ImageSource, open_dataset
 from clipdebias.errors import UserError
@@ -117,20 +118,31 @@ class SSLConfig:
     workers: int
     eval_batch_size: int
     resume: bool
+    precision: str = "fp32"
+    compile: bool = False
+    sync_bn: bool = False
+    prefetch_factor: int = PREFETCH_FACTOR
 
     @property
     def method(self) -> str:
         return "debiaspl" if self.tau > 0 else "fixmatch"
 
 
-# Options that may differ between a run and its --resume.
-RESUME_MAY_CHANGE = ("resume", "device", "workers", "eval_batch_size")
+# Options that may differ between a run and its --resume (how it runs, not what it computes).
+RESUME_MAY_CHANGE = ("resume", "device", "workers", "eval_batch_size", "precision", "compile", "prefetch_factor")
+# Most DataLoader workers per process that --workers picks by itself.
+MAX_AUTO_WORKERS = 8
 
 
 def default_workers() -> int:
+    """The CPU cores this process may use (all, or its share of the node under torchrun), less one
+    for the training process itself, at most :data:`MAX_AUTO_WORKERS`."""
     import os
 
-    return min(8, max(0, (os.cpu_count() or 1) - 1))
+    from clipdebias.distributed import launch_info
+
+    cores = (os.cpu_count() or 1) // max(1, launch_info().local_world_size)
+    return min(MAX_AUTO_WORKERS, max(0, cores - 1))
 
 
 def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig:
@@ -149,7 +161,8 @@ def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig
         given["tau"] = 0.0
     values: dict[str, Any] = {
         "data_root": None, "labeled_index": None, "holdout": 0.0, "init_weights": None, "clip_pseudolabels": None,
-        "seed": 0, "device": "auto", "workers": None, "resume": False,
+        "seed": 0, "device": "auto", "workers": None, "resume": False, "precision": "fp32", "compile": False,
+        "sync_bn": False, "prefetch_factor": PREFETCH_FACTOR,
     }
     values.update(defaults)
     values.update({k: v for k, v in given.items() if v is not None})
@@ -186,6 +199,8 @@ def _check_ranges(c: SSLConfig) -> None:
         (0.0 <= c.clip_fallback <= 1.0, "--clip-fallback must be in [0, 1]"),
         (c.workers >= 0, "--workers must be >= 0"),
         (c.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
+        (c.prefetch_factor >= 1, "--prefetch-factor must be >= 1"),
+        (c.precision in PRECISIONS, f"unknown --precision {c.precision!r}; choose one of: {', '.join(PRECISIONS)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -307,15 +322,28 @@ def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None
 
 
 def run_ssl(config: SSLConfig, progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    """Run ``ssl`` end to end; write the run folder; return the final metrics (``metrics.json``)."""
-    import torch
+    """Run ``ssl`` end to end; write the run folder; return the final metrics (``metrics.json``).
 
+    Under torchrun call it in every process: it joins the process group for the run, every rank
+    trains on its part of each global batch, and only rank 0 writes files and reports ``progress``;
+    every rank returns the same (global) metrics.
+    """
+    from clipdebias import distributed
     from clipdebias.device import resolve_device
-    from clipdebias.loaders import StreamSpec, build_streams
-    from clipdebias.models import build_model
-    from clipdebias.train import Fallback, TrainConfig, cosine_schedule, make_sgd, train
 
     device = resolve_device(config.device)
+    with distributed.session(device):
+        return _run_ssl(config, device, progress)
+
+
+def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | None) -> dict[str, Any]:
+    import torch
+
+    from clipdebias import distributed
+    from clipdebias.loaders import StreamSpec, build_streams
+    from clipdebias.models import build_model
+    from clipdebias.train import Fallback, Runtime, TrainConfig, cosine_schedule, make_sgd, train
+
     train_split = open_dataset(config.dataset, "train", config.data_root)
     labeled, unlabeled, holdout = choose_rows(config, train_split)
     if config.holdout > 0:
@@ -330,16 +358,21 @@ def run_ssl(config: SSLConfig, progress: Callable[[Any], None] | None = None) ->
         targets, confidence = read_clip_pseudolabels(config.clip_pseudolabels, len(train_split), train_split.num_classes)
         fallback = Fallback(torch.as_tensor(targets), torch.as_tensor(confidence), config.clip_fallback)
 
-    run = RunFolder(config.out)
-    _check_resume(run, config, train_split.classes)
-    run.write_config(_config_json(config, train_split.classes))
-    for name, rows in ((LABELED_INDEX, labeled), (UNLABELED_INDEX, unlabeled)):
-        run.write_index(name, [(int(i), train_split.path(int(i)), int(train_split.labels[i])) for i in rows])
+    run = RunFolder(config.out, writes=distributed.is_main_process())
+
+    def start_run_folder() -> None:
+        _check_resume(run, config, train_split.classes)
+        run.write_config(_config_json(config, train_split.classes))
+        for name, rows in ((LABELED_INDEX, labeled), (UNLABELED_INDEX, unlabeled)):
+            run.write_index(name, [(int(i), train_split.path(int(i)), int(train_split.labels[i])) for i in rows])
+
+    distributed.on_main(start_run_folder)
 
     torch.manual_seed(config.seed)
     spec = StreamSpec(
         dataset=config.dataset, batch_size=config.batch_size, mu=config.mu, views=2 if config.multiviews else 1,
         seed=config.seed, image_size=config.image_size, workers=config.workers, eval_batch_size=config.eval_batch_size,
+        prefetch_factor=config.prefetch_factor,
     )
     streams = build_streams(train_split, labeled, unlabeled, evaluation, eval_rows, spec, device)
     model = build_model(config.arch, train_split.num_classes, streams.in_channels, config.image_size, config.init_weights).to(device)
@@ -351,9 +384,12 @@ def run_ssl(config: SSLConfig, progress: Callable[[Any], None] | None = None) ->
         tau=config.tau, threshold=config.threshold, prior_momentum=config.prior_momentum,
         lambda_u=config.lambda_u, ema_momentum=config.ema_momentum,
     )
+    runtime = Runtime(
+        precision=config.precision, channels_last=device.type == "cuda", compile=config.compile, sync_batchnorm=config.sync_bn
+    )
     result = train(
         loop_config, model, optimizer, scheduler, streams.labeled, streams.unlabeled, streams.evaluate,
-        device=device, run=run, resume=config.resume, fallback=fallback, progress=progress,
+        device=device, run=run, resume=config.resume, fallback=fallback, progress=progress, runtime=runtime,
     )
     metrics = {
         "method": config.method,
@@ -374,6 +410,8 @@ def run_ssl(config: SSLConfig, progress: Callable[[Any], None] | None = None) ->
         "seed": config.seed,
         "elapsed_s": result.elapsed_s,
         "resumed_from_epoch": result.resumed_from_epoch,
+        "images_per_s": result.images_per_s,
+        "world_size": result.world_size,
     }
     run.write_metrics(metrics)
     return metrics

@@ -17,10 +17,22 @@ An epoch is a fixed number of steps. At each epoch end the teacher is evaluated,
 appended to the history (``metrics.jsonl``) and a checkpoint is written; a run resumed from that
 checkpoint continues exactly as if it had not stopped (the batch streams are keyed by epoch and
 the RNG states, optimizer, schedule, EMA teacher and class prior are all restored).
+
+Under ``torchrun`` (an initialised process group, :mod:`clipdebias.distributed`) the student is
+wrapped in ``DistributedDataParallel`` and every rank trains on its own part of each global batch
+(the batch streams shard themselves). What is synchronised: gradients (DDP), BatchNorm running
+statistics (averaged after every step, or ``SyncBatchNorm`` with ``Runtime.sync_batchnorm``), the
+class prior's batch statistics (:class:`ClassPrior`), the loss sums and pseudo-label counts that are
+logged (so every rank sees the same numbers and stops together on a NaN loss) and the evaluation
+counts. So every rank holds the same student, EMA teacher and prior. Only rank 0 reports progress
+and writes the checkpoint; the checkpoint holds plain (unwrapped) state dicts and no world size, so
+it resumes with any number of processes. :class:`Runtime` chooses autocast precision, the memory
+format and ``torch.compile``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
@@ -33,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipdebias import distributed
+from clipdebias.defaults import PRECISIONS
 from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
 from clipdebias.errors import UserError
 from clipdebias.metrics import EvalResult, PseudoLabelCounter, PseudoLabelStats, entropy
@@ -95,6 +109,53 @@ class TrainConfig:
         return self.tau > 0
 
 
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the loop runs on its hardware; unlike :class:`TrainConfig` these may change on resume.
+
+    ``precision``: ``fp32``, or autocast to ``bf16`` / ``fp16`` for the forward passes (fp16 adds a
+    gradient scaler; the losses, the prior and the pseudo-label selection stay float32).
+    ``channels_last``: NHWC memory format for the model and its 4-D inputs (faster convolutions
+    with tensor cores). ``compile``: ``torch.compile`` the student's and the teacher's forward
+    passes with ``compile_backend``. ``sync_batchnorm``: ``SyncBatchNorm`` under DDP (CUDA only;
+    default per-GPU BatchNorm, as in the FixMatch and DebiasPL ImageNet code).
+    ``cudnn_benchmark``: let cuDNN pick the fastest convolution algorithms (CUDA only).
+    """
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    sync_batchnorm: bool = False
+    cudnn_benchmark: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The autocast context of the forward passes (a no-op for fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+
+class _ChannelsLast(nn.Module):
+    """Calls ``module`` with its 4-D input in channels-last memory format."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return self.module(inputs)
+
+
 @dataclass(frozen=True)
 class Fallback:
     """Per-row fallback labels indexed by dataset index (the zero-shot recipe: CLIP's labels).
@@ -133,6 +194,12 @@ class EMATeacher:
         self.module = copy.deepcopy(model).eval()
         for param in self.module.parameters():
             param.requires_grad_(False)
+        self._forward: Callable[[Tensor], Tensor] = self.module
+
+    def set_forward(self, forward: Callable[[Tensor], Tensor]) -> None:
+        """Run the teacher through ``forward`` (e.g. a compiled or channels-last view of ``module``,
+        sharing its weights) instead of calling ``module`` directly."""
+        self._forward = forward
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -144,7 +211,7 @@ class EMATeacher:
                 value.copy_(student[name])
 
     def __call__(self, inputs: Tensor) -> Tensor:
-        return self.module(inputs)
+        return self._forward(inputs)
 
     def state_dict(self) -> dict[str, Tensor]:
         return self.module.state_dict()
@@ -271,6 +338,8 @@ class TrainResult:
     steps: int
     elapsed_s: float
     resumed_from_epoch: int | None = None
+    images_per_s: float | None = None  # training images (labeled + unlabeled, all ranks) per second of stepping
+    world_size: int = 1
 
 
 # --- checkpoint helpers -----------------------------------------------------------------------
@@ -299,6 +368,8 @@ class _Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     last_eval: EvalResult | None = None
     last_stats: PseudoLabelStats | None = None
+    images: int = 0  # training images of all ranks so far
+    stepping_s: float = 0.0  # time spent in the steps (data loading included, evaluation not)
 
 
 def _restore(
@@ -309,6 +380,7 @@ def _restore(
     prior: ClassPrior | None,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    scaler: torch.amp.GradScaler,
 ) -> _Progress:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"the checkpoint has format {checkpoint.get('format')!r}, this clipdebias reads {CHECKPOINT_FORMAT}")
@@ -322,6 +394,8 @@ def _restore(
     scheduler.load_state_dict(checkpoint["scheduler"])
     if prior is not None:
         prior.load_state_dict(checkpoint["prior"])
+    if scaler.is_enabled() and checkpoint.get("grad_scaler"):
+        scaler.load_state_dict(checkpoint["grad_scaler"])
     _set_rng_state(checkpoint["rng"])
     return _Progress(
         epoch=checkpoint["epoch"],
@@ -330,7 +404,42 @@ def _restore(
         history=list(checkpoint["history"]),
         last_eval=EvalResult(**checkpoint["last_eval"]),
         last_stats=PseudoLabelStats(**checkpoint["last_pseudo_labels"]),
+        images=int(checkpoint.get("images", 0)),
+        stepping_s=float(checkpoint.get("stepping_s", 0.0)),
     )
+
+
+def _checkpoint(
+    config: TrainConfig,
+    done: _Progress,
+    model: nn.Module,
+    teacher: EMATeacher,
+    prior: ClassPrior | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+) -> dict[str, Any]:
+    """Everything a resumed run needs; plain state dicts, nothing that depends on the world size."""
+    assert done.last_eval is not None and done.last_stats is not None
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "train_config": asdict(config),
+        "epoch": done.epoch,
+        "step": done.step,
+        "elapsed_s": done.elapsed_s,
+        "images": done.images,
+        "stepping_s": done.stepping_s,
+        "model": model.state_dict(),
+        "teacher": teacher.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "prior": prior.state_dict() if prior is not None else None,
+        "rng": _rng_state(),
+        "history": done.history,
+        "last_eval": asdict(done.last_eval),
+        "last_pseudo_labels": asdict(done.last_stats),
+    }
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -339,7 +448,7 @@ def _restore(
 def _epoch_record(
     done: _Progress, lr: float, sums: Tensor, steps: int, stats: PseudoLabelStats, prior: ClassPrior | None, result: EvalResult
 ) -> dict[str, Any]:
-    loss, loss_x, loss_u = (v / steps for v in sums.tolist())
+    loss, loss_x, loss_u = (v / steps for v in sums[:3].tolist())
     return {
         "epoch": done.epoch,
         "step": done.step,
@@ -359,6 +468,65 @@ def _epoch_record(
     }
 
 
+def _global_sums(sums: Tensor) -> Tensor:
+    """Loss sums averaged over the ranks (each rank's loss is already a mean over its rows), image
+    counts summed."""
+    total = distributed.all_reduce_sum(sums)
+    return torch.cat([total[:3] / distributed.world_size(), total[3:]])
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _prepare_student(model: nn.Module, device: torch.device, runtime: Runtime) -> nn.Module:
+    """Move ``model`` to ``device`` (channels-last if asked) and convert its BatchNorm to
+    SyncBatchNorm when asked under DDP; returns the model to train (same parameters)."""
+    model.to(device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if runtime.sync_batchnorm and distributed.is_distributed():
+        if device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU version); leave it off on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` under DistributedDataParallel. Buffers are not broadcast from rank 0 before each
+    forward pass: the loop averages them after each step (:func:`distributed.average_buffers`)."""
+    import inspect
+
+    ddp = nn.parallel.DistributedDataParallel
+    no_buffer_sync = (
+        {"forward_sync_buffers": False}  # newer torch releases renamed the option
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": False}
+    )
+    return ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
+
+
+def _forwards(model: nn.Module, teacher: EMATeacher, device: torch.device, runtime: Runtime) -> nn.Module:
+    """The student as the step calls it (channels-last, DDP, compiled) and the teacher's forward."""
+    student: nn.Module = model
+    if distributed.is_distributed():
+        student = _ddp(model, device)
+    teacher_forward: nn.Module = teacher.module
+    if runtime.channels_last:
+        student, teacher_forward = _ChannelsLast(student), _ChannelsLast(teacher_forward)
+    if runtime.compile:
+        student = torch.compile(student, backend=runtime.compile_backend)
+        teacher_forward = torch.compile(teacher_forward, backend=runtime.compile_backend)
+    teacher.set_forward(teacher_forward)
+    return student
+
+
 def train(
     config: TrainConfig,
     model: nn.Module,
@@ -373,79 +541,91 @@ def train(
     resume: bool = False,
     fallback: Fallback | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    runtime: Runtime | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``config.epochs`` epochs (continuing ``run``'s checkpoint if ``resume``).
 
     ``scheduler`` is stepped once per step (see :func:`cosine_schedule`); it and ``optimizer`` must
-    be built for ``model`` already on ``device``. ``evaluate`` is called with the EMA teacher
-    (in eval mode, under ``torch.no_grad``) at each epoch end. ``run`` (optional) receives the
-    checkpoint and ``metrics.jsonl`` after every epoch.
+    be built for ``model``'s parameters (on ``device`` already, or moved there by this function).
+    ``evaluate`` is called with the EMA teacher (in eval mode, under ``torch.no_grad``) at each
+    epoch end. ``run`` (optional) receives the checkpoint and ``metrics.jsonl`` after every epoch.
+
+    Under torchrun (see the module docstring) call it on every rank, with batch streams that yield
+    each rank's part of the global batches and an ``evaluate`` that returns the global result (both
+    as :func:`clipdebias.loaders.build_streams` makes them); ``progress`` is only called on rank 0,
+    and only rank 0 writes to ``run`` and reads its checkpoint.
     """
-    notify = progress or (lambda event: None)
-    model.to(device)
+    runtime = runtime or Runtime()
+    main_process = distributed.is_main_process()
+    notify = progress if (progress is not None and main_process) else (lambda event: None)
+    device = torch.device(device)
+    model = _prepare_student(model, device, runtime)
     teacher = EMATeacher(model, config.ema_momentum)
     prior = ClassPrior(config.num_classes, config.prior_momentum).to(device) if config.debias else None
     fallback = fallback.to(device) if fallback is not None else None
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision == "fp16")
     done = _Progress()
-    checkpoint = run.load_checkpoint() if (resume and run is not None) else None
+    checkpoint = distributed.on_main(run.load_checkpoint) if (resume and run is not None) else None
     if checkpoint is not None:
-        done = _restore(checkpoint, config, model, teacher, prior, optimizer, scheduler)
+        done = _restore(checkpoint, config, model, teacher, prior, optimizer, scheduler, scaler)
     resumed_from = done.epoch if checkpoint is not None else None
+    student = _forwards(model, teacher, device, runtime)
     notify(TrainStart(done.epoch, config.epochs, config.steps_per_epoch))
 
-    for epoch in range(done.epoch, config.epochs):
-        started = time.perf_counter()
-        model.train()
-        counter = PseudoLabelCounter(config.num_classes, device)
-        sums = torch.zeros(3, device=device)
-        steps = 0
-        batches = zip(labeled.batches(epoch, config.steps_per_epoch), unlabeled.batches(epoch, config.steps_per_epoch))
-        for lab, unl in batches:
-            out = fixmatch_step(model, teacher, prior, lab, unl, config, fallback)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            teacher.update(model)
-            counter.add(out.targets, out.mask, unl.labels)
-            sums += torch.stack([out.loss.detach(), out.loss_x, out.loss_u])
-            steps += 1
-            if steps % config.log_every == 0 or steps == config.steps_per_epoch:
-                mean_loss = sums[0].item() / steps
-                if not np.isfinite(mean_loss):
-                    raise UserError(f"the loss became {mean_loss} in epoch {epoch + 1}; lower --lr")
-                stats = counter.result()
-                notify(StepProgress(epoch, steps, mean_loss, stats.mask_rate, stats.accuracy))
-        if steps != config.steps_per_epoch:
-            raise RuntimeError(f"the batch streams gave {steps} batches, expected {config.steps_per_epoch}")
-        with torch.no_grad():
-            result = evaluate(teacher.module.eval())
-        done.epoch, done.step = epoch + 1, done.step + steps
-        done.elapsed_s += time.perf_counter() - started
-        done.last_eval, done.last_stats = result, counter.result()
-        record = _epoch_record(done, optimizer.param_groups[0]["lr"], sums, steps, done.last_stats, prior, result)
-        done.history.append(record)
-        if run is not None:
-            run.save_checkpoint(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "train_config": asdict(config),
-                    "epoch": done.epoch,
-                    "step": done.step,
-                    "elapsed_s": done.elapsed_s,
-                    "model": model.state_dict(),
-                    "teacher": teacher.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "prior": prior.state_dict() if prior is not None else None,
-                    "rng": _rng_state(),
-                    "history": done.history,
-                    "last_eval": asdict(result),
-                    "last_pseudo_labels": asdict(done.last_stats),
-                }
+    with _cudnn_benchmark(runtime.cudnn_benchmark and device.type == "cuda"):
+        for epoch in range(done.epoch, config.epochs):
+            started = time.perf_counter()
+            model.train()
+            counter = PseudoLabelCounter(config.num_classes, device)
+            sums = torch.zeros(4, device=device)  # loss, loss_x, loss_u, images
+            steps = 0
+            batches = zip(labeled.batches(epoch, config.steps_per_epoch), unlabeled.batches(epoch, config.steps_per_epoch))
+            for lab, unl in batches:
+                with runtime.autocast(device):
+                    out = fixmatch_step(student, teacher, prior, lab, unl, config, fallback)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(out.loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                distributed.average_buffers(model)
+                teacher.update(model)
+                counter.add(out.targets, out.mask, unl.labels)
+                images = lab.inputs.new_tensor(lab.inputs.shape[0] + unl.indices.shape[0], dtype=torch.float32)
+                sums += torch.stack([out.loss.detach().float(), out.loss_x.float(), out.loss_u.float(), images])
+                steps += 1
+                if steps % config.log_every == 0 or steps == config.steps_per_epoch:
+                    epoch_sums = _global_sums(sums)
+                    mean_loss = epoch_sums[0].item() / steps
+                    if not np.isfinite(mean_loss):
+                        raise UserError(f"the loss became {mean_loss} in epoch {epoch + 1}; lower --lr")
+                    stats = counter.result(reduce=distributed.all_reduce_sum)
+                    notify(StepProgress(epoch, steps, mean_loss, stats.mask_rate, stats.accuracy))
+            if steps != config.steps_per_epoch:
+                raise RuntimeError(f"the batch streams gave {steps} batches, expected {config.steps_per_epoch}")
+            stepped = time.perf_counter() - started
+            with torch.no_grad(), runtime.autocast(device):
+                result = evaluate(teacher.module.eval())
+            done.epoch, done.step = epoch + 1, done.step + steps
+            done.elapsed_s += time.perf_counter() - started
+            done.images += int(epoch_sums[3].item())
+            done.stepping_s += stepped
+            done.last_eval, done.last_stats = result, stats
+            record = _epoch_record(done, optimizer.param_groups[0]["lr"], epoch_sums, steps, stats, prior, result)
+            done.history.append(record)
+            if run is not None and main_process:
+                run.save_checkpoint(_checkpoint(config, done, model, teacher, prior, optimizer, scheduler, scaler))
+                run.write_history(done.history)
+            distributed.dump_rank_state(
+                done.epoch,
+                lambda: {
+                    "prior": prior.probs.cpu().tolist() if prior is not None else None,
+                    "teacher_digest": distributed.state_digest(teacher.state_dict()),
+                    "student_digest": distributed.state_digest(model.state_dict()),
+                    "record": record,
+                },
             )
-            run.write_history(done.history)
-        notify(EpochEnd(record))
+            notify(EpochEnd(record))
 
     if done.last_eval is None or done.last_stats is None:
         raise ValueError("config.epochs must be at least 1")
@@ -457,4 +637,6 @@ def train(
         steps=done.step,
         elapsed_s=done.elapsed_s,
         resumed_from_epoch=resumed_from,
+        images_per_s=done.images / done.stepping_s if done.stepping_s > 0 else None,
+        world_size=distributed.world_size(),
     )

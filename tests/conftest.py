@@ -10,6 +10,10 @@ import pytest
 # retries the network for ~46 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One OpenMP thread per process, set before torch is imported (subprocesses inherit it): the tests
+# run tiny models, and on a shared 2-core machine torch's default of one thread per core makes a
+# small CNN step up to 60x slower (its threads spin while other processes hold the cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
 

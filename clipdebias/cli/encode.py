@@ -30,6 +30,7 @@ def encode_command(
 ) -> None:
     from clipdebias.backbone import BackboneConfig
     from clipdebias.cli.rich_progress import RichProgress
+    from clipdebias.distributed import is_main_process
     from clipdebias.embeddings import EncodeConfig, run_encode
 
     config = EncodeConfig(
@@ -47,6 +48,8 @@ def encode_command(
     )
     with RichProgress() as progress:
         result, backbone = run_encode(config, progress)
+    if not is_main_process():  # under torchrun, rank 0 shows the summary
+        return
     console = Console()
     table = Table(title=f"clipdebias encode: {dataset} {split}", show_header=False)
     table.add_column("item", style="bold")

@@ -64,6 +64,13 @@ class _ProgressView:
             self.top1 = f" top1 {event.record['top1']:5.1f}%"
 
 
+def _speed(metrics: dict[str, Any]) -> str:
+    rate = metrics.get("images_per_s")
+    processes = metrics.get("world_size", 1)
+    text = "-" if rate is None else f"{rate:,.0f} img/s"
+    return text + (f" ({processes} processes)" if processes > 1 else "")
+
+
 def _summary(metrics: dict[str, Any], out: str) -> Table:
     pl = metrics["pseudo_labels"]
     table = Table(title=f"ssl: {metrics['method']} on {metrics['dataset']}", show_header=False)
@@ -80,6 +87,7 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
         ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
         ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
         ("training time", f"{metrics['elapsed_s']:.1f} s"),
+        ("training speed", _speed(metrics)),
         ("run folder", out),
     ]
     for name, value in rows:
@@ -115,9 +123,14 @@ def ssl_command(
     clip_fallback: Optional[float] = typer.Option(None, "--clip-fallback", help="Fallback confidence needed to label an uncertain row (default 0.3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the labeled split, the initialisation and the batches."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: 0 for digits, else CPUs - 1, at most 8)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes per training process (default: 0 for digits, else its CPU cores - 1, at most 8)."),
+    prefetch_factor: Optional[int] = typer.Option(None, "--prefetch-factor", help="Batches each DataLoader worker loads ahead (default 4)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or autocast to bf16 / fp16 (fp16 with gradient scaling) for speed on GPUs."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the student and teacher (slow start, may be faster per step)."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across GPUs under torchrun (CUDA only; default: per-GPU BatchNorm)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
+    from clipdebias.distributed import is_main_process
     from clipdebias.ssl import resolve_ssl_config, run_ssl
 
     config = resolve_ssl_config(
@@ -126,8 +139,10 @@ def ssl_command(
         epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         ema_momentum=ema_momentum, arch=arch, init_weights=init_weights, image_size=image_size, multiviews=multiviews,
         no_debias=no_debias, clip_pseudolabels=clip_pseudolabels, clip_fallback=clip_fallback, seed=seed,
-        device=device, workers=workers, resume=resume,
+        device=device, workers=workers, resume=resume, prefetch_factor=prefetch_factor, precision=precision,
+        compile=compile, sync_bn=sync_bn,
     )
     with _ProgressView(Console(stderr=True)) as view:
         metrics = run_ssl(config, progress=view)
-    Console().print(_summary(metrics, config.out))
+    if is_main_process():  # under torchrun every rank returns the same metrics; rank 0 shows them
+        Console().print(_summary(metrics, config.out))
