@@ -109,7 +109,7 @@ def session(device: torch.device | str) -> Iterator[LaunchInfo]:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
     try:

@@ -609,10 +609,14 @@ MAX_AUTO_WORKERS = 8
 
 def resolve_num_workers(requested: int | None, device_type: str) -> int:
     """``--num-workers``: as given, else 0 on CPU (decoding would compete with the model for the
-    cores) and ``min(MAX_AUTO_WORKERS, cores)`` when a GPU runs the model."""
+    cores) and ``min(MAX_AUTO_WORKERS, cores)`` when a GPU runs the model, where ``cores`` is this
+    process's share of the node's cores under torchrun (one process per GPU)."""
+    from clipdebias.distributed import launch_info
+
     if requested is not None:
         return requested
-    return 0 if device_type == "cpu" else min(MAX_AUTO_WORKERS, os.cpu_count() or 1)
+    cores = (os.cpu_count() or 1) // max(1, launch_info().local_world_size)
+    return 0 if device_type == "cpu" else min(MAX_AUTO_WORKERS, max(1, cores))
 
 
 def cached_embeddings(

@@ -126,7 +126,7 @@ def ssl_command(
     workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes per training process (default: 0 for digits, else its CPU cores - 1, at most 8)."),
     prefetch_factor: Optional[int] = typer.Option(None, "--prefetch-factor", help="Batches each DataLoader worker loads ahead (default 4)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, or autocast to bf16 / fp16 (fp16 with gradient scaling) for speed on GPUs."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the student and teacher (slow start, may be faster per step)."),
+    torch_compile: bool = typer.Option(False, "--compile", help="torch.compile the student and teacher (slow start, may be faster per step)."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across GPUs under torchrun (CUDA only; default: per-GPU BatchNorm)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
@@ -140,7 +140,7 @@ def ssl_command(
         ema_momentum=ema_momentum, arch=arch, init_weights=init_weights, image_size=image_size, multiviews=multiviews,
         no_debias=no_debias, clip_pseudolabels=clip_pseudolabels, clip_fallback=clip_fallback, seed=seed,
         device=device, workers=workers, resume=resume, prefetch_factor=prefetch_factor, precision=precision,
-        compile=compile, sync_bn=sync_bn,
+        compile=torch_compile, sync_bn=sync_bn,
     )
     with _ProgressView(Console(stderr=True)) as view:
         metrics = run_ssl(config, progress=view)
