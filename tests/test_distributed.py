@@ -123,7 +123,24 @@ def test_single_process_helpers_are_identities(monkeypatch):
 _TINY_LOOP = TrainConfig(num_classes=10, epochs=2, steps_per_epoch=4, tau=0.4, threshold=0.3, prior_momentum=0.9, ema_momentum=0.8)
 
 
-def _tiny_training(out: str) -> dict:
+class _PoisonedOnRankOne(nn.Module):
+    """A linear model whose output is NaN on rank 1 only, in its ``step``-th training forward pass."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        self.step, self.calls = step, 0
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        logits = self.net(inputs)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.step and distributed.rank() == 1:
+                logits = logits * float("nan")
+        return logits
+
+
+def _tiny_training(out: str, poison_step: int | None = None) -> dict:
     """A short DebiasPL run on digits with a BatchNorm-free model, in this process's share."""
     with distributed.session("cpu"):
         train_split, val = open_dataset("digits", "train"), open_dataset("digits", "val")
@@ -131,7 +148,7 @@ def _tiny_training(out: str) -> dict:
         spec = StreamSpec(dataset="digits", batch_size=8, mu=2, views=1, seed=0, image_size=8, workers=0, eval_batch_size=64)
         streams = build_streams(train_split, rows[:40], rows[40:], val, np.arange(150), spec, torch.device("cpu"))
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)) if poison_step is None else _PoisonedOnRankOne(poison_step)
         optimizer = make_sgd(model, lr=0.5, weight_decay=0.0, momentum=0.9)
         scheduler = cosine_schedule(optimizer, _TINY_LOOP.epochs * _TINY_LOOP.steps_per_epoch)
         run = RunFolder(out, writes=distributed.is_main_process())
@@ -144,7 +161,7 @@ def _tiny_training(out: str) -> dict:
         }
 
 
-def _spawned(rank: int, world: int, port: int, out: str) -> None:
+def _train_rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
@@ -152,6 +169,36 @@ def _spawned(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     summary = _tiny_training(out)
     Path(out, f"rank{rank}.json").write_text(json.dumps(summary))
+
+
+def _start_two(function, *args) -> None:
+    """Run ``function(rank, 2, port, *args)`` in two processes and wait for both. Forked, they start
+    in a second (spawned ones import everything again); spawned if this process has initialised
+    CUDA, which a forked child cannot use."""
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    context = torch.multiprocessing.start_processes(
+        function, args=(2, _free_port(), *args), nprocs=2, join=False, start_method=method
+    )
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:  # a rank waiting forever for the other is a failure, not a hang
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two processes did not finish within 120 s")
+
+
+def _diverging_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    try:
+        _tiny_training(out, poison_step=_TINY_LOOP.steps_per_epoch)  # the last step before the epoch's check
+        outcome = "finished"
+    except UserError as err:
+        outcome = str(err)
+    Path(out, f"rank{rank}.txt").write_text(outcome)
 
 
 def _free_port() -> int:
@@ -167,10 +214,7 @@ def test_two_processes_train_exactly_like_one_without_batchnorm(tmp_path):
     torch.set_num_threads(1)
     try:
         one = _tiny_training(str(tmp_path / "one"))
-        # Forked, the two processes start in a second (spawned ones would import everything again).
-        torch.multiprocessing.start_processes(
-            _spawned, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True, start_method="fork"
-        )
+        _start_two(_train_rank, str(tmp_path / "two"))
     finally:
         torch.set_num_threads(threads)
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in range(2)]
@@ -189,6 +233,14 @@ def test_two_processes_train_exactly_like_one_without_batchnorm(tmp_path):
     # Only rank 0 wrote the run folder; the checkpoint holds plain (non-DDP) names.
     checkpoint = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)
     assert set(checkpoint["model"]) == {"1.weight", "1.bias"} and checkpoint["epoch"] == 2
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
+    """The logged loss is all-reduced before the NaN check: rank 0, whose own loss is finite, stops
+    too instead of waiting for rank 1 in the next collective."""
+    _start_two(_diverging_rank, str(tmp_path))
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert outcomes[0] == outcomes[1] and outcomes[0].startswith("the loss became") and "lower --lr" in outcomes[0]
 
 
 SSL_ARGS = [
@@ -261,12 +313,13 @@ class _Recorder:
         pass
 
 
-def _encode_rank(rank: int, world: int, port: int, folder: str, cache: str, backbone) -> None:
+def _encode_rank(rank: int, world: int, port: int, folder: str, cache: str, model: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(1)
+    backbone = load_backbone(BackboneConfig(model=model, pretrained="none", device="cpu"))
     recorder = _Recorder()
     with distributed.session("cpu"):
         source = open_dataset("imagefolder", "train", folder)
@@ -282,10 +335,7 @@ def test_two_processes_encode_their_chunks_into_one_entry(tmp_path, tiny_clip):
     source = open_dataset("imagefolder", "train", folder)
     one = encode_split(source, backbone, backbone.transform, backbone.transform_id, tmp_path / "one", data_root=folder,
                        batch_size=3, chunk_size=4)
-    torch.multiprocessing.start_processes(
-        _encode_rank, args=(2, _free_port(), str(folder), str(tmp_path / "two"), backbone), nprocs=2, join=True,
-        start_method="fork",
-    )
+    _start_two(_encode_rank, str(folder), str(tmp_path / "two"), tiny_clip)
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in range(2)]
     # 21 images in chunks of 4: rank 0 encodes chunks 0, 2, 4 (12 images), rank 1 the other 9; both
     # return the total. Only rank 0 reports progress, for its own chunks.
