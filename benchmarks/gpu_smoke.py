@@ -207,23 +207,27 @@ def training_loader(report: Report, device, folder: Path, sizes: Sizes) -> None:
 
     source = open_dataset("imagefolder", "train", folder)
     rows = np.arange(len(source))
-    workers = default_workers()
-    spec = StreamSpec(
-        dataset="imagenet", batch_size=sizes.train_batch, mu=sizes.train_mu, views=2, seed=0,
-        image_size=sizes.train_image_size, workers=workers, eval_batch_size=64,
-    )
-    streams = build_streams(source, rows[:8], rows[8:], source, rows[:8], spec, device)
-    batches = iter(streams.unlabeled.batches(0, sizes.loader_steps + 1))
-    next(batches)  # warm-up: starts the workers
-    started, images = time.perf_counter(), 0
-    for batch in batches:
-        images += int(batch.indices.shape[0])
-    _sync(device)
-    rate = images / (time.perf_counter() - started)
-    report.add(
-        "training loader", f"{sizes.train_image_size} px, 2 weak + 2 strong views, {workers} workers", rate,
-        "unlabeled stream alone: the most the loop can be fed",
-    )
+    auto = default_workers()
+    choices = [auto] if device.type == "cpu" else sorted({auto, os.cpu_count() or 1})
+    for workers in choices:
+        spec = StreamSpec(
+            dataset="imagenet", batch_size=sizes.train_batch, mu=sizes.train_mu, views=2, seed=0,
+            image_size=sizes.train_image_size, workers=workers, eval_batch_size=64,
+        )
+        streams = build_streams(source, rows[:8], rows[8:], source, rows[:8], spec, device)
+        batches = iter(streams.unlabeled.batches(0, sizes.loader_steps + 1))
+        next(batches)  # warm-up: starts the workers
+        started, images = time.perf_counter(), 0
+        for batch in batches:
+            images += int(batch.indices.shape[0])
+        _sync(device)
+        rate = images / (time.perf_counter() - started)
+        label = "auto" if workers == auto else "all cores"
+        report.add(
+            "training loader", f"{sizes.train_image_size} px, 2 weak + 2 strong views, {workers} workers ({label})",
+            rate, "unlabeled stream alone: the most the loop can be fed",
+        )
+        del streams, batches
 
 
 class _SyntheticStream:
