@@ -661,9 +661,9 @@ def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[
 
 
 def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[EncodeResult, Any]:
+    from clipdebias import distributed
     from clipdebias.backbone import load_backbone
     from clipdebias.data import open_dataset
-    from clipdebias import distributed
     from clipdebias.paths import cache_dir as resolve_cache_dir
 
     progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()

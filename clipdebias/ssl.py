@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from clipdebias import __version__
-from clipdebias.defaults import PRECISIONS, PREFETCH_FACTOR
 from clipdebias.config import parse_label_budget
 from clipdebias.data import DATASETS, ImageSource, open_dataset
+from clipdebias.defaults import PRECISIONS, PREFETCH_FACTOR
 from clipdebias.errors import UserError
 from clipdebias.runfolder import LABELED_INDEX, UNLABELED_INDEX, RunFolder
 

@@ -121,7 +121,7 @@ class Runtime:
     ``channels_last``: NHWC memory format for the model and its 4-D inputs (faster convolutions
     with tensor cores). ``compile``: ``torch.compile`` the student's and the teacher's forward
     passes with ``compile_backend``. ``sync_batchnorm``: ``SyncBatchNorm`` under DDP (CUDA only;
-    default per-GPU BatchNorm, as in the FixMatch and DebiasPL ImageNet code).
+    default per-GPU BatchNorm, the DebiasPL reference code's default).
     ``cudnn_benchmark``: let cuDNN pick the fastest convolution algorithms (CUDA only).
     """
 
