@@ -83,7 +83,7 @@ SHARED_DEFAULTS = SharedDefaults()
 STUDENT_DEFAULTS: dict[str, StudentDefaults] = {
     # Chosen on the digits proxy's holdout (benchmarks/zeroshot_head_digits.py, docs/results.md).
     "head": StudentDefaults(
-        epochs=10, batch_size=256, mu=4, lambda_u=1.0, lr=0.05, weight_decay=0.0, warmup_epochs=0,
+        epochs=10, batch_size=256, mu=4, lambda_u=1.0, lr=0.15, weight_decay=0.0, warmup_epochs=0,
         ema_momentum=0.99, multiviews=False, image_size=None,
     ),
     # Common practice for fine-tuning CLIP (AdamW, small lr, wd 0.1); not tuned here (no GPU, no weights).

@@ -146,7 +146,10 @@ def zeroshot_command(
         Optional[int],
         Option("--steps-per-epoch", help="Steps per epoch (default: one pass over the unlabeled images, at least 50)."),
     ] = None,
-    lr: Annotated[Optional[float], Option("--lr", help=f"Peak learning rate, cosine schedule; head: relative to the logit scale ({_DEFAULT}).")] = None,
+    lr: Annotated[
+        Optional[float],
+        Option("--lr", help=f"Peak learning rate, cosine schedule; head: relative to the logit scale ({_DEFAULT})."),
+    ] = None,
     weight_decay: Annotated[Optional[float], Option("--weight-decay", help=f"Weight decay ({_DEFAULT}).")] = None,
     warmup_epochs: Annotated[
         Optional[int], Option("--warmup-epochs", help=f"Linear LR warm-up epochs ({_DEFAULT}).")
@@ -179,7 +182,7 @@ def zeroshot_command(
         Option(
             "--workers",
             min=0,
-            help="Image decoding processes (default: 0 on CPU when encoding, else CPUs - 1, at most 8).",
+            help="Image decoding processes (default: encoding 0 on CPU, up to 8 with a GPU; training CPUs - 1, at most 8).",
         ),
     ] = None,
     encode_batch_size: Annotated[
