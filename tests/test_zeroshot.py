@@ -279,6 +279,33 @@ def test_head_run_writes_the_run_folder_and_follows_the_threshold(folder, cache,
     assert resumed["resumed_from_epoch"] == 1 and {k: resumed[k] for k in STABLE} == {k: metrics[k] for k in STABLE}
 
 
+def test_an_interrupted_run_resumes_to_the_same_result(folder, cache, tiny_clip, tmp_path):
+    from clipdebias.train import EpochEnd
+    from clipdebias.zeroshot import resolve_zeroshot_config, run_zeroshot
+
+    extra = ["--views", "1", "--select-threshold", "0.9", "--epochs", "3", "--steps-per-epoch", "3"]
+    full = _zeroshot(folder, cache, tiny_clip, tmp_path / "full", *extra)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(event):
+        if isinstance(event, EpochEnd):
+            raise Stop  # the checkpoint of epoch 1 is written before this event
+
+    config = resolve_zeroshot_config(
+        "imagefolder", tmp_path / "cut", data_root=folder, model=tiny_clip, pretrained="none", device="cpu",
+        templates="simple", logit_scale=100.0, cache_dir=cache, workers=0, views=1, select_threshold=0.9, epochs=3,
+        steps_per_epoch=3, batch_size=2, mu=2, report=False,
+    )  # fmt: skip
+    with pytest.raises(Stop):
+        run_zeroshot(config, train_progress=stop_after_first_epoch)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    resumed = _zeroshot(folder, cache, tiny_clip, tmp_path / "cut", *extra, "--resume")
+    assert resumed["resumed_from_epoch"] == 1
+    assert {k: resumed[k] for k in STABLE} == {k: full[k] for k in STABLE}
+
+
 def test_top_k_per_class_split_and_a_student_that_starts_at_zero_shot(folder, cache, tiny_clip, tmp_path):
     out = tmp_path / "topk"
     # A learning rate too small to move anything: the student is still CLIP zero-shot, end to end.
@@ -316,12 +343,16 @@ def test_no_debias_equals_tau_zero(folder, cache, tiny_clip, tmp_path):
 
 def test_clip_student_fine_tunes_the_image_tower(folder, cache, tiny_clip, tmp_path):
     out = tmp_path / "clip"
-    metrics = _zeroshot(folder, cache, tiny_clip, out, "--student", "clip", "--select-threshold", "0.9")
+    metrics = _zeroshot(folder, cache, tiny_clip, out, "--student", "clip", "--select-threshold", "0.9", "--amp")
     assert metrics["student"] == "clip" and metrics["eval_images"] == 9 and metrics["steps"] == 2
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert any(key.startswith("visual.") for key in checkpoint["model"]) and "head.fc.weight" in checkpoint["model"]
+    # The tower ran under bf16 autocast (--amp, here on the CPU), its weights and the head stay float32.
+    assert (
+        any(key.startswith("visual.module.") for key in checkpoint["model"]) and "head.fc.weight" in checkpoint["model"]
+    )
+    assert all(value.dtype == torch.float32 for value in checkpoint["model"].values() if value.is_floating_point())
     config = json.loads((out / "config.json").read_text())
-    assert config["multiviews"] is False and config["lr"] == 1e-5
+    assert config["multiviews"] is False and config["lr"] == 1e-5 and config["amp"] is True
 
 
 def test_resnet50_student_from_moco_style_weights(folder, cache, tiny_clip, tmp_path):
