@@ -286,11 +286,15 @@ def _encode(
     return store
 
 
-def _gather(store: Any, wanted: np.ndarray) -> np.ndarray:
-    """The rows of ``store`` for the dataset indices ``wanted`` (all present), as one array in RAM."""
+def _gather(store: Any, wanted: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The rows of ``store`` for the dataset indices ``wanted`` (all present), copied from the mapped
+    file into ``out`` (or a new array) without an intermediate copy when every row is wanted."""
+    out = np.empty((len(wanted), store.dim), dtype=np.float32) if out is None else out
     if len(wanted) == len(store.ids):
-        return np.array(store.vectors)
-    return np.asarray(store.vectors[np.searchsorted(store.ids, wanted)])
+        out[...] = store.vectors
+    else:
+        out[...] = store.vectors[np.searchsorted(store.ids, wanted)]
+    return out
 
 
 def _embedding_arrays(
@@ -320,7 +324,7 @@ def _embedding_arrays(
     if view_stores:
         views = np.empty((len(view_stores), len(kept), train.dim), dtype=np.float32)
         for k, store in enumerate(view_stores):
-            views[k] = _gather(store, kept)
+            _gather(store, kept, out=views[k])
     return ZeroShotArrays(
         train_ids=kept, train_embeddings=_gather(train, kept), train_labels=train.labels[np.searchsorted(train.ids, kept)],
         classifier=classifier, logit_scale=scale, eval_embeddings=np.array(evaluation_store.vectors),

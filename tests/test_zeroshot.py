@@ -39,7 +39,15 @@ STABLE = (
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data"), per_class=6, val_per_class=3, size=32)
+    """3 classes x 6 train and 3 val images, plus one unreadable file in each split (train index 12,
+    val index 3): every student must leave them out, not fail on them."""
+    root = make_image_folder(tmp_path_factory.mktemp("data"), per_class=6, val_per_class=3, size=32)
+    (root / "train" / "dog" / "img_999.png").write_bytes(b"broken")
+    (root / "val" / "cat" / "img_999.png").write_bytes(b"broken")
+    return root
+
+
+READABLE = [i for i in range(19) if i != 12]  # train dataset indices with an embedding
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +251,7 @@ def test_head_run_writes_the_run_folder_and_follows_the_threshold(folder, cache,
     }  # fmt: skip
     assert (out / "report" / "report.md").is_file()
     table = pd.read_csv(out / "pseudolabels.csv")
-    assert list(table.columns) == list(CSV_COLUMNS) and table["index"].tolist() == list(range(18))
+    assert list(table.columns) == list(CSV_COLUMNS) and table["index"].tolist() == READABLE
     assert _index(out / "labeled_index.csv") == table.loc[table["confidence"] >= 0.95, "index"].tolist()
     assert _index(out / "unlabeled_index.csv") == table.loc[table["confidence"] < 0.95, "index"].tolist()
     assert 0 < metrics["labeled_images"] < 18 and metrics["labeled_images"] + metrics["unlabeled_images"] == 18
@@ -407,7 +415,8 @@ def test_grayscale_data_needs_the_head_student(tiny_clip, tmp_path, capsys):
 # --- ssl --clip-pseudolabels with a CSV written by `clipdebias pseudolabel` ----------------------------
 
 
-def test_ssl_takes_the_csv_pseudolabel_writes_as_fallback_labels(folder, cache, tiny_clip, tmp_path):
+def test_ssl_takes_the_csv_pseudolabel_writes_as_fallback_labels(cache, tiny_clip, tmp_path):
+    folder = make_image_folder(tmp_path / "data", per_class=6, val_per_class=3, size=32)  # ssl reads every image
     labels_csv = tmp_path / "clip.csv"
     assert main([
         "pseudolabel", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip, "--pretrained",
