@@ -17,9 +17,10 @@ streams of :mod:`clipdebias.loaders`. Defaults are in :data:`SHARED_DEFAULTS` an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,9 @@ if TYPE_CHECKING:
 STUDENTS = ("head", "clip", "resnet50")
 PSEUDOLABELS_FILE = "pseudolabels.csv"
 # Options that may differ between a run and its --resume.
-RESUME_MAY_CHANGE = ("resume", "device", "workers", "eval_batch_size", "encode_batch_size", "cache_dir", "report")
+RESUME_MAY_CHANGE = (
+    "resume", "device", "workers", "threads", "eval_batch_size", "encode_batch_size", "cache_dir", "report",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class ZeroShotConfig:
     seed: int
     device: str
     workers: int | None
+    threads: int | None
     encode_batch_size: int
     eval_batch_size: int
     cache_dir: str | None
@@ -184,7 +188,7 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
     values: dict[str, Any] = {
         "data_root": None, "model": "ViT-B-32", "pretrained": "openai", "quick_gelu": None, "precision": "fp32",
         "classnames": None, "templates": None, "logit_scale": None, "select_topk_per_class": None,
-        "steps_per_epoch": None, "init_weights": None, "amp": None, "seed": 0, "device": "auto", "workers": None,
+        "steps_per_epoch": None, "init_weights": None, "amp": None, "seed": 0, "device": "auto", "workers": None, "threads": None,
         "encode_batch_size": 64, "eval_batch_size": 256, "cache_dir": None, "report": True, "resume": False,
     }  # fmt: skip
     values.update(dataclasses.asdict(SHARED_DEFAULTS))
@@ -226,6 +230,7 @@ def _check_ranges(c: ZeroShotConfig) -> None:
         (c.image_size is None or c.image_size >= 8, "--image-size must be >= 8"),
         (c.logit_scale is None or (c.logit_scale > 0 and math.isfinite(c.logit_scale)), "--logit-scale must be > 0"),
         (c.workers is None or c.workers >= 0, "--workers must be >= 0"),
+        (c.threads is None or c.threads >= 1, "--threads must be >= 1"),
         (c.encode_batch_size >= 1, "--encode-batch-size must be >= 1"),
         (c.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
     ]
@@ -378,7 +383,27 @@ def run_zeroshot(
     ``progress`` receives the encoding and pseudo-labelling stages, ``train_progress`` the training
     loop's events (:class:`clipdebias.train.ProgressEvent`).
     """
+    with _torch_threads(config.threads):
+        return _run(config, progress or NoProgress(), train_progress)
 
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``count`` for the duration (``None``: left alone); see docs/performance.md."""
+    import torch
+
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[Any], None] | None) -> ZeroShotRun:
     from clipdebias.backbone import BackboneConfig, load_backbone
     from clipdebias.data import ArraySource, open_dataset
     from clipdebias.paths import cache_dir as resolve_cache_dir
@@ -386,7 +411,6 @@ def run_zeroshot(
     from clipdebias.pseudolabel_job import ReportingRows
     from clipdebias.zeroshot_core import HeadSettings, fit_head, pseudo_label_train_rows, train_logits, zero_shot_eval
 
-    progress = progress or NoProgress()
     root = resolve_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
         config.model, config.pretrained, config.precision, config.device, config.quick_gelu

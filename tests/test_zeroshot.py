@@ -59,12 +59,15 @@ def _args(folder, cache, tiny_clip, *extra):
     return [
         "zeroshot", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip, "--pretrained", "none",
         "--device", "cpu", "--templates", "simple", "--logit-scale", "100", "--cache-dir", str(cache), "--workers", "0",
+        "--threads", "1",
         *TINY_TRAINING, "--no-report", *extra,
     ]  # fmt: skip
 
 
 def _zeroshot(folder, cache, tiny_clip, out, *extra):
+    threads = torch.get_num_threads()
     assert main([*_args(folder, cache, tiny_clip, *extra), "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads  # --threads 1 held for the run only
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -304,7 +307,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(folder, cache, tiny_clip,
     config = resolve_zeroshot_config(
         "imagefolder", tmp_path / "cut", data_root=folder, model=tiny_clip, pretrained="none", device="cpu",
         templates="simple", logit_scale=100.0, cache_dir=cache, workers=0, views=1, select_threshold=0.9, epochs=3,
-        steps_per_epoch=3, batch_size=2, mu=2, report=False,
+        steps_per_epoch=3, batch_size=2, mu=2, report=False, threads=1,
     )  # fmt: skip
     with pytest.raises(Stop):
         run_zeroshot(config, train_progress=stop_after_first_epoch)

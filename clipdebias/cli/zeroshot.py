@@ -185,6 +185,14 @@ def zeroshot_command(
             help="Image decoding processes (default: encoding 0 on CPU, up to 8 with a GPU; training CPUs - 1, at most 8).",
         ),
     ] = None,
+    threads: Annotated[
+        Optional[int],
+        Option(
+            "--threads",
+            min=1,
+            help="CPU threads of torch (default: torch's; 1 is often fastest for the head on a busy CPU).",
+        ),
+    ] = None,
     encode_batch_size: Annotated[
         int, Option("--encode-batch-size", min=1, help="Images per CLIP forward pass while encoding.")
     ] = 64,
@@ -210,7 +218,7 @@ def zeroshot_command(
         threshold=threshold, prior_momentum=prior_momentum, lambda_u=lambda_u, mu=mu, batch_size=batch_size,
         epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, ema_momentum=ema_momentum, init_weights=init_weights, image_size=image_size,
-        multiviews=multiviews, amp=amp, seed=seed, device=device, workers=workers,
+        multiviews=multiviews, amp=amp, seed=seed, device=device, workers=workers, threads=threads,
         encode_batch_size=encode_batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir, report=report, resume=resume,
     )  # fmt: skip
     errors = Console(stderr=True)
