@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdebias import __version__
 from clipdebias.backbone import BackboneConfig
 from clipdebias.embeddings import DEFAULT_CHUNK_SIZE, EncodeResult
 from clipdebias.errors import UserError
@@ -23,7 +22,7 @@ from clipdebias.pseudolabels import (
     PseudoLabelSummary,
     ZeroShotLogits,
     debiased_pseudo_labels,
-    imbalance_ratio,
+    pseudo_label_sidecar,
     pseudo_label_table,
     summarize,
     write_pseudo_labels,
@@ -74,7 +73,7 @@ class PseudoLabelRun:
     backbone_rows: list[tuple[str, str]]
 
 
-class _Reporting:
+class ReportingRows:
     """A :class:`LogitRows` that reports each pass over its rows as a progress stage."""
 
     ndim = 2
@@ -189,35 +188,23 @@ def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None)
     else:
         logits, indices, encoded, rows, scale = _clip_logits(config, backbone, source, progress)
         teacher = "clip"
-    result = debiased_pseudo_labels(_Reporting(logits, progress), config.tau, config.threshold, config.chunk_rows)
+    result = debiased_pseudo_labels(ReportingRows(logits, progress), config.tau, config.threshold, config.chunk_rows)
     paths = [source.path(i) for i in range(len(source))]
     table = pseudo_label_table(result, indices, paths, source.labels, classes)
     summary = summarize(result, source.labels[indices], len(classes))
-    sidecar = {
-        "classes": classes,
-        "tau": result.tau,
-        "threshold": result.threshold,
-        "prior": [float(x) for x in result.prior],
-        "model": None if config.logits else config.backbone.model,
-        "pretrained": None if config.logits else config.backbone.pretrained,
-        "teacher": teacher,
-        "logit_scale": scale,
-        "dataset": config.dataset,
-        "data_root": config.data_root,
-        "split": config.split,
-        "num_images": len(source),
-        "num_rows": summary.num_rows,
-        "num_unreadable": len(source) - summary.num_rows,
-        "num_selected": summary.num_selected,
-        "zeroshot_top1": summary.zeroshot_top1,
-        "zeroshot_debiased_top1": summary.zeroshot_debiased_top1,
-        "selected_top1": summary.selected_top1,
-        "class_counts": summary.counts.tolist(),
-        "raw_class_counts": summary.raw_counts.tolist(),
-        "imbalance_ratio": imbalance_ratio(summary.counts),
-        "raw_imbalance_ratio": imbalance_ratio(summary.raw_counts),
-        "clipdebias": __version__,
-    }
+    sidecar = pseudo_label_sidecar(
+        result,
+        summary,
+        classes,
+        teacher=teacher,
+        model=None if config.logits else config.backbone.model,
+        pretrained=None if config.logits else config.backbone.pretrained,
+        logit_scale=scale,
+        dataset=config.dataset,
+        data_root=config.data_root,
+        split=config.split,
+        num_images=len(source),
+    )
     csv, sidecar_path = write_pseudo_labels(table, out, sidecar)
     reference = write_reference_format(table, config.reference_dir, result.threshold) if config.reference_dir else None
     return PseudoLabelRun(

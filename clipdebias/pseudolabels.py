@@ -216,6 +216,50 @@ def summarize(result: PseudoLabels, truth: np.ndarray, num_classes: int) -> Pseu
     )
 
 
+def pseudo_label_sidecar(
+    result: PseudoLabels,
+    summary: PseudoLabelSummary,
+    classes: list[str],
+    *,
+    teacher: str,
+    model: str | None,
+    pretrained: str | None,
+    logit_scale: float | None,
+    dataset: str,
+    data_root: str | None,
+    split: str,
+    num_images: int,
+) -> dict:
+    """The JSON sidecar of a pseudo-label CSV (docs/formats.md), as ``pseudolabel`` and ``zeroshot`` write it."""
+    from clipdebias import __version__
+
+    return {
+        "classes": classes,
+        "tau": result.tau,
+        "threshold": result.threshold,
+        "prior": [float(x) for x in result.prior],
+        "model": model,
+        "pretrained": pretrained,
+        "teacher": teacher,
+        "logit_scale": logit_scale,
+        "dataset": dataset,
+        "data_root": data_root,
+        "split": split,
+        "num_images": num_images,
+        "num_rows": summary.num_rows,
+        "num_unreadable": num_images - summary.num_rows,
+        "num_selected": summary.num_selected,
+        "zeroshot_top1": summary.zeroshot_top1,
+        "zeroshot_debiased_top1": summary.zeroshot_debiased_top1,
+        "selected_top1": summary.selected_top1,
+        "class_counts": summary.counts.tolist(),
+        "raw_class_counts": summary.raw_counts.tolist(),
+        "imbalance_ratio": imbalance_ratio(summary.counts),
+        "raw_imbalance_ratio": imbalance_ratio(summary.raw_counts),
+        "clipdebias": __version__,
+    }
+
+
 def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> tuple[Path, Path]:
     """``out`` (the CSV) and ``out`` with ``.json`` (the sidecar), each written atomically."""
     from clipdebias.atomic import atomic_write, atomic_write_json

@@ -87,3 +87,21 @@ class RunFolder:
             return torch.load(self.file(CHECKPOINT), map_location="cpu", weights_only=False)
         except Exception as err:  # a truncated or foreign file
             raise UserError(f"cannot read checkpoint {str(self.file(CHECKPOINT))!r}: {err}") from err
+
+
+def check_resume(run: RunFolder, current: dict[str, Any], resume: bool, may_change: Sequence[str]) -> None:
+    """Refuse to overwrite a run folder without ``--resume``, and to resume it with other options.
+
+    ``current`` is the ``config.json`` the new run would write; keys in ``may_change`` (and the
+    clipdebias ``version``) may differ from the saved one.
+    """
+    if not run.has_run():
+        return
+    out = str(run.path)
+    if not resume:
+        raise UserError(f"{out!r} already holds a run; pass --resume to continue it, or choose another --out")
+    saved = run.read_config() or {}
+    ignored = set(may_change) | {"version"}
+    changed = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
+    if changed:
+        raise UserError(f"cannot resume {out!r}: it was started with other options ({', '.join(changed)})")

@@ -21,7 +21,7 @@ from clipdebias.config import parse_label_budget
 from clipdebias.data import DATASETS, ImageSource, open_dataset
 from clipdebias.defaults import PRECISIONS, PREFETCH_FACTOR
 from clipdebias.errors import UserError
-from clipdebias.runfolder import LABELED_INDEX, UNLABELED_INDEX, RunFolder
+from clipdebias.runfolder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
 
 # Fixed seed of the --holdout split (independent of --seed, so every seed is tuned on the same rows).
 HOLDOUT_SEED = 12345
@@ -310,15 +310,7 @@ def _config_json(config: SSLConfig, classes: list[str]) -> dict[str, Any]:
 
 
 def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None:
-    if not run.has_run():
-        return
-    if not config.resume:
-        raise UserError(f"{config.out!r} already holds a run; pass --resume to continue it, or choose another --out")
-    saved = run.read_config() or {}
-    current = _config_json(config, classes)
-    changed = sorted(k for k in current if k not in RESUME_MAY_CHANGE + ("version",) and saved.get(k) != current[k])
-    if changed:
-        raise UserError(f"cannot resume {config.out!r}: it was started with other options ({', '.join(changed)})")
+    check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
 
 
 def run_ssl(config: SSLConfig, progress: Callable[[Any], None] | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from clipdebias.cli.info import info_command
 from clipdebias.cli.pseudolabel import pseudolabel_command
 from clipdebias.cli.report import report_command
 from clipdebias.cli.ssl import ssl_command
+from clipdebias.cli.zeroshot import zeroshot_command
 from clipdebias.errors import EXIT_USER_ERROR, UserError
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ app.command("info", help="Show versions, GPUs and the cache directory.")(info_co
 app.command("ssl", help="Semi-supervised training: FixMatch + DebiasPL on a few labels per class.")(ssl_command)
 app.command("encode", help="Encode every image of a split once into the embedding cache (resumable).")(encode_command)
 app.command("pseudolabel", help="Debiased zero-shot pseudo-labels of a split, as CSV.")(pseudolabel_command)
+app.command("zeroshot", help="Unlabeled images -> debiased CLIP pseudo-labels -> a trained student.")(zeroshot_command)
 app.command("report", help="Charts and report.md for a run folder or a pseudo-label CSV.")(report_command)
 app.command("compare", help="Put finished runs side by side (e.g. FixMatch vs DebiasPL over seeds).")(compare_command)
 

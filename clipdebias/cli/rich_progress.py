@@ -49,13 +49,18 @@ class RichProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop drawing the bars (before another live display, e.g. a training bar, starts)."""
         if self._task is not None:
             self._bars.stop()
 
     def start(self, label: str, total: int, completed: int = 0) -> None:
         if self._task is None:
             self._bars.start()
-        self._task = self._bars.add_task(label, total=total, completed=completed, unit=_UNITS.get(label, "row"))
+        unit = _UNITS.get(label.split(":", 1)[0], "row")  # "encoding images: train" counts images too
+        self._task = self._bars.add_task(label, total=total, completed=completed, unit=unit)
 
     def advance(self, count: int) -> None:
         if self._task is not None:

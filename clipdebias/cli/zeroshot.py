@@ -1,0 +1,240 @@
+"""``clipdebias zeroshot``: unlabeled images -> debiased CLIP pseudo-labels -> a student (options -> config -> run_zeroshot)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer import Option
+
+from clipdebias.cli import options
+
+_DEFAULT = "default: the student's, see docs/usage.md"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def _summary(metrics: dict[str, Any], out: str) -> Table:
+    pl = metrics["pseudo_labels"]
+    train_pl = metrics["train_pseudo_labels"]
+    table = Table(
+        title=f"zeroshot: {metrics['student']} student ({metrics['method']}) on {metrics['dataset']}", show_header=False
+    )
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    known = [v for v in metrics["per_class_top1"] if v is not None]
+    split = f"{metrics['eval_split']}, {metrics['eval_images']} images"
+    rows = [
+        (f"CLIP zero-shot top-1 ({split})", _percent(metrics["zeroshot_top1"])),
+        ("CLIP zero-shot top-1, debiased", _percent(metrics["zeroshot_debiased_top1"])),
+        ("student top-1", _percent(metrics["student_top1"])),
+        ("student top-5", _percent(metrics["top5"])),
+        ("student worst class top-1", _percent(min(known)) if known else "-"),
+        ("confident / unlabeled train images", f"{metrics['labeled_images']:,} / {metrics['unlabeled_images']:,}"),
+        ("CLIP labels correct on the confident set", _percent(train_pl["confident_top1"])),
+        ("pseudo-labels: mask rate (last epoch)", f"{pl['mask_rate']:.3f}"),
+        ("pseudo-labels: accuracy", _percent(pl["accuracy"])),
+        ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
+        ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
+        ("training time", f"{metrics['elapsed_s']:.1f} s"),
+        ("run folder", escape(out)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def zeroshot_command(
+    dataset: options.Dataset,
+    out: Annotated[
+        Path, Option("--out", help="Run folder: config, pseudo-labels, splits, metrics, checkpoint, report.")
+    ],
+    data_root: options.DataRoot = None,
+    model: options.Model = "ViT-B-32",
+    pretrained: options.Pretrained = "openai",
+    quick_gelu: options.QuickGelu = None,
+    classnames: Annotated[
+        Optional[str],
+        Option(
+            "--classnames",
+            help="File with one class name per line, in label order (default: shipped names, else folder names).",
+        ),
+    ] = None,
+    templates: Annotated[
+        Optional[str],
+        Option(
+            "--templates",
+            help="Prompt templates: a file, openai (80) or simple (default: the dataset's shipped templates, else openai).",
+        ),
+    ] = None,
+    logit_scale: Annotated[
+        Optional[float],
+        Option("--logit-scale", help="Multiplies the cosine similarities (default: the model's, 100 for OpenAI CLIP)."),
+    ] = None,
+    student: Annotated[
+        Optional[str],
+        Option(
+            "--student",
+            help="head (on frozen embeddings), clip (fine-tune the image tower) or resnet50 (default: head).",
+        ),
+    ] = None,
+    head: Annotated[
+        Optional[str],
+        Option("--head", help="Text-initialised head of the head/clip students: linear or mlp (default: linear)."),
+    ] = None,
+    views: Annotated[
+        Optional[int],
+        Option(
+            "--views",
+            help="head: augmented-view embeddings cached per train image for strong views; 0 = feature noise only (default: 2).",
+        ),
+    ] = None,
+    feature_dropout: Annotated[
+        Optional[float],
+        Option("--feature-dropout", help="head: dropout on the strong view's embedding (default: 0.1)."),
+    ] = None,
+    feature_noise: Annotated[
+        Optional[float],
+        Option("--feature-noise", help="head: Gaussian noise on the strong view, relative to its norm (default: 0.5)."),
+    ] = None,
+    select_threshold: Annotated[
+        Optional[float],
+        Option(
+            "--select-threshold",
+            help="Debiased CLIP confidence at which a train image joins the confident set (default: 0.95).",
+        ),
+    ] = None,
+    select_topk_per_class: Annotated[
+        Optional[int],
+        Option(
+            "--select-topk-per-class",
+            help="Instead: the K most confident images of each CLIP class form the confident set.",
+        ),
+    ] = None,
+    clip_fallback: Annotated[
+        Optional[float],
+        Option(
+            "--clip-fallback",
+            help="CLIP confidence at which CLIP's label replaces an unsure student pseudo-label (default: 0.3).",
+        ),
+    ] = None,
+    tau: Annotated[
+        Optional[float],
+        Option("--tau", help="DebiasPL strength for CLIP's labels and the training; 0 = no debiasing (default: 0.4)."),
+    ] = None,
+    no_debias: Annotated[
+        bool, Option("--no-debias", help="The same pipeline without DebiasPL (--tau 0), for comparison.")
+    ] = False,
+    threshold: Annotated[
+        Optional[float], Option("--threshold", help="Student pseudo-label confidence threshold (default: 0.8).")
+    ] = None,
+    prior_momentum: Annotated[
+        Optional[float], Option("--prior-momentum", help="EMA momentum of the class prior (default: 0.99).")
+    ] = None,
+    lambda_u: Annotated[
+        Optional[float], Option("--lambda-u", help=f"Weight of the unlabeled loss ({_DEFAULT}).")
+    ] = None,
+    mu: Annotated[Optional[int], Option("--mu", help=f"Unlabeled / confident batch size ratio ({_DEFAULT}).")] = None,
+    batch_size: Annotated[Optional[int], Option("--batch-size", help=f"Confident-set batch size ({_DEFAULT}).")] = None,
+    epochs: Annotated[Optional[int], Option("--epochs", help=f"Number of epochs ({_DEFAULT}).")] = None,
+    steps_per_epoch: Annotated[
+        Optional[int],
+        Option("--steps-per-epoch", help="Steps per epoch (default: one pass over the unlabeled images, at least 50)."),
+    ] = None,
+    lr: Annotated[
+        Optional[float],
+        Option("--lr", help=f"Peak learning rate, cosine schedule; head: relative to the logit scale ({_DEFAULT})."),
+    ] = None,
+    weight_decay: Annotated[Optional[float], Option("--weight-decay", help=f"Weight decay ({_DEFAULT}).")] = None,
+    warmup_epochs: Annotated[
+        Optional[int], Option("--warmup-epochs", help=f"Linear LR warm-up epochs ({_DEFAULT}).")
+    ] = None,
+    ema_momentum: Annotated[
+        Optional[float], Option("--ema-momentum", help=f"EMA teacher momentum ({_DEFAULT}).")
+    ] = None,
+    init_weights: Annotated[
+        Optional[Path],
+        Option("--init-weights", help="resnet50: start from this state dict (e.g. MoCo v2 / MoCo-EMAN)."),
+    ] = None,
+    image_size: Annotated[
+        Optional[int], Option("--image-size", help="resnet50: training image side in pixels (default: 224).")
+    ] = None,
+    multiviews: Annotated[
+        Optional[bool],
+        Option(
+            "--multiviews/--single-view",
+            help="clip/resnet50: two weak + two strong views per unlabeled image (default: resnet50 on, clip off).",
+        ),
+    ] = None,
+    amp: Annotated[
+        Optional[bool], Option("--amp/--no-amp", help="clip/resnet50: bf16 mixed precision (default: on with a GPU).")
+    ] = None,
+    seed: Annotated[int, Option("--seed", help="Seed of the initialisation, the batches and the views.")] = 0,
+    device: options.Device = "auto",
+    precision: options.Precision = "fp32",
+    workers: Annotated[
+        Optional[int],
+        Option(
+            "--workers",
+            min=0,
+            help="Image decoding processes (default: encoding 0 on CPU, up to 8 with a GPU; training CPUs - 1, at most 8).",
+        ),
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        Option(
+            "--threads",
+            min=1,
+            help="CPU threads of torch (default: torch's; 1 is often fastest for the head on a busy CPU).",
+        ),
+    ] = None,
+    encode_batch_size: Annotated[
+        int, Option("--encode-batch-size", min=1, help="Images per CLIP forward pass while encoding.")
+    ] = 64,
+    eval_batch_size: Annotated[
+        int, Option("--eval-batch-size", min=1, help="Images per forward pass while evaluating.")
+    ] = 256,
+    cache_dir: options.CacheDir = None,
+    report: Annotated[
+        bool, Option("--report/--no-report", help="Write OUT/report/ (charts, report.md) at the end.")
+    ] = True,
+    resume: Annotated[bool, Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    from clipdebias.cli.rich_progress import RichProgress
+    from clipdebias.cli.ssl import _ProgressView
+    from clipdebias.train import TrainStart
+    from clipdebias.zeroshot import resolve_zeroshot_config, run_zeroshot
+
+    config = resolve_zeroshot_config(
+        dataset, out, student=student, data_root=data_root, model=model, pretrained=pretrained, quick_gelu=quick_gelu,
+        precision=precision, classnames=classnames, templates=templates, logit_scale=logit_scale, head=head,
+        views=views, feature_dropout=feature_dropout, feature_noise=feature_noise, select_threshold=select_threshold,
+        select_topk_per_class=select_topk_per_class, clip_fallback=clip_fallback, tau=tau, no_debias=no_debias,
+        threshold=threshold, prior_momentum=prior_momentum, lambda_u=lambda_u, mu=mu, batch_size=batch_size,
+        epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, ema_momentum=ema_momentum, init_weights=init_weights, image_size=image_size,
+        multiviews=multiviews, amp=amp, seed=seed, device=device, workers=workers, threads=threads,
+        encode_batch_size=encode_batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir, report=report, resume=resume,
+    )  # fmt: skip
+    errors = Console(stderr=True)
+    with RichProgress(errors) as progress, _ProgressView(errors) as view:
+
+        def on_train(event: Any) -> None:
+            if isinstance(event, TrainStart):
+                progress.close()  # rich draws one live display at a time: the encoding bars end here
+            view(event)
+
+        run = run_zeroshot(config, progress=progress, train_progress=on_train)
+    console = Console()
+    console.print(_summary(run.metrics, config.out))
+    console.print(escape(f"wrote {run.pseudolabels} and the run folder {config.out}"), soft_wrap=True)
+    if run.report is not None:
+        console.print(escape(f"report: {run.report.markdown}"), soft_wrap=True)
+    elif run.report_error is not None:
+        console.print(f"[yellow]warning:[/yellow] the report could not be written ({escape(str(run.report_error))}); "
+                      f"run `clipdebias report {escape(config.out)}` to retry", soft_wrap=True)  # fmt: skip
