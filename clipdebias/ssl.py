@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +129,6 @@ RESUME_MAY_CHANGE = ("resume", "device", "workers", "eval_batch_size")
 
 
 def default_workers() -> int:
-    import os
-
     return min(8, max(0, (os.cpu_count() or 1) - 1))
 
 
