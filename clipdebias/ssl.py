@@ -294,6 +294,8 @@ def _config_json(config: SSLConfig, classes: list[str]) -> dict[str, Any]:
 
 
 def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None:
+    if run.path.exists() and not run.path.is_dir():
+        raise UserError(f"--out {config.out!r} is a file; give a folder")
     if not run.has_run():
         return
     if not config.resume:

@@ -219,6 +219,12 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
     assert message in err
 
 
+def test_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["ssl", "--dataset", "digits", "--out", str(tmp_path / "file"), *TINY]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_cifar_root_missing_files(tmp_path, capsys):
     assert main(["ssl", "--dataset", "cifar100", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     assert "cifar-100-python" in capsys.readouterr().err
@@ -241,3 +247,12 @@ def test_unreadable_image_is_one_line_exit_2(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: unreadable image ") and "img_002.png" in err
+
+
+def test_unexpected_errors_are_not_masked(tmp_path, monkeypatch):
+    def broken(config, progress=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("clipdebias.ssl.run_ssl", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["ssl", "--dataset", "digits", "--out", str(tmp_path / "run")])
