@@ -22,7 +22,8 @@ test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 demo: install
-	$(VENV)/bin/clipdebias info
+	rm -rf runs/demo  # a fresh run each time (ssl refuses to overwrite a run folder)
+	$(VENV)/bin/clipdebias ssl --dataset digits --labels 2-per-class --out runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

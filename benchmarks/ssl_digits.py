@@ -78,8 +78,10 @@ def _matches(run: Run, folder: Path) -> bool:
     )
 
 
-def execute(runs: list[Run], out: Path, jobs: int, threads: int, log) -> dict[Run, dict]:
-    """Run every missing run (``jobs`` processes at a time, ``threads`` torch threads each)."""
+def execute(runs: list[Run], out: Path, jobs: int, threads: int, log, executed: list[Run]) -> dict[Run, dict]:
+    """Run every missing run (``jobs`` processes at a time, ``threads`` torch threads each) and
+    return every run's ``metrics.json`` plus its ``metrics.jsonl`` records as ``history``; the runs
+    actually started are appended to ``executed``."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
@@ -95,7 +97,10 @@ def execute(runs: list[Run], out: Path, jobs: int, threads: int, log) -> dict[Ru
             if done.returncode != 0:
                 raise RuntimeError(f"{run.name} failed ({done.returncode}): {done.stderr[-2000:]}")
             log(f"{run.phase:6} {run.name}: {json.loads((folder / 'metrics.json').read_text())['top1']:.1f}% in {time.perf_counter() - started:.0f} s")
-        return run, json.loads((folder / "metrics.json").read_text())
+            executed.append(run)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics["history"] = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return run, metrics
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return dict(pool.map(one, runs))
@@ -140,6 +145,31 @@ HEADER = (
     "| labels per class | method | tau | threshold | seeds | top-1 % | paired gain over FixMatch (points) | worst class top-1 % | "
     "pseudo-label accuracy % | mask rate % | imbalance ratio, median (min–max) |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def _trajectory(results: dict[Run, dict], runs: list[Run]) -> list[str]:
+    """Per epoch: mean top-1 and median imbalance ratio of FixMatch and DebiasPL (same runs as a table above)."""
+    lines = []
+    for k in sorted({r.per_class for r in runs}):
+        series = {}
+        for method in ("fixmatch", "debiaspl"):
+            histories = [results[r]["history"] for r in runs if r.per_class == k and r.method == method]
+            if histories:
+                series[method] = histories
+        if len(series) < 2:
+            continue
+        epochs = min(len(h) for hs in series.values() for h in hs)
+        lines += [
+            f"| epoch ({k} labeled per class) | " + " | ".join(str(e + 1) for e in range(epochs)) + " |",
+            "|---|" + "---|" * epochs,
+        ]
+        for method, histories in series.items():
+            top1 = [statistics.mean(h[e]["top1"] for h in histories) for e in range(epochs)]
+            ratio = [statistics.median(h[e]["imbalance_ratio"] for h in histories) for e in range(epochs)]
+            lines.append(f"| {method} top-1 % | " + " | ".join(f"{v:.1f}" for v in top1) + " |")
+            lines.append(f"| {method} imbalance ratio | " + " | ".join(f"{v:.1f}" for v in ratio) + " |")
+        lines.append("")
+    return lines[:-1]
 
 
 def _best(results: dict[Run, dict], k: int, method: str) -> Run:
@@ -209,14 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         for k, s in itertools.product(budgets, tune_seeds):
             tune += [Run("tune", k, s, "fixmatch", 0.0, t, args.holdout) for t in FIXMATCH_GRID]
             tune += [Run("tune", k, s, "debiaspl", tau, t, args.holdout) for tau, t in DEBIASPL_GRID]
-    results = execute(paper + tune, args.out, args.jobs, threads, log)
+    executed: list[Run] = []
+    results = execute(paper + tune, args.out, args.jobs, threads, log, executed)
     tuned: list[Run] = []
     if args.tune:
         for k, method in itertools.product(budgets, ("fixmatch", "debiaspl")):
             best = _best(results, k, method)
             phase = "paper" if (best.tau, best.threshold) == (DEFAULT_TAU if method == "debiaspl" else 0.0, DEFAULT_THRESHOLD) else "tuned"
             tuned += [replace(best, phase=phase, seed=s) for s in seeds]
-        results.update(execute([r for r in tuned if r.phase == "tuned"], args.out, args.jobs, threads, log))
+        results.update(execute([r for r in tuned if r.phase == "tuned"], args.out, args.jobs, threads, log, executed))
     wall = time.perf_counter() - started
 
     command = "python benchmarks/ssl_digits.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -226,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     body = [
         "## Semi-supervised digits: FixMatch vs DebiasPL",
         "",
-        f"Reproduce: `{command}` ({len(results)} runs, {wall / 60:.1f} min wall time here; "
+        f"Reproduce: `{command}` ({len(results)} runs; this invocation trained {len(executed)} of them in "
+        f"{wall / 60:.1f} min and reused the others' run folders; "
         f"{statistics.mean(train_times):.0f} s of training per run on average, {args.jobs} run(s) at a time with "
         f"{threads} torch thread(s) each; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}). Every run is `clipdebias ssl --dataset digits` with the digits defaults "
@@ -242,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         HEADER,
         *_rows(results, paper),
+        "",
+        "Per epoch (the same runs; mean top-1 over seeds, median imbalance ratio of the epoch's confident pseudo-labels):",
+        "",
+        *_trajectory(results, [r for r in paper if r.method != "labeled-only"]),
     ]
     if args.tune:
         body += [

@@ -95,9 +95,11 @@ def check_resume(run: RunFolder, current: dict[str, Any], resume: bool, may_chan
     ``current`` is the ``config.json`` the new run would write; keys in ``may_change`` (and the
     clipdebias ``version``) may differ from the saved one.
     """
+    out = str(run.path)
+    if run.path.exists() and not run.path.is_dir():
+        raise UserError(f"--out {out!r} is a file; give a folder")
     if not run.has_run():
         return
-    out = str(run.path)
     if not resume:
         raise UserError(f"{out!r} already holds a run; pass --resume to continue it, or choose another --out")
     saved = run.read_config() or {}

@@ -384,9 +384,10 @@ def _restore(
 ) -> _Progress:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"the checkpoint has format {checkpoint.get('format')!r}, this clipdebias reads {CHECKPOINT_FORMAT}")
+    current = asdict(config)
     saved = checkpoint["train_config"]
-    if saved != asdict(config):
-        changed = sorted(k for k in set(saved) | set(asdict(config)) if saved.get(k) != asdict(config).get(k))
+    changed = sorted(k for k in set(saved) | set(current) if k != "log_every" and saved.get(k) != current.get(k))
+    if changed:
         raise UserError(f"cannot resume: the checkpoint was trained with other settings ({', '.join(changed)})")
     model.load_state_dict(checkpoint["model"])
     teacher.load_state_dict(checkpoint["teacher"])

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -116,7 +117,7 @@ def _cutout(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return images.masked_fill(inside.unsqueeze(1), 0.0)
 
 
-def gray_to_tensor(images, size: int) -> Tensor:
+def gray_to_tensor(images: np.ndarray, size: int) -> Tensor:
     """uint8 ``[N, H, W]`` images to float ``[N, 1, size, size]`` in ``[0, 1]`` (bilinear resize)."""
     tensor = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1) / 255.0
     if tensor.shape[-1] != size or tensor.shape[-2] != size:

@@ -14,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # run tiny models, and on a shared 2-core machine torch's default of one thread per core makes a
 # small CNN step up to 60x slower (its threads spin while other processes hold the cores).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# As `clipdebias.cli.main` does: spinning OpenMP threads slow torch down badly on shared cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(__file__))
 
 

@@ -120,7 +120,7 @@ def test_same_seed_same_metrics_other_seed_other_split(tmp_path):
 
 
 def test_killed_run_resumes_with_prior_and_teacher(tmp_path):
-    args = ["ssl", "--dataset", "digits", "--epochs", "6", "--steps-per-epoch", "8", "--batch-size", "8", "--mu", "2",
+    args = ["ssl", "--dataset", "digits", "--epochs", "10", "--steps-per-epoch", "8", "--batch-size", "8", "--mu", "2",
             "--device", "cpu", "--seed", "1"]
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -136,7 +136,7 @@ def test_killed_run_resumes_with_prior_and_teacher(tmp_path):
     assert process.wait() == -signal.SIGKILL
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     killed_after = checkpoint["epoch"]
-    assert 1 <= killed_after < 6, "the run finished before it could be killed"
+    assert 1 <= killed_after < 10, "the run finished before it could be killed"
     assert not torch.allclose(checkpoint["prior"]["probs"], torch.full((10,), 0.1))
     assert any(not torch.equal(checkpoint["teacher"][k], checkpoint["model"][k]) for k in checkpoint["model"])
 
@@ -219,6 +219,12 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
     assert message in err
 
 
+def test_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["ssl", "--dataset", "digits", "--out", str(tmp_path / "file"), *TINY]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_cifar_root_missing_files(tmp_path, capsys):
     assert main(["ssl", "--dataset", "cifar100", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     assert "cifar-100-python" in capsys.readouterr().err
@@ -231,3 +237,22 @@ def test_resolved_defaults_per_dataset():
     cifar = resolve_ssl_config("cifar10", "out", threshold=0.9, workers=1)
     assert (cifar.threshold, cifar.mu, cifar.steps_per_epoch, cifar.workers, cifar.method) == (0.9, 7, 1024, 1, "debiaspl")
     assert resolve_ssl_config("digits", "out", no_debias=True).method == "fixmatch"
+
+
+def test_unreadable_image_is_one_line_exit_2(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "data", per_class=4, val_per_class=2, size=16)
+    (root / "train" / "dog" / "img_002.png").write_bytes(b"not a png")
+    args = ["ssl", "--dataset", "imagefolder", "--data-root", str(root), "--labels", "1-per-class", "--arch", "cnn",
+            "--image-size", "16", "--workers", "0", "--out", str(tmp_path / "run"), *TINY]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: unreadable image ") and "img_002.png" in err
+
+
+def test_unexpected_errors_are_not_masked(tmp_path, monkeypatch):
+    def broken(config, progress=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("clipdebias.ssl.run_ssl", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["ssl", "--dataset", "digits", "--out", str(tmp_path / "run")])
