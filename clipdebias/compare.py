@@ -27,6 +27,8 @@ from clipdebias.formatting import MISSING, fmt, fmt_mean_std, markdown_table
 from clipdebias.runfiles import METRICS_FILE, RunRecord, as_number, read_run
 
 DEFAULT_GROUP_KEYS = ("method", "dataset", "labels", "tau", "threshold")
+GROUP_KEYS_EXAMPLE = "method, dataset, labels, tau, threshold, seed, arch, student"
+"""Keys named in the error for a --by key that no run has."""
 IGNORED_BY_METHOD = {"fixmatch": frozenset({"tau"})}
 """Options a method does not use: they neither split nor name its groups."""
 COMPARE_FILE = "compare.md"
@@ -333,17 +335,27 @@ def _markdown(
 
 
 def compare_runs(
-    paths: Sequence[str | Path], out_dir: str | Path, group_by: Sequence[str] = DEFAULT_GROUP_KEYS
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    group_by: Sequence[str] = DEFAULT_GROUP_KEYS,
+    known_keys_only: bool = False,
 ) -> CompareResult:
     """Group finished runs, write ``compare.md`` and ``compare.png`` into ``out_dir``.
 
-    Raises :class:`UserError` for a path that is not a finished run (nor a folder of runs), or for
-    runs with different numbers of classes.
+    Raises :class:`UserError` for a path that is not a finished run (nor a folder of runs), for
+    runs with different numbers of classes, and, with ``known_keys_only`` (keys the user typed), for
+    a key that no run has.
     """
     if not paths:
         raise UserError("give at least one run folder to compare")
     keys = tuple(dict.fromkeys(key.strip() for key in group_by if key.strip()))
     records = [read_run(path) for path in find_runs(paths)]
+    if known_keys_only:
+        unknown = [key for key in keys if all(record.value(key) is None for record in records)]
+        if unknown:
+            raise UserError(
+                f"--by {','.join(unknown)}: no run has this key in metrics.json or config.json (e.g. {GROUP_KEYS_EXAMPLE})"
+            )
     num_classes = _check_class_counts(records)
     names, varying = _group_names(records, keys)
     notes = [f"{record.path}: {note}" for record in records for note in record.notes]

@@ -6,6 +6,7 @@ this module holds the pieces several commands parse the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -53,3 +54,26 @@ def parse_label_budget(text: str) -> LabelBudget:
             raise UserError(f"--labels {text!r}: the count per class must be at least 1; {hint}")
         return LabelBudget(kind="per_class", value=float(count), text=cleaned)
     raise UserError(f"--labels {text!r} is not a label budget; {hint}")
+
+
+SEED_LIMIT = 2**63
+"""Seeds are in ``[0, SEED_LIMIT)``: what numpy's and torch's generators both accept."""
+
+
+def option_name(field: str) -> str:
+    """The command-line flag of a config field: ``prior_momentum`` -> ``--prior-momentum``."""
+    return "--" + field.replace("_", "-")
+
+
+def check_finite(config: object) -> None:
+    """Raise :class:`UserError` naming the first float field of a config dataclass that is NaN or
+    infinite (the command line reads ``nan`` and ``inf`` as numbers; no option means them)."""
+    for field in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{option_name(field.name)} must be a finite number, got {value}")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"--seed must be in [0, 2**63), got {seed}")

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from clipdebias.errors import UserError
+from clipdebias.image_files import UnreadableImage, read_image  # noqa: F401 - UnreadableImage is raised by load()
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder")
 SPLITS = ("train", "val")
@@ -43,15 +44,6 @@ _CIFAR_LAYOUT = {
     ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels"),
 }
-
-
-class UnreadableImage(Exception):
-    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 class ImageSource(ABC):
@@ -113,12 +105,7 @@ class FolderSource(ImageSource):
         return self.paths[index]
 
     def load(self, index: int) -> Image.Image:
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise UnreadableImage(path, f"{type(err).__name__}: {err}") from err
+        return read_image(self.paths[index])
 
 
 def open_dataset(name: str, split: str, root: str | Path | None = None) -> ImageSource:

@@ -15,12 +15,15 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`UserError`."""
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise UserError(f"unknown --device {name!r}; choose one of: {', '.join(DEVICES)}")
+    ordinal = name.removeprefix("cuda:") if name.startswith("cuda:") else None
+    if name not in DEVICES and not (ordinal is not None and ordinal.isdigit()):
+        raise UserError(f"unknown --device {name!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if ordinal is not None and int(ordinal) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s) here, cuda:0 and up")
     if name == "cuda":
         return _local_gpu()
     return torch.device(name)

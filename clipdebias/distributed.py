@@ -169,6 +169,15 @@ def broadcast_object(value: Any) -> Any:
     return holder[0]
 
 
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (any picklable object), in rank order; ``[value]`` when not distributed."""
+    if not is_distributed():
+        return [value]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def on_main(function: Callable[[], T]) -> T:
     """``function()`` run on rank 0 alone, its value handed to every rank.
 

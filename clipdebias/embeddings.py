@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clipdebias import __version__, defaults
-from clipdebias.atomic import atomic_write, atomic_write_json
+from clipdebias.atomic import atomic_write, atomic_write_json, prepare_dir
 from clipdebias.data import ArraySource, ImageSource, UnreadableImage
 from clipdebias.errors import UserError
 from clipdebias.progress import NoProgress, Progress
@@ -318,11 +318,6 @@ def _encode_chunks(
     return encoded
 
 
-def _fsync_file(file: Path) -> None:
-    with open(file, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
 def _merge(source: ImageSource, path: Path, shards: list[Path], dim: int) -> tuple[int, list[tuple[int, str]]]:
     """Shards → ``index.faiss`` + ``manifest.csv`` (each atomic); returns (encoded, failed)."""
     import faiss
@@ -340,10 +335,8 @@ def _merge(source: ImageSource, path: Path, shards: list[Path], dim: int) -> tup
             if len(embeddings):
                 index.add_with_ids(np.ascontiguousarray(embeddings), np.ascontiguousarray(shard["ids"]))
             failed.extend(zip(shard["failed_ids"].tolist(), shard["failed_reasons"].tolist(), strict=True))
-    tmp = path / f".{INDEX_FILE}.{os.getpid()}.tmp"
-    faiss.write_index(index, str(tmp))
-    _fsync_file(tmp)
-    os.replace(tmp, path / INDEX_FILE)
+    # Streamed through Python so that the write is atomic and a full disk is a one-line WriteError.
+    atomic_write(path / INDEX_FILE, lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
     errors = np.full(len(source), "", dtype=object)
     for index_id, reason in failed:
         errors[index_id] = reason
@@ -357,7 +350,8 @@ def _merge(source: ImageSource, path: Path, shards: list[Path], dim: int) -> tup
             "error": errors,
         }
     )
-    atomic_write(path / MANIFEST_FILE, lambda handle: manifest.to_csv(handle, index=False))
+    # File names that are not UTF-8 are written back as the bytes they are on disk.
+    atomic_write(path / MANIFEST_FILE, lambda handle: manifest.to_csv(handle, index=False, errors="surrogateescape"))
     return int(index.ntotal), sorted(failed)
 
 
@@ -472,7 +466,7 @@ def encode_split(
     with contextlib.ExitStack() as held:
 
         def prepare() -> _Plan:
-            path.mkdir(parents=True, exist_ok=True)
+            prepare_dir(path, "cache entry")
             held.enter_context(_entry_lock(path))  # rank 0 holds the lock for the whole run
             return _plan_entry(source, path, key, encoder.embed_dim, chunk_size, rebuild)
 
@@ -511,6 +505,7 @@ def read_manifest(entry: CacheEntry) -> pd.DataFrame:
         dtype={"index": "int64", "path": str, "label": "Int64", "error": str},
         keep_default_na=False,
         na_values={"label": [""]},
+        encoding_errors="surrogateescape",
     )
 
 
@@ -664,10 +659,10 @@ def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[Encode
     from clipdebias import distributed
     from clipdebias.backbone import load_backbone
     from clipdebias.data import open_dataset
-    from clipdebias.paths import cache_dir as resolve_cache_dir
+    from clipdebias.paths import prepare_cache_dir
 
     progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()
-    root = resolve_cache_dir(config.cache_dir)
+    root = prepare_cache_dir(config.cache_dir)
     backbone = load_backbone(config.backbone, digest_dir=root)  # first: missing weights fail before a long folder scan
     source = open_dataset(config.dataset, config.split, config.data_root)
     if backbone.random_weights:

@@ -24,8 +24,10 @@ summed over the ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from clipdebias import defaults, distributed
 from clipdebias.data import ArraySource, ImageSource, UnreadableImage
 from clipdebias.errors import UserError
 from clipdebias.metrics import EvalResult, eval_counts, eval_result_from_counts
+from clipdebias.skipped import SkippedImage, SkippedImages
 from clipdebias.train import Evaluator, LabeledBatch, UnlabeledBatch
 from clipdebias.views import GrayAugment, gray_to_tensor, natural_transforms
 
@@ -98,6 +101,8 @@ class Streams:
     unlabeled: "GrayStream | LoaderStream"
     evaluate: Evaluator
     in_channels: int
+    skipped: SkippedImages = dataclasses.field(default_factory=SkippedImages)
+    """The unreadable images met while loading (none for in-memory datasets)."""
 
 
 # --- grayscale arrays, augmented a batch at a time on the device --------------------------------
@@ -149,7 +154,10 @@ def _global_result(logits: list[Tensor], labels: list[Tensor], num_classes: int)
         counts = eval_counts(torch.cat(logits), torch.cat(labels))
     else:
         counts = torch.zeros(2 * num_classes + 1, dtype=torch.long)
-    return eval_result_from_counts(distributed.all_reduce_sum(counts))
+    counts = distributed.all_reduce_sum(counts)
+    if int(counts[:num_classes].sum()) == 0:
+        raise UserError("no image of the evaluation split could be read")
+    return eval_result_from_counts(counts)
 
 
 def _gray_streams(
@@ -206,43 +214,102 @@ class _PlanBatches:
         return self.steps
 
 
-class _ViewDataset(torch.utils.data.Dataset):
-    """Row ``(position, seed)`` -> ``(view_1, ..., view_k, dataset index, label)``; the views are
-    drawn under ``torch.manual_seed(seed)`` in a forked RNG, so they depend on the seed alone."""
+Unreadable = tuple[tuple[int, str], ...]
+"""``(dataset index, reason)`` of the unreadable images a dataset item met (usually none)."""
 
-    def __init__(self, source: ImageSource, rows: np.ndarray, transforms: Sequence[Callable]):
-        self.source, self.rows, self.transforms = source, rows, tuple(transforms)
+
+class _ViewDataset(torch.utils.data.Dataset):
+    """Row ``(position, seed)`` -> ``(view_1, ..., view_k, dataset index, label, unreadable)``; the
+    views are drawn under ``torch.manual_seed(seed)`` in a forked RNG, so they depend on the seed alone.
+
+    An image that cannot be read is replaced by the next readable row of the stream (cyclically),
+    with the same seed, and reported in ``unreadable``: which row replaces which depends only on the
+    position and the files, so a resumed run, or one with other workers, sees the same batches.
+    """
+
+    def __init__(self, source: ImageSource, rows: np.ndarray, transforms: Sequence[Callable], name: str = "training"):
+        self.source, self.rows, self.transforms, self.name = source, rows, tuple(transforms), name
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple:
         position, seed = key
-        index = int(self.rows[position])
-        try:
-            image = self.source.load(index)
-        except UnreadableImage as err:
-            raise UserError(f"unreadable image {err.path}: {err.reason}") from err
+        index, image, unreadable = self._readable(position)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             views = [transform(image) for transform in self.transforms]
-        return (*views, index, int(self.source.labels[index]))
+        return (*views, index, int(self.source.labels[index]), unreadable)
+
+    def _readable(self, position: int) -> tuple[int, Any, Unreadable]:
+        count = len(self.rows)
+        index, image, unreadable = _first_readable(self.source, (self.rows[(position + k) % count] for k in range(count)))
+        if index is None:
+            raise _none_readable(self.source, self.name, unreadable)
+        return index, image, tuple(unreadable)
+
+
+def _first_readable(source: ImageSource, indices: Iterable[Any]) -> tuple[int | None, Any, list[tuple[int, str]]]:
+    """The first of ``indices`` whose image can be read, that image, and the unreadable ones met
+    before it as ``(index, reason)``; the index is ``None`` when none can be read."""
+    unreadable: list[tuple[int, str]] = []
+    for index in map(int, indices):
+        try:
+            return index, source.load(index), unreadable
+        except UnreadableImage as err:
+            unreadable.append((index, err.reason))
+    return None, None, unreadable
+
+
+def _none_readable(source: ImageSource, name: str, unreadable: Sequence[tuple[int, str]]) -> UserError:
+    first, reason = unreadable[0]
+    return UserError(
+        f"none of the {len(unreadable)} {name} images can be read (first: {source.path(first)}: {reason})"
+    )
+
+
+def check_some_readable(source: ImageSource, rows: np.ndarray, name: str) -> None:
+    """Raise :class:`UserError` unless one of ``rows`` can be read: trying them in order stops at
+    the first readable image (the first row, normally), so a folder of nothing but broken files
+    fails before training starts instead of at its first batch."""
+    if isinstance(source, ArraySource):
+        return
+    index, _, unreadable = _first_readable(source, rows)
+    if index is None:
+        raise _none_readable(source, name, unreadable)
 
 
 class _EvalDataset(torch.utils.data.Dataset):
-    def __init__(self, source: ImageSource, rows: np.ndarray, transform: Callable):
-        self.source, self.rows, self.transform = source, rows, transform
+    """Position -> ``(view, label, readable, unreadable)``: an unreadable image gives a blank view
+    with ``readable`` false, which the evaluation leaves out."""
+
+    def __init__(self, source: ImageSource, rows: np.ndarray, transform: Callable, size: int):
+        self.source, self.rows, self.transform, self.size = source, rows, transform, size
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, position: int) -> tuple[Tensor, int]:
+    def __getitem__(self, position: int) -> tuple[Tensor, int, bool, Unreadable]:
         index = int(self.rows[position])
+        label = int(self.source.labels[index])
         try:
             image = self.source.load(index)
         except UnreadableImage as err:
-            raise UserError(f"unreadable image {err.path}: {err.reason}") from err
-        return self.transform(image), int(self.source.labels[index])
+            return torch.zeros(3, self.size, self.size), label, False, ((index, err.reason),)
+        return self.transform(image), label, True, ()
+
+
+def _collate(items: list[tuple]) -> list:
+    """Default collation of every field but the last, the ``unreadable`` pairs of all items as one list."""
+    from torch.utils.data import default_collate
+
+    batch = default_collate([item[:-1] for item in items])
+    return [*batch, [pair for item in items for pair in item[-1]]]
+
+
+def _report(skipped: SkippedImages, source: ImageSource, unreadable: Sequence[Sequence[Any]]) -> None:
+    for index, reason in unreadable:
+        skipped.add(SkippedImage(source.split, int(index), source.path(int(index)), str(reason)))
 
 
 def _one_line(err: Exception) -> str:
@@ -264,15 +331,21 @@ class LoaderStream:
         workers: int,
         device: torch.device,
         prefetch_factor: int = DEFAULT_PREFETCH_FACTOR,
+        skipped: SkippedImages | None = None,
     ):
         self.sampler, self.weak_views, self.labeled, self.device = sampler, weak_views, labeled, device
-        self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **_loader_options(workers, device, prefetch_factor))
+        self.source = dataset.source
+        self.skipped = skipped if skipped is not None else SkippedImages()
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=_collate, **_loader_options(workers, device, prefetch_factor)
+        )
 
     def batches(self, epoch: int, steps: int) -> Iterator[LabeledBatch | UnlabeledBatch]:
         self.sampler.epoch, self.sampler.steps = epoch, steps
         try:
-            for batch in self.loader:
-                *views, indices, labels = (t.to(self.device, non_blocking=True) for t in batch)
+            for *tensors, unreadable in self.loader:
+                _report(self.skipped, self.source, unreadable)
+                *views, indices, labels = (t.to(self.device, non_blocking=True) for t in tensors)
                 if self.labeled:
                     yield LabeledBatch(views[0], labels, indices)
                 else:
@@ -292,32 +365,41 @@ def _loader_options(workers: int, device: torch.device, prefetch_factor: int) ->
 
 def _natural_streams(
     train: ImageSource, labeled: np.ndarray, unlabeled: np.ndarray, evaluation: ImageSource, eval_rows: np.ndarray,
-    spec: StreamSpec, device: torch.device, shard: Shard,
+    spec: StreamSpec, device: torch.device, shard: Shard, skipped: SkippedImages,
 ) -> Streams:
     transforms = natural_transforms(spec.dataset, spec.image_size, small_images=isinstance(train, ArraySource))
 
     def stream(rows: np.ndarray, batch_size: int, tag: int, views: tuple[Callable, ...], weak_views: int) -> LoaderStream:
+        name = "labeled" if tag == LABELED_STREAM else "unlabeled"
+        check_some_readable(train, rows, name)
         sampler = _PlanBatches(len(rows), batch_size, spec.seed, tag, shard)
         return LoaderStream(
-            _ViewDataset(train, rows, views), sampler, weak_views, tag == LABELED_STREAM, spec.workers, device,
-            spec.prefetch_factor,
+            _ViewDataset(train, rows, views, name), sampler, weak_views, tag == LABELED_STREAM, spec.workers, device,
+            spec.prefetch_factor, skipped,
         )
+
+    check_some_readable(evaluation, eval_rows, "evaluation")
 
     unlabeled_views = (transforms.weak,) * spec.views + (transforms.strong,) * spec.views
     mine = shard.eval_rows(eval_rows)
     eval_loader = torch.utils.data.DataLoader(
-        _EvalDataset(evaluation, mine, transforms.eval),
+        _EvalDataset(evaluation, mine, transforms.eval, spec.image_size),
         batch_size=spec.eval_batch_size,
         shuffle=False,
+        collate_fn=_collate,
         **_loader_options(spec.workers, device, spec.prefetch_factor),
     )
 
     def evaluate(model: nn.Module) -> EvalResult:
         logits, labels = [], []
         try:
-            for images, targets in eval_loader:
-                logits.append(model(images.to(device, non_blocking=True)).float().cpu())
-                labels.append(targets)
+            for images, targets, readable, unreadable in eval_loader:
+                _report(skipped, evaluation, unreadable)
+                if not readable.all():
+                    images, targets = images[readable], targets[readable]
+                if len(targets):
+                    logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+                    labels.append(targets)
         except UserError as err:
             raise UserError(_one_line(err)) from err
         return _global_result(logits, labels, train.num_classes)
@@ -327,6 +409,7 @@ def _natural_streams(
         unlabeled=stream(unlabeled, spec.batch_size * spec.mu, UNLABELED_STREAM, unlabeled_views, spec.views),
         evaluate=evaluate,
         in_channels=3,
+        skipped=skipped,
     )
 
 
@@ -338,9 +421,14 @@ def build_streams(
     eval_rows: np.ndarray,
     spec: StreamSpec,
     device: torch.device,
+    skipped: SkippedImages | None = None,
 ) -> Streams:
     """The labeled and unlabeled streams over rows of ``train`` and the evaluator over rows of
     ``evaluation`` (every sampler and loader of a run is built here).
+
+    Image files that cannot be read are skipped: a training row is replaced by the next readable
+    row of its stream, an evaluation row is left out of the counts; each is added to ``skipped``
+    (``streams.skipped``) as it is met.
 
     Under torchrun (an initialised process group) the streams yield this rank's part of every
     global batch and the evaluator returns the result over all ranks' rows; ``spec.batch_size`` is
@@ -358,6 +446,8 @@ def build_streams(
         )
     if spec.prefetch_factor < 1:
         raise UserError("--prefetch-factor must be >= 1")
+    skipped = skipped if skipped is not None else SkippedImages()
     if isinstance(train, ArraySource) and train.images.ndim == 3:
-        return _gray_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device, shard)
-    return _natural_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device, shard)
+        streams = _gray_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device, shard)
+        return dataclasses.replace(streams, skipped=skipped)
+    return _natural_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device, shard, skipped)

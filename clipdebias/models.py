@@ -66,7 +66,8 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a bad file
-        raise UserError(f"--init-weights {str(path)!r} cannot be read as a torch state dict: {err}") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--init-weights {str(path)!r} cannot be read as a torch state dict: {reason}") from err
     for key in ("state_dict", "model", "student"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]

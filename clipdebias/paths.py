@@ -15,3 +15,12 @@ def cache_dir(override: str | Path | None = None) -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     return Path("~/.cache/clipdebias").expanduser()
+
+
+def prepare_cache_dir(override: str | Path | None = None) -> Path:
+    """:func:`cache_dir`, created and checked writable: a one-line
+    :class:`~clipdebias.atomic.WriteError` before any work when it is not (a file in the way, a
+    read-only file system, no permission)."""
+    from clipdebias.atomic import prepare_dir
+
+    return prepare_dir(cache_dir(override), "cache directory (--cache-dir)")

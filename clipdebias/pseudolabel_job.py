@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdebias.backbone import BackboneConfig
+from clipdebias.config import check_finite
 from clipdebias.embeddings import DEFAULT_CHUNK_SIZE, EncodeResult
 from clipdebias.errors import UserError
 from clipdebias.progress import NoProgress, Progress
@@ -18,6 +19,7 @@ from clipdebias.pseudolabels import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_TAU,
     DEFAULT_THRESHOLD,
+    FiniteRows,
     LogitRows,
     PseudoLabelSummary,
     ZeroShotLogits,
@@ -86,12 +88,29 @@ class ReportingRows:
         self.passes = 0
 
     def __getitem__(self, rows: slice) -> Any:
+        chunk = self.rows[rows]  # first: a bad first chunk fails before a bar is drawn
         if not rows.start:
             self.progress.start(self.STAGES[min(self.passes, len(self.STAGES) - 1)], self.shape[0])
             self.passes += 1
-        chunk = self.rows[rows]
         self.progress.advance(int(chunk.shape[0]))
         return chunk
+
+
+def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
+    """Raise :class:`UserError` for the first bad option value, before any work is done."""
+    check_finite(config)
+    checks = [
+        (config.tau >= 0, "--tau must be >= 0 (0 gives plain zero-shot labels)"),
+        (0.0 <= config.threshold <= 1.0, "--threshold must be in [0, 1]"),
+        (config.logit_scale is None or config.logit_scale > 0, "--logit-scale must be > 0"),
+        (config.batch_size >= 1, "--batch-size must be >= 1"),
+        (config.num_workers is None or config.num_workers >= 0, "--num-workers must be >= 0"),
+        (config.chunk_size >= 1, "--chunk-size must be >= 1"),
+        (config.chunk_rows >= 1, "--chunk-rows must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
 
 
 def _check_out(out: str) -> Path:
@@ -103,14 +122,15 @@ def _check_out(out: str) -> Path:
     return path
 
 
-def load_logits_file(path: str, num_images: int, num_classes: int) -> np.ndarray:
-    """A teacher's ``[N, C]`` logits from ``.npy``, memory-mapped; its shape must match the dataset."""
+def load_logits_file(path: str, num_images: int, num_classes: int) -> FiniteRows:
+    """A teacher's ``[N, C]`` logits from ``.npy``, memory-mapped; its shape must match the dataset,
+    and a row with NaN or an infinity stops the job when it is read."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"--logits {path}: no such file")
     try:
         logits = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise UserError(f"--logits {path} is not a .npy array ({err})") from err
     if logits.ndim != 2 or logits.shape != (num_images, num_classes):
         raise UserError(
@@ -119,7 +139,7 @@ def load_logits_file(path: str, num_images: int, num_classes: int) -> np.ndarray
         )
     if not np.issubdtype(logits.dtype, np.floating):
         raise UserError(f"--logits {path} holds {logits.dtype}, expected floating-point logits")
-    return logits
+    return FiniteRows(logits, f"--logits {path}")
 
 
 def _clip_logits(
@@ -167,13 +187,21 @@ def _clip_logits(
 
 def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None) -> PseudoLabelRun:
     """The whole ``pseudolabel`` command; every file is written atomically."""
+    from clipdebias.atomic import prepare_dir
     from clipdebias.backbone import load_backbone
     from clipdebias.data import open_dataset
     from clipdebias.paths import cache_dir as resolve_cache_dir
+    from clipdebias.paths import prepare_cache_dir
     from clipdebias.prompts import load_classnames
 
     progress = progress or NoProgress()
+    check_pseudolabel_config(config)
     out = _check_out(config.out)
+    prepare_dir(out.parent, "folder of --out")  # the checks that cost nothing come before the long work
+    if config.reference_dir is not None:
+        prepare_dir(config.reference_dir, "--reference-format")
+    if config.logits is None:
+        prepare_cache_dir(config.cache_dir)
     backbone = None
     if config.logits is None:  # the backbone first: missing weights fail before a long folder scan
         backbone = load_backbone(config.backbone, digest_dir=resolve_cache_dir(config.cache_dir))

@@ -85,6 +85,24 @@ class ZeroShotLogits:
         return chunk @ self.classifier_t
 
 
+class FiniteRows:
+    """A :class:`LogitRows` over a numpy matrix that raises :class:`UserError` at the first row holding
+    NaN or an infinity, checked as the rows are read (no extra pass over a large file)."""
+
+    ndim = 2
+
+    def __init__(self, rows: np.ndarray, name: str):
+        self.rows, self.name, self.shape = rows, name, tuple(rows.shape)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        chunk = self.rows[rows]
+        bad = ~np.isfinite(chunk).all(axis=1)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0]) + (rows.start or 0)
+            raise UserError(f"{self.name}: row {first} holds NaN or infinite values; every logit must be a finite number")
+        return chunk
+
+
 @dataclass(frozen=True)
 class PseudoLabels:
     """Per logit row: debiased ``label``/``confidence``, plain ``raw_label``/``raw_confidence`` and
@@ -265,7 +283,7 @@ def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> 
     from clipdebias.atomic import atomic_write, atomic_write_json
 
     out = Path(out).expanduser()
-    atomic_write(out, lambda handle: table.to_csv(handle, index=False))
+    atomic_write(out, lambda handle: table.to_csv(handle, index=False, errors="surrogateescape"))
     return out, atomic_write_json(out.with_suffix(".json"), sidecar)
 
 
@@ -296,6 +314,6 @@ def write_reference_format(table: pd.DataFrame, directory: str | Path, threshold
         }
     )
     paths = directory / selected_name, directory / unselected_name
-    atomic_write(paths[0], lambda handle: selected.to_csv(handle, index=False))
-    atomic_write(paths[1], lambda handle: rest.to_csv(handle, index=False))
+    atomic_write(paths[0], lambda handle: selected.to_csv(handle, index=False, errors="surrogateescape"))
+    atomic_write(paths[1], lambda handle: rest.to_csv(handle, index=False, errors="surrogateescape"))
     return paths

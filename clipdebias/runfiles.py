@@ -232,7 +232,10 @@ def read_pseudolabels(path: str | Path) -> PseudoLabelTable:
         raise UserError(f"{path} does not exist or is not a file")
     wanted = set(REQUIRED_CSV_COLUMNS) | set(OPTIONAL_CSV_COLUMNS)
     try:
-        frame = pd.read_csv(path, usecols=lambda name: name in wanted, keep_default_na=True, low_memory=False)
+        frame = pd.read_csv(
+            path, usecols=lambda name: name in wanted, keep_default_na=True, low_memory=False,
+            encoding_errors="surrogateescape",
+        )
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as err:
         raise UserError(
             f"{path} is not a readable CSV file ({str(err).splitlines()[0] if str(err) else 'empty'})"

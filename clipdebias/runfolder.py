@@ -12,10 +12,13 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clipdebias.atomic import atomic_write, atomic_write_json, atomic_write_text
+from clipdebias.atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
 from clipdebias.errors import UserError
+
+if TYPE_CHECKING:
+    from clipdebias.skipped import SkippedImage
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
@@ -24,6 +27,8 @@ CHECKPOINT = "checkpoint.pt"
 LABELED_INDEX = "labeled_index.csv"
 UNLABELED_INDEX = "unlabeled_index.csv"
 INDEX_COLUMNS = ("index", "path", "label")
+SKIPPED_IMAGES = "skipped_images.csv"
+SKIPPED_COLUMNS = ("split", "index", "path", "reason")
 
 
 class RunFolder:
@@ -60,7 +65,30 @@ class RunFolder:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(INDEX_COLUMNS)
         writer.writerows(rows)
-        atomic_write_text(self.file(name), buffer.getvalue())
+        atomic_write_bytes(self.file(name), _encode_paths(buffer.getvalue()))
+
+    def write_skipped_images(self, images: Sequence[SkippedImage]) -> None:
+        """``skipped_images.csv``: ``split,index,path,reason`` of every image the run could not read."""
+        if not self.writes:
+            return
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(SKIPPED_COLUMNS)
+        writer.writerows(image.as_row() for image in sorted(images, key=lambda image: (image.split, image.index)))
+        atomic_write_bytes(self.file(SKIPPED_IMAGES), _encode_paths(buffer.getvalue()))
+
+    def read_skipped_images(self) -> list[SkippedImage]:
+        """The images listed in ``skipped_images.csv`` (none when the file is missing)."""
+        from clipdebias.skipped import SkippedImage
+
+        if not self.file(SKIPPED_IMAGES).is_file():
+            return []
+        try:
+            with open(self.file(SKIPPED_IMAGES), newline="", encoding="utf-8", errors="surrogateescape") as handle:
+                rows = list(csv.DictReader(handle))
+            return [SkippedImage(r["split"], int(r["index"]), r["path"], r["reason"]) for r in rows]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"cannot read {str(self.file(SKIPPED_IMAGES))!r}: {err}") from err
 
     def write_history(self, records: Sequence[dict[str, Any]]) -> None:
         """``metrics.jsonl``, rewritten whole from the records, so it always matches the checkpoint."""
@@ -87,6 +115,11 @@ class RunFolder:
             return torch.load(self.file(CHECKPOINT), map_location="cpu", weights_only=False)
         except Exception as err:  # a truncated or foreign file
             raise UserError(f"cannot read checkpoint {str(self.file(CHECKPOINT))!r}: {err}") from err
+
+
+def _encode_paths(text: str) -> bytes:
+    """UTF-8, with the bytes of file names that are not UTF-8 written back as they are on disk."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def check_resume(run: RunFolder, current: dict[str, Any], resume: bool, may_change: Sequence[str]) -> None:

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from clipdebias import __version__
-from clipdebias.config import parse_label_budget
+from clipdebias.config import check_finite, check_seed, parse_label_budget
 from clipdebias.data import DATASETS, ImageSource, open_dataset
 from clipdebias.defaults import PRECISIONS, PREFETCH_FACTOR
 from clipdebias.errors import UserError
 from clipdebias.runfolder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
+from clipdebias.skipped import SkippedImages
 
 # Fixed seed of the --holdout split (independent of --seed, so every seed is tuned on the same rows).
 HOLDOUT_SEED = 12345
@@ -181,6 +182,8 @@ def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig
 
 
 def _check_ranges(c: SSLConfig) -> None:
+    check_finite(c)
+    check_seed(c.seed)
     parse_label_budget(c.labels)
     checks = [
         (c.tau >= 0 and math.isfinite(c.tau), "--tau must be >= 0"),
@@ -232,7 +235,7 @@ def read_labeled_index(path: str | Path, train: ImageSource) -> np.ndarray:
     import pandas as pd
 
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, encoding_errors="surrogateescape")  # file names need not be UTF-8
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read --labeled-index {str(path)!r}: {err}") from err
     missing = [c for c in ("index", "label") if c not in table.columns]
@@ -281,7 +284,7 @@ def read_clip_pseudolabels(path: str | Path, num_rows: int, num_classes: int) ->
     import pandas as pd
 
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, encoding_errors="surrogateescape")  # file names need not be UTF-8
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read --clip-pseudolabels {str(path)!r}: {err}") from err
     missing = [c for c in ("index", "pseudo_label", "confidence") if c not in table.columns]
@@ -333,10 +336,12 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
     import torch
 
     from clipdebias import distributed
+    from clipdebias.atomic import prepare_dir
     from clipdebias.loaders import StreamSpec, build_streams
     from clipdebias.models import build_model
     from clipdebias.train import Fallback, Runtime, TrainConfig, cosine_schedule, make_sgd, train
 
+    distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # before the folder scan; rank 0 writes
     train_split = open_dataset(config.dataset, "train", config.data_root)
     labeled, unlabeled, holdout = choose_rows(config, train_split)
     if config.holdout > 0:
@@ -352,6 +357,9 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
         fallback = Fallback(torch.as_tensor(targets), torch.as_tensor(confidence), config.clip_fallback)
 
     run = RunFolder(config.out, writes=distributed.is_main_process())
+    skipped = SkippedImages(
+        run.read_skipped_images() if config.resume else (), on_new=lambda found: run.write_skipped_images(list(found))
+    )
 
     def start_run_folder() -> None:
         _check_resume(run, config, train_split.classes)
@@ -367,7 +375,7 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
         seed=config.seed, image_size=config.image_size, workers=config.workers, eval_batch_size=config.eval_batch_size,
         prefetch_factor=config.prefetch_factor,
     )
-    streams = build_streams(train_split, labeled, unlabeled, evaluation, eval_rows, spec, device)
+    streams = build_streams(train_split, labeled, unlabeled, evaluation, eval_rows, spec, device, skipped)
     model = build_model(config.arch, train_split.num_classes, streams.in_channels, config.image_size, config.init_weights).to(device)
     optimizer = make_sgd(model, config.lr, config.weight_decay, SGD_MOMENTUM)
     total_steps = config.epochs * config.steps_per_epoch
@@ -384,6 +392,8 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
         loop_config, model, optimizer, scheduler, streams.labeled, streams.unlabeled, streams.evaluate,
         device=device, run=run, resume=config.resume, fallback=fallback, progress=progress, runtime=runtime,
     )
+    for found in distributed.all_gather_objects(list(skipped)):  # each rank met the unreadable images of its part
+        skipped.extend(found)
     metrics = {
         "method": config.method,
         "dataset": config.dataset,
@@ -398,6 +408,7 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
         "eval_images": result.final_eval.count,
         "labeled_images": int(len(labeled)),
         "unlabeled_images": int(len(unlabeled)),
+        "skipped_images": len(skipped),
         "epochs": config.epochs,
         "steps": result.steps,
         "seed": config.seed,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdebias import __version__, defaults
+from clipdebias.config import check_finite, check_seed
 from clipdebias.data import DATASETS
 from clipdebias.errors import UserError
 from clipdebias.progress import NoProgress, Progress
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from clipdebias.backbone import Backbone
     from clipdebias.data import ImageSource
+    from clipdebias.skipped import SkippedImage
     from clipdebias.zeroshot_core import Selection, ZeroShotArrays
 
 STUDENTS = ("head", "clip", "resnet50")
@@ -208,6 +210,8 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
 
 
 def _check_ranges(c: ZeroShotConfig) -> None:
+    check_finite(c)
+    check_seed(c.seed)
     checks = [
         (c.tau >= 0 and math.isfinite(c.tau), "--tau must be >= 0"),
         (0.0 <= c.select_threshold <= 1.0, "--select-threshold must be in [0, 1]"),
@@ -311,8 +315,9 @@ def _embedding_arrays(
     progress: Progress,
     classifier: torch.Tensor,
     scale: float,
-) -> ZeroShotArrays:
-    """Encode (or read from the cache) what the student needs: train rows readable in every view, val rows."""
+) -> tuple[ZeroShotArrays, list[SkippedImage]]:
+    """Encode (or read from the cache) what the student needs: train rows readable in every view, val
+    rows; and the images of both splits that could not be read."""
     from clipdebias.zeroshot_core import ZeroShotArrays
 
     train = _encode(config, backbone, train_split, root, progress, None)
@@ -330,12 +335,23 @@ def _embedding_arrays(
         views = np.empty((len(view_stores), len(kept), train.dim), dtype=np.float32)
         for k, store in enumerate(view_stores):
             _gather(store, kept, out=views[k])
-    return ZeroShotArrays(
+    arrays = ZeroShotArrays(
         train_ids=kept, train_embeddings=_gather(train, kept), train_labels=train.labels[np.searchsorted(train.ids, kept)],
         classifier=classifier, logit_scale=scale, eval_embeddings=np.array(evaluation_store.vectors),
         eval_labels=evaluation_store.labels.copy(), views=views, num_train_images=len(train_split),
         eval_ids=evaluation_store.ids.copy(),
     )  # fmt: skip
+    return arrays, _skipped(train) + _skipped(evaluation_store)
+
+
+def _skipped(store: Any) -> list[SkippedImage]:
+    """The images of a cache entry that could not be read (from its manifest, read only if there are any)."""
+    from clipdebias.embeddings import read_manifest
+    from clipdebias.skipped import skipped_from_manifest
+
+    if store.entry.num_failed == 0:
+        return []
+    return skipped_from_manifest(store.entry.meta["key"]["split"], read_manifest(store.entry))
 
 
 def _config_json(config: ZeroShotConfig, classes: list[str]) -> dict[str, Any]:
@@ -404,14 +420,16 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 
 
 def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[Any], None] | None) -> ZeroShotRun:
+    from clipdebias.atomic import prepare_dir
     from clipdebias.backbone import BackboneConfig, load_backbone
     from clipdebias.data import ArraySource, open_dataset
-    from clipdebias.paths import cache_dir as resolve_cache_dir
+    from clipdebias.paths import prepare_cache_dir
     from clipdebias.prompts import load_prompts, text_classifier
     from clipdebias.pseudolabel_job import ReportingRows
     from clipdebias.zeroshot_core import HeadSettings, fit_head, pseudo_label_train_rows, train_logits, zero_shot_eval
 
-    root = resolve_cache_dir(config.cache_dir)
+    prepare_dir(config.out, "--out")  # the checks that cost nothing come before the long work
+    root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
         config.model, config.pretrained, config.precision, config.device, config.quick_gelu
     )
@@ -435,7 +453,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
 
     classifier = text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress)
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
-    arrays = _embedding_arrays(config, backbone, train_split, evaluation, root, progress, classifier, scale)
+    arrays, skipped = _embedding_arrays(config, backbone, train_split, evaluation, root, progress, classifier, scale)
     kept = arrays.train_ids
 
     rows = ReportingRows(train_logits(arrays, device), progress)
@@ -446,6 +464,8 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     zeroshot, zeroshot_debiased = zero_shot_eval(arrays, selection.pseudo.prior, config.tau)
 
     run.write_config(_config_json(config, classes))
+    if skipped:
+        run.write_skipped_images(skipped)
     for name, positions in ((LABELED_INDEX, selection.confident), (UNLABELED_INDEX, selection.rest)):
         run.write_index(name, [(int(i), train_split.path(int(i)), int(train_split.labels[i])) for i in kept[positions]])
 
@@ -463,6 +483,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
         )
 
     metrics = _metrics(config, classes, arrays, selection, zeroshot, zeroshot_debiased, result, scale)
+    metrics["skipped_images"] = len(skipped)
     run.write_metrics(metrics)
     report, report_error = _report(run.path) if config.report else (None, None)
     return ZeroShotRun(metrics, backbone.describe(), csv, report, report_error)

@@ -210,3 +210,97 @@ def make_run_folder(
     for name, rows in (("labeled_index.csv", labeled), ("unlabeled_index.csv", unlabeled)):
         (root / name).write_text("index,path,label\n" + "".join(f"{i},{p},{y}\n" for i, p, y in rows))
     return root
+
+
+# --- odd and bad image files (docs/reliability.md), for the loaders of every command -------------
+
+ODD_IMAGES = ("cmyk.jpg", "gray16.png", "gray16.pgm", "gray.png", "palette_transparent.png", "rgba.png", "gray_alpha.png")
+"""Valid files in unusual modes: each must load as the RGB image a viewer shows."""
+BAD_IMAGES = ("zero_bytes.jpg", "not_an_image.png", "truncated.jpg", "truncated.png", "corrupt.png", "huge.png")
+"""Files that cannot be decoded (or must not be: ``huge.png`` claims 20000 x 10000 pixels)."""
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png_header(width: int = 20_000, height: int = 10_000) -> bytes:
+    """A PNG that declares ``width`` x ``height`` 8-bit gray pixels but holds one empty row: enough
+    for Pillow's decompression-bomb check, which reads the header only."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\x00"))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def write_odd_images(folder: Path, size: int = 16) -> dict[str, np.ndarray]:
+    """Write :data:`ODD_IMAGES` into ``folder``; returns the RGB pixels each must load as (a
+    tolerance of a few levels covers JPEG)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected: dict[str, np.ndarray] = {}
+    # CMYK (0, 255, 255, 0) is pure red.
+    Image.new("CMYK", (size, size), (0, 255, 255, 0)).save(folder / "cmyk.jpg", quality=95)
+    expected["cmyk.jpg"] = np.tile(np.array([255, 0, 0], np.uint8), (size, size, 1))
+    # 16-bit gray: left half 0x8080 (-> 128), right half 0xFFFF (-> 255); Pillow's own conversion
+    # would make both halves white.
+    sixteen = np.full((size, size), 0x8080, np.uint16)
+    sixteen[:, size // 2 :] = 0xFFFF
+    Image.fromarray(sixteen).save(folder / "gray16.png")
+    Image.fromarray(sixteen).save(folder / "gray16.pgm")
+    gray8 = np.where(sixteen == 0xFFFF, 255, 128).astype(np.uint8)
+    expected["gray16.png"] = expected["gray16.pgm"] = np.repeat(gray8[..., None], 3, axis=2)
+    gray = np.tile(np.arange(size, dtype=np.uint8) * 10, (size, 1))
+    Image.fromarray(gray).save(folder / "gray.png")
+    expected["gray.png"] = np.repeat(gray[..., None], 3, axis=2)
+    # Palette: index 0 transparent (its colour, black, must not show), index 1 blue.
+    palette = Image.new("P", (size, size), 0)
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.paste(1, (0, 0, size, size // 2))
+    palette.save(folder / "palette_transparent.png", transparency=0)
+    top_blue = np.full((size, size, 3), 255, np.uint8)
+    top_blue[: size // 2] = (0, 0, 255)
+    expected["palette_transparent.png"] = top_blue
+    # RGBA: an opaque green top half over fully transparent black, and half-transparent red below.
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[: size // 2] = (0, 255, 0, 255)
+    rgba[size // 2 :] = (255, 0, 0, 128)
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    composite = np.zeros((size, size, 3), np.uint8)
+    composite[: size // 2] = (0, 255, 0)
+    composite[size // 2 :] = (255, 127, 127)  # red at alpha 128 over white
+    expected["rgba.png"] = composite
+    la = np.zeros((size, size, 2), np.uint8)
+    la[..., 0] = 40
+    la[: size // 2, :, 1] = 255  # opaque dark gray on top, transparent below
+    Image.fromarray(la, "LA").save(folder / "gray_alpha.png")
+    gray_alpha = np.full((size, size, 3), 255, np.uint8)
+    gray_alpha[: size // 2] = 40
+    expected["gray_alpha.png"] = gray_alpha
+    return expected
+
+
+def write_bad_images(folder: Path, size: int = 16) -> None:
+    """Write :data:`BAD_IMAGES` into ``folder``."""
+    import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zero_bytes.jpg").write_bytes(b"")
+    (folder / "not_an_image.png").write_text("name,label\nthis is a CSV file saved as .png,1\n")
+    photo = Image.fromarray(class_image(1, 0, 64))
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    photo.save(jpeg, "JPEG", quality=90)
+    photo.save(png, "PNG")
+    (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (folder / "truncated.png").write_bytes(png.getvalue()[: len(png.getvalue()) * 2 // 3])
+    corrupt = bytearray(png.getvalue())
+    middle = len(corrupt) // 2
+    corrupt[middle : middle + 16] = bytes(16)  # data of the image chunk overwritten: its checksum fails
+    (folder / "corrupt.png").write_bytes(bytes(corrupt))
+    (folder / "huge.png").write_bytes(huge_png_header())

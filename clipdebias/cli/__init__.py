@@ -63,11 +63,23 @@ app.command("report", help="Charts and report.md for a run folder or a pseudo-la
 app.command("compare", help="Put finished runs side by side (e.g. FixMatch vs DebiasPL over seeds).")(compare_command)
 
 
+def _one_line(message: str) -> str:
+    """A user error is one line: the first non-empty line of ``message`` (the rest is detail that
+    a wrapped library error may carry; ``--debug`` shows it with the traceback)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[0] if lines else "failed (run with --debug for the traceback)"
+
+
 def _fail(message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_one_line(message)}", file=sys.stderr)
     return EXIT_USER_ERROR
+
+
+def _click_abort() -> tuple[type[BaseException], ...]:
+    abort = getattr(click_exceptions, "Abort", None)  # typer._click has no Abort; click has
+    return (abort,) if abort is not None else ()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{err.format_message()} (see '{command} --help')", debug)
     except click_exceptions.ClickException as err:
         return _fail(err.format_message(), debug)
-    except getattr(click_exceptions, "Abort", ()):  # typer._click has no Abort; click has
+    except (typer.Abort, *_click_abort()) as err:
+        if isinstance(err.__cause__, EOFError):
+            # Typer turns any EOFError into Abort (meant for prompts, which clipdebias has none of):
+            # one raised by a command is a failure to show as such, not an abort.
+            raise err.__cause__ from None
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

@@ -34,7 +34,7 @@ def compare_command(
     keys = tuple(by.split(",")) if by is not None else DEFAULT_GROUP_KEYS
     console = Console()
     with console.status(f"comparing {len(runs)} path(s)…"):
-        result = compare_runs(runs, out, keys)
+        result = compare_runs(runs, out, keys, known_keys_only=by is not None)
     header, rows = group_rows(result.groups)
     classes = f"{result.num_classes} classes" if result.num_classes is not None else "unknown class count"
     baseline = result.groups[0].name

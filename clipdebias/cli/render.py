@@ -36,3 +36,10 @@ def print_written(console: Console, files: Sequence[Path], notes: Sequence[str] 
     console.print(f"wrote {len(files)} file(s):")
     for path in files:
         console.print(f"  {path}", highlight=False, soft_wrap=True)
+
+
+def skipped_text(count: int) -> str:
+    """The summary-table value for the unreadable images a run skipped."""
+    from clipdebias.runfolder import SKIPPED_IMAGES
+
+    return f"{count:,} (listed in {SKIPPED_IMAGES})" if count else "0"

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from clipdebias.cli.render import skipped_text
+
 _DEFAULT = "default: the dataset's, see docs/usage.md"
 
 
@@ -79,6 +81,7 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
     known = [v for v in metrics["per_class_top1"] if v is not None]
     rows = [
         ("labeled / unlabeled images", f"{metrics['labeled_images']} / {metrics['unlabeled_images']}"),
+        ("unreadable images (skipped)", skipped_text(metrics.get("skipped_images", 0))),
         (f"top-1 ({metrics['eval_split']}, {metrics['eval_images']} images)", f"{metrics['top1']:.2f}%"),
         ("top-5", f"{metrics['top5']:.2f}%"),
         ("worst class top-1", f"{min(known):.2f}%" if known else "-"),

@@ -11,6 +11,7 @@ from rich.table import Table
 from typer import Option
 
 from clipdebias.cli import options
+from clipdebias.cli.render import skipped_text
 
 _DEFAULT = "default: the student's, see docs/usage.md"
 
@@ -36,6 +37,7 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
         ("student top-5", _percent(metrics["top5"])),
         ("student worst class top-1", _percent(min(known)) if known else "-"),
         ("confident / unlabeled train images", f"{metrics['labeled_images']:,} / {metrics['unlabeled_images']:,}"),
+        ("unreadable images (skipped)", skipped_text(metrics.get("skipped_images", 0))),
         ("CLIP labels correct on the confident set", _percent(train_pl["confident_top1"])),
         ("pseudo-labels: mask rate (last epoch)", f"{pl['mask_rate']:.3f}"),
         ("pseudo-labels: accuracy", _percent(pl["accuracy"])),

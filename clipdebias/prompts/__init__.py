@@ -174,8 +174,11 @@ def text_classifier(
     ]
     path = Path(cache_dir) / "text" / f"{key}.npy" if cache_dir is not None else None
     if path is not None and path.is_file():
-        cached = np.load(path)
-        if cached.shape[0] == len(prompts.classnames):
+        try:
+            cached = np.load(path)
+        except (OSError, ValueError, EOFError):  # a damaged cache file is computed again
+            cached = None
+        if cached is not None and cached.shape[0] == len(prompts.classnames):
             return torch.from_numpy(cached)
     weights = encode_classifier(backbone.encode_texts, prompts, batch_size, progress)
     if path is not None:

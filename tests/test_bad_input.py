@@ -1,0 +1,277 @@
+"""Bad input (docs/reliability.md, "Bad input"): every wrong option value, data root, prompt file,
+logits or index file, unwritable output or cache, and CUDA without a GPU ends a command with exit
+code 2 and exactly one stderr line, ``error: ...``, that names the problem; no traceback unless
+``--debug`` asks for one."""
+
+import errno
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+from clipdebias.cli import main
+from fakes import make_image_folder, make_run_folder
+
+MODEL = ["--model", "{tiny}", "--pretrained", "none", "--device", "cpu", "--cache-dir", "{cache}"]
+DATA = ["--dataset", "imagefolder", "--data-root", "{root}"]
+SSL = [
+    "ssl", *DATA, "--labels", "1-per-class", "--arch", "cnn", "--image-size", "16", "--epochs", "1",
+    "--steps-per-epoch", "1", "--batch-size", "2", "--mu", "1", "--workers", "0", "--device", "cpu", "--out", "{out}",
+]  # fmt: skip
+ZEROSHOT = [
+    "zeroshot", *DATA, *MODEL, "--templates", "simple", "--select-topk-per-class", "1", "--epochs", "1",
+    "--steps-per-epoch", "1", "--workers", "0", "--threads", "1", "--no-report", "--out", "{out}",
+]  # fmt: skip
+PSEUDOLABEL = ["pseudolabel", *DATA, *MODEL, "--templates", "simple", "--out", "{csv}"]
+ENCODE = ["encode", *DATA, *MODEL]
+WITH_DATA = {"ssl": SSL, "zeroshot": ZEROSHOT, "pseudolabel": PSEUDOLABEL, "encode": ENCODE}
+
+
+def _each(options, message, commands=tuple(WITH_DATA)):
+    """The same bad option for every command that reads a dataset (or those of ``commands``)."""
+    return [(f"{name} {' '.join(options)}", [*WITH_DATA[name], *options], message) for name in commands]
+
+
+# (case, arguments, a piece of the one-line message). A later option overrides an earlier one.
+CASES = [
+    # option values that are not numbers, out of range, NaN or infinite
+    ("ssl --tau abc", [*SSL, "--tau", "abc"], "Invalid value for '--tau'"),
+    ("ssl --seed 1.5", [*SSL, "--seed", "1.5"], "Invalid value for '--seed'"),
+    ("zeroshot --threshold x", [*ZEROSHOT, "--threshold", "x"], "Invalid value for '--threshold'"),
+    ("pseudolabel --tau abc", [*PSEUDOLABEL, "--tau", "abc"], "Invalid value for '--tau'"),
+    ("encode --batch-size abc", [*ENCODE, "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+    ("ssl --tau -1", [*SSL, "--tau", "-1"], "--tau must be >= 0"),
+    ("ssl --threshold 1.5", [*SSL, "--threshold", "1.5"], "--threshold must be in [0, 1]"),
+    ("ssl --prior-momentum 1", [*SSL, "--prior-momentum", "1"], "--prior-momentum must be in [0, 1)"),
+    ("ssl --ema-momentum 1.2", [*SSL, "--ema-momentum", "1.2"], "--ema-momentum must be in [0, 1)"),
+    ("ssl --holdout 1", [*SSL, "--holdout", "1"], "--holdout must be in [0, 1)"),
+    ("ssl --labels 0pct", [*SSL, "--labels", "0pct"], "--labels '0pct'"),
+    ("ssl --labels 50-per-class", [*SSL, "--labels", "50-per-class"], "fewer than the 50 labeled images"),
+    ("ssl --mu 0", [*SSL, "--mu", "0"], "--mu must be >= 1"),
+    ("ssl --warmup-epochs 5", [*SSL, "--warmup-epochs", "5"], "--warmup-epochs must be in [0, --epochs]"),
+    ("ssl --seed -1", [*SSL, "--seed", "-1"], "--seed must be in [0, 2**63)"),
+    ("ssl --prefetch-factor 0", [*SSL, "--prefetch-factor", "0"], "--prefetch-factor must be >= 1"),
+    ("ssl --clip-fallback 2", [*SSL, "--clip-fallback", "2"], "--clip-fallback must be in [0, 1]"),
+    ("ssl --lr inf", [*SSL, "--lr", "inf"], "--lr must be a finite number"),
+    ("ssl --threshold nan", [*SSL, "--threshold", "nan"], "--threshold must be a finite number"),
+    ("ssl --weight-decay inf", [*SSL, "--weight-decay", "inf"], "--weight-decay must be a finite number"),
+    ("zeroshot --tau nan", [*ZEROSHOT, "--tau", "nan"], "--tau must be a finite number"),
+    ("zeroshot --lambda-u inf", [*ZEROSHOT, "--lambda-u", "inf"], "--lambda-u must be a finite number"),
+    ("zeroshot --feature-dropout 1", [*ZEROSHOT, "--feature-dropout", "1"], "--feature-dropout must be in [0, 1)"),
+    ("zeroshot --select-threshold 2", [*ZEROSHOT, "--select-threshold", "2"], "--select-threshold must be in [0, 1]"),
+    ("zeroshot --logit-scale 0", [*ZEROSHOT, "--logit-scale", "0"], "--logit-scale must be > 0"),
+    ("zeroshot --seed -1", [*ZEROSHOT, "--seed", "-1"], "--seed must be in [0, 2**63)"),
+    ("zeroshot --threads 0", [*ZEROSHOT, "--threads", "0"], "Invalid value for '--threads'"),
+    ("pseudolabel --threshold 1.5", [*PSEUDOLABEL, "--threshold", "1.5"], "Invalid value for '--threshold'"),
+    ("pseudolabel --tau inf", [*PSEUDOLABEL, "--tau", "inf"], "--tau must be a finite number"),
+    ("pseudolabel --logit-scale nan", [*PSEUDOLABEL, "--logit-scale", "nan"], "--logit-scale must be a finite number"),
+    ("pseudolabel --logit-scale -1", [*PSEUDOLABEL, "--logit-scale", "-1"], "--logit-scale must be > 0"),
+    ("encode --chunk-size 0", [*ENCODE, "--chunk-size", "0"], "Invalid value for '--chunk-size'"),
+    ("compare --by unknown", ["compare", "{run}", "--by", "metod", "--out", "{out}"], "--by metod: no run has this key"),
+    # unknown names
+    *_each(["--dataset", "nope"], "unknown dataset 'nope'"),
+    *_each(["--device", "gpu"], "unknown --device 'gpu'"),
+    *_each(["--device", "cuda"], "torch sees no CUDA GPU here"),
+    *_each(["--precision", "fp8"], "unknown --precision 'fp8'"),
+    ("ssl --arch vgg", [*SSL, "--arch", "vgg"], "unknown --arch 'vgg'"),
+    ("zeroshot --student vit", [*ZEROSHOT, "--student", "vit"], "unknown --student 'vit'"),
+    ("zeroshot --head deep", [*ZEROSHOT, "--head", "deep"], "unknown --head 'deep'"),
+    ("encode --model", [*ENCODE, "--model", "ViT-B-33"], "--model ViT-B-33 is not an open_clip model name"),
+    ("encode --split test", [*ENCODE, "--split", "test"], "unknown split 'test'"),
+    ("ssl unknown option", [*SSL, "--tua", "0.4"], "No such option: --tua"),
+    # data roots
+    *_each(["--data-root", "{nowhere}"], "is not a directory"),
+    *_each(["--data-root", "{empty}"], "train' does not exist"),
+    *_each(["--data-root", "{no_classes}"], "has no class folders"),
+    *_each(["--data-root", "{empty_class}"], "has no image files"),
+    ("ssl train/val mismatch", [*SSL, "--data-root", "{mismatch}"], "class folders of val/ and train/ differ"),
+    ("encode train/val mismatch", [*ENCODE, "--data-root", "{mismatch}", "--split", "val"], "differ"),
+    ("ssl no --data-root", ["ssl", "--dataset", "imagefolder", "--out", "{out}"], "needs --data-root DIR"),
+    ("ssl cifar10 missing", [*SSL, "--dataset", "cifar10", "--data-root", "{empty}"], "cifar10 not found"),
+    # class names and templates
+    ("pseudolabel empty classnames", [*PSEUDOLABEL, "--classnames", "{empty_file}"], "has 0 class names"),
+    ("zeroshot wrong classnames count", [*ZEROSHOT, "--classnames", "{two_names}"], "has 2 class names"),
+    ("pseudolabel empty templates", [*PSEUDOLABEL, "--templates", "{empty_file}"], "no templates"),
+    ("zeroshot template without {}", [*ZEROSHOT, "--templates", "{no_braces}"], "has no '{}'"),
+    ("pseudolabel missing templates", [*PSEUDOLABEL, "--templates", "{nowhere}"], "no such file"),
+    # --logits files
+    ("logits wrong shape", [*PSEUDOLABEL, "--logits", "{logits_short}"], "expected [12, 3]"),
+    ("logits one-dimensional", [*PSEUDOLABEL, "--logits", "{logits_1d}"], "expected [12, 3]"),
+    ("logits NaN", [*PSEUDOLABEL, "--logits", "{logits_nan}"], "row 0 holds NaN or infinite values"),
+    ("logits inf", [*PSEUDOLABEL, "--logits", "{logits_inf}"], "row 0 holds NaN or infinite values"),
+    ("logits integers", [*PSEUDOLABEL, "--logits", "{logits_int}"], "expected floating-point logits"),
+    ("logits not npy", [*PSEUDOLABEL, "--logits", "{empty_file}"], "is not a .npy array"),
+    # --labeled-index and --clip-pseudolabels
+    ("labeled-index columns", [*SSL, "--labeled-index", "{index_columns}"], "lacks the column(s) index, label"),
+    ("labeled-index range", [*SSL, "--labeled-index", "{index_range}"], "'index' must hold integers in [0, 12)"),
+    ("labeled-index empty", [*SSL, "--labeled-index", "{empty_file}"], "cannot read --labeled-index"),
+    ("clip-pseudolabels columns", [*SSL, "--clip-pseudolabels", "{pl_columns}"], "lacks the column(s) confidence"),
+    ("clip-pseudolabels range", [*SSL, "--clip-pseudolabels", "{pl_range}"], "'pseudo_label' must hold class ids"),
+    ("init-weights garbage", [*SSL, "--init-weights", "{empty_file}"], "cannot be read as a torch state dict"),
+    # outputs and caches where a file is in the way
+    ("ssl --out is a file", [*SSL, "--out", "{a_file}"], "is a file; give a folder"),
+    ("zeroshot --out inside a file", [*ZEROSHOT, "--out", "{inside_file}"], "which is a file; give a folder"),
+    ("pseudolabel --out inside a file", [*PSEUDOLABEL, "--out", "{inside_file}/x.csv"], "is a file; give a folder"),
+    ("pseudolabel --reference-format", [*PSEUDOLABEL, "--reference-format", "{a_file}"], "is a file; give a folder"),
+    *_each(["--cache-dir", "{inside_file}"], "cache directory (--cache-dir)", ("zeroshot", "pseudolabel", "encode")),
+    ("report --out inside a file", ["report", "{run}", "--out", "{inside_file}"], "is a file, not a folder"),
+    ("compare --out inside a file", ["compare", "{run}", "--out", "{inside_file}"], "is a file, not a folder"),
+    ("ssl every train image unreadable", [*SSL, "--data-root", "{all_broken}"], "none of the 3 labeled images can be read"),
+]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_clip_path):
+    base = tmp_path_factory.mktemp("bad_input")
+    root = make_image_folder(base / "data", per_class=4, val_per_class=2, size=16)
+    (base / "empty").mkdir()
+    (base / "no_classes" / "train").mkdir(parents=True)
+    empty_class = make_image_folder(base / "empty_class", per_class=2, val_per_class=1, size=16)
+    shutil.rmtree(empty_class / "train" / "dog")
+    (empty_class / "train" / "dog").mkdir()
+    (empty_class / "train" / "dog" / "notes.txt").write_text("not an image")
+    mismatch = make_image_folder(base / "mismatch", per_class=2, val_per_class=1, size=16)
+    (mismatch / "val" / "dog").rename(mismatch / "val" / "wolf")
+    all_broken = make_image_folder(base / "all_broken", per_class=2, val_per_class=1, size=16)
+    for image in (all_broken / "train").rglob("*.png"):
+        image.write_bytes(b"")
+    texts = {
+        "empty_file": "", "two_names": "cat\ndog\n", "no_braces": "a photo of a thing\n", "a_file": "x",
+        "index_columns": "foo,bar\n1,2\n", "index_range": "index,path,label\n99,x,0\n",
+        "pl_columns": "index,pseudo_label\n0,1\n", "pl_range": "index,pseudo_label,confidence\n0,7,0.5\n",
+    }  # fmt: skip
+    values = {"root": root, "empty": base / "empty", "no_classes": base / "no_classes", "empty_class": empty_class,
+              "mismatch": mismatch, "all_broken": all_broken, "nowhere": base / "nowhere", "tiny": tiny_clip_path,
+              "inside_file": base / "a_file" / "sub", "run": make_run_folder(base / "finished_run")}  # fmt: skip
+    for name, text in texts.items():
+        values[name] = base / name
+        values[name].write_text(text)
+    logits = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
+    for name, array in {
+        "logits_short": logits[:5], "logits_1d": logits[:, 0], "logits_int": logits.astype(np.int64),
+        "logits_nan": np.where(np.arange(12)[:, None] == 0, np.nan, logits).astype(np.float32),
+        "logits_inf": np.where(np.arange(12)[:, None] == 0, -np.inf, logits).astype(np.float32),
+    }.items():  # fmt: skip
+        values[name] = base / f"{name}.npy"
+        np.save(values[name], array)
+    return {name: str(value) for name, value in values.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_path():
+    from conftest import TINY_CLIP
+
+    return str(TINY_CLIP)
+
+
+def _fill(args, files, tmp_path):
+    values = {**files, "out": str(tmp_path / "out"), "csv": str(tmp_path / "labels.csv"), "cache": str(tmp_path / "cache")}
+    return [arg.format(**values) if "{" in arg and arg != "{}" else arg for arg in args]
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [pytest.param(a, m, id=c) for c, a, m in CASES])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU host
+    assert main(_fill(args, files, tmp_path)) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_debug_adds_the_traceback(files, tmp_path, capsys):
+    assert main(["--debug", *_fill([*SSL, "--tau", "-1"], files, tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1] == "error: --tau must be >= 0"
+
+
+def test_nothing_is_written_before_a_bad_option_is_found(files, tmp_path, capsys):
+    assert main(_fill([*PSEUDOLABEL, "--logit-scale", "nan"], files, tmp_path)) == 2
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "labels.csv").exists()
+    capsys.readouterr()
+
+
+# --- file systems that refuse writes (simulated: CI runs without root and without a full disk) ---------
+
+
+@pytest.fixture
+def refuse(monkeypatch):
+    """``refuse(folder, error)``: every temporary file created under ``folder`` fails with ``error``
+    (``errno``): on creation for permissions and read-only file systems, on ``fsync`` for a full
+    disk (where a real full disk reports it), so the atomic writer meets it as it would."""
+    real_mkstemp, real_fsync = tempfile.mkstemp, os.fsync
+    doomed: dict[int, int] = {}
+
+    def install(folder, code, when="create", only=""):
+        def mkstemp(*args, **kwargs):
+            directory = str(kwargs.get("dir", ""))
+            inside = directory.startswith(str(folder)) and only in kwargs.get("prefix", "")
+            if inside and when == "create":
+                raise OSError(code, os.strerror(code), directory)
+            fd, path = real_mkstemp(*args, **kwargs)
+            if inside:
+                doomed[fd] = code
+            return fd, path
+
+        def fsync(fd):
+            if fd in doomed:
+                code = doomed.pop(fd)
+                raise OSError(code, os.strerror(code))
+            return real_fsync(fd)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    yield install
+    monkeypatch.undo()
+
+
+def test_out_without_permission_fails_before_any_work(files, tmp_path, capsys, refuse):
+    refuse(tmp_path / "out", errno.EACCES)
+    assert main(_fill(SSL, files, tmp_path)) == 2
+    line = _one_error_line(capsys)
+    assert f"--out: cannot write into '{tmp_path / 'out'}': Permission denied" in line
+
+
+def test_read_only_cache_fails_before_the_model_loads(files, tmp_path, capsys, refuse, monkeypatch):
+    refuse(tmp_path / "cache", errno.EROFS)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the cache was checked")
+
+    monkeypatch.setattr("clipdebias.backbone.load_backbone", no_model)
+    assert main(_fill(ENCODE, files, tmp_path)) == 2
+    assert "cache directory (--cache-dir): cannot write into" in (line := _one_error_line(capsys))
+    assert "Read-only file system" in line
+
+
+def test_a_full_disk_under_out_is_one_line(files, tmp_path, capsys, refuse):
+    refuse(tmp_path / "out", errno.ENOSPC, when="fsync")
+    assert main(_fill(SSL, files, tmp_path)) == 2
+    line = _one_error_line(capsys)
+    assert f"cannot write '{tmp_path / 'out' / 'config.json'}': No space left on device; free some space" in line
+
+
+def test_a_cache_that_fills_up_while_encoding_keeps_the_finished_chunks(files, tmp_path, capsys, refuse, monkeypatch):
+    """The disk fills after the first chunk of 4 images: one error line after the progress bar; the
+    chunk written before is kept, and once space is back the next run encodes only the rest."""
+    args = _fill([*ENCODE, "--chunk-size", "4", "--batch-size", "4"], files, tmp_path)
+    refuse(tmp_path / "cache", errno.ENOSPC, when="fsync", only=".shard-000000000004-")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1 and err.splitlines()[-1] == errors[0]
+    assert "shard-000000000004-000000000008.npz'" in errors[0] and "No space left on device" in errors[0]
+    (entry,) = (tmp_path / "cache" / "embeddings").iterdir()
+    assert [shard.name for shard in (entry / "shards").iterdir()] == ["shard-000000000000-000000000004.npz"]
+    monkeypatch.undo()  # space is back
+    assert main(args) == 0
+    assert "reused from an earlier run │ 4" in " ".join(capsys.readouterr().out.split())
