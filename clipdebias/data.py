@@ -108,19 +108,27 @@ class FolderSource(ImageSource):
         return read_image(self.paths[index])
 
 
-def open_dataset(name: str, split: str, root: str | Path | None = None) -> ImageSource:
-    """Open one split of a known dataset, or raise :class:`UserError` saying what is wrong."""
+def check_dataset(name: str, split: str, root: str | Path | None = None) -> None:
+    """The checks of :func:`open_dataset` that cost nothing (name, split, root is a folder), for
+    commands that run them before loading a model."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if name == "digits":
-        return load_digits_split(split)
+        return
     if root is None:
         raise UserError(f"dataset {name!r} needs --data-root DIR")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UserError(f"--data-root {str(root)!r} is not a directory")
+    if not Path(root).expanduser().is_dir():
+        raise UserError(f"--data-root {str(Path(root).expanduser())!r} is not a directory")
+
+
+def open_dataset(name: str, split: str, root: str | Path | None = None) -> ImageSource:
+    """Open one split of a known dataset, or raise :class:`UserError` saying what is wrong."""
+    check_dataset(name, split, root)
+    if name == "digits":
+        return load_digits_split(split)
+    root = Path(root).expanduser()  # type: ignore[arg-type]  # checked above
     if name in _CIFAR_LAYOUT:
         return load_cifar_split(name, split, root)
     return load_folder_split(name, split, root)

@@ -658,10 +658,11 @@ def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[
 def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[EncodeResult, Any]:
     from clipdebias import distributed
     from clipdebias.backbone import load_backbone
-    from clipdebias.data import open_dataset
+    from clipdebias.data import check_dataset, open_dataset
     from clipdebias.paths import prepare_cache_dir
 
     progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()
+    check_dataset(config.dataset, config.split, config.data_root)
     root = prepare_cache_dir(config.cache_dir)
     backbone = load_backbone(config.backbone, digest_dir=root)  # first: missing weights fail before a long folder scan
     source = open_dataset(config.dataset, config.split, config.data_root)

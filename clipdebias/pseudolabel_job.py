@@ -189,13 +189,14 @@ def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None)
     """The whole ``pseudolabel`` command; every file is written atomically."""
     from clipdebias.atomic import prepare_dir
     from clipdebias.backbone import load_backbone
-    from clipdebias.data import open_dataset
+    from clipdebias.data import check_dataset, open_dataset
     from clipdebias.paths import cache_dir as resolve_cache_dir
     from clipdebias.paths import prepare_cache_dir
     from clipdebias.prompts import load_classnames
 
     progress = progress or NoProgress()
     check_pseudolabel_config(config)
+    check_dataset(config.dataset, config.split, config.data_root)
     out = _check_out(config.out)
     prepare_dir(out.parent, "folder of --out")  # the checks that cost nothing come before the long work
     if config.reference_dir is not None:

@@ -422,13 +422,14 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[Any], None] | None) -> ZeroShotRun:
     from clipdebias.atomic import prepare_dir
     from clipdebias.backbone import BackboneConfig, load_backbone
-    from clipdebias.data import ArraySource, open_dataset
+    from clipdebias.data import ArraySource, check_dataset, open_dataset
     from clipdebias.paths import prepare_cache_dir
     from clipdebias.prompts import load_prompts, text_classifier
     from clipdebias.pseudolabel_job import ReportingRows
     from clipdebias.zeroshot_core import HeadSettings, fit_head, pseudo_label_train_rows, train_logits, zero_shot_eval
 
-    prepare_dir(config.out, "--out")  # the checks that cost nothing come before the long work
+    check_dataset(config.dataset, "train", config.data_root)  # the checks that cost nothing come first
+    prepare_dir(config.out, "--out")
     root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
         config.model, config.pretrained, config.precision, config.device, config.quick_gelu

@@ -193,10 +193,27 @@ def test_debug_adds_the_traceback(files, tmp_path, capsys):
     assert "Traceback" in err and err.splitlines()[-1] == "error: --tau must be >= 0"
 
 
-def test_nothing_is_written_before_a_bad_option_is_found(files, tmp_path, capsys):
-    assert main(_fill([*PSEUDOLABEL, "--logit-scale", "nan"], files, tmp_path)) == 2
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "labels.csv").exists()
-    capsys.readouterr()
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([*PSEUDOLABEL, "--logit-scale", "nan"], "--logit-scale must be a finite number"),
+        ([*PSEUDOLABEL, "--dataset", "nope"], "unknown dataset"),
+        ([*ENCODE, "--data-root", "{nowhere}"], "is not a directory"),
+        ([*ZEROSHOT, "--data-root", "{nowhere}"], "is not a directory"),
+        ([*ZEROSHOT, "--lr", "inf"], "--lr must be a finite number"),
+    ],
+    ids=["pseudolabel option", "pseudolabel dataset", "encode data root", "zeroshot data root", "zeroshot option"],
+)
+def test_cheap_checks_come_before_the_model_loads_or_anything_is_written(
+    args, message, files, tmp_path, capsys, monkeypatch
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the cheap checks")
+
+    monkeypatch.setattr("clipdebias.backbone.load_backbone", no_model)
+    assert main(_fill(args, files, tmp_path)) == 2
+    assert message in _one_error_line(capsys)
+    assert not {p.name for p in tmp_path.iterdir()} & {"cache", "out", "labels.csv"}
 
 
 # --- file systems that refuse writes (simulated: CI runs without root and without a full disk) ---------
@@ -275,3 +292,16 @@ def test_a_cache_that_fills_up_while_encoding_keeps_the_finished_chunks(files, t
     monkeypatch.undo()  # space is back
     assert main(args) == 0
     assert "reused from an earlier run │ 4" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_gpu_number_beyond_the_count_is_refused(monkeypatch):
+    from clipdebias.device import resolve_device
+    from clipdebias.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(UserError, match=r"--device cuda:2: torch sees 2 GPU\(s\) here"):
+        resolve_device("cuda:2")
+    with pytest.raises(UserError, match="unknown --device 'cuda:one'"):
+        resolve_device("cuda:one")
