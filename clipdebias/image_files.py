@@ -16,8 +16,9 @@ A file that cannot be decoded raises :class:`UnreadableImage` with the reason: z
 image, truncated or corrupt data (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays off: a truncated file
 is unreadable, never half grey), and images above Pillow's decompression-bomb limit
 (``2 * PIL.Image.MAX_IMAGE_PIXELS``, 178,956,970 pixels by default, e.g. 13,000 x 13,000; a
-program that embeds clipdebias may change ``PIL.Image.MAX_IMAGE_PIXELS``). Pillow's warnings about odd files (corrupt EXIF, large images) are silenced
-for the one call, so they cannot break into the progress bars.
+program that embeds clipdebias may change ``PIL.Image.MAX_IMAGE_PIXELS``). Pillow's warnings
+about odd files (corrupt EXIF, large images) are silenced for the one call, so they cannot break
+into the progress bars.
 """
 
 from __future__ import annotations
@@ -79,4 +80,3 @@ def read_image(path: str | Path) -> Image.Image:
     except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many kinds for a corrupt file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UnreadableImage(path, f"{type(err).__name__}: {reason}" if reason else type(err).__name__) from err
-
