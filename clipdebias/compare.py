@@ -207,15 +207,25 @@ def _group(name: str, runs: Sequence[RunSummary], baseline: Sequence[RunSummary]
     )
 
 
-def _epoch_mean(runs: Sequence[RunSummary], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Per epoch, the mean (and std when several runs) of ``key`` over the runs that recorded it."""
+def _epoch_mean(
+    runs: Sequence[RunSummary], key: str, geometric: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per epoch, the mean (and std when several runs) of ``key`` over the runs that recorded it.
+
+    ``geometric``: mean and std of ``log(value)``, the mean returned as ``exp`` (for ratios drawn on
+    a log axis, where an arithmetic mean ± std would reach below zero).
+    """
     per_epoch: dict[float, list[float]] = {}
     for run in runs:
         for epoch, value in zip(*run.record.epoch_series(key), strict=True):
-            per_epoch.setdefault(float(epoch), []).append(float(value))
+            if geometric and not value > 0:
+                continue
+            per_epoch.setdefault(float(epoch), []).append(float(np.log(value)) if geometric else float(value))
     epochs = sorted(per_epoch)
     pairs = [stats.mean_std(per_epoch[epoch]) for epoch in epochs]
     means = np.asarray([mean for mean, _ in pairs])
+    if geometric:
+        means = np.exp(means)
     spread = np.asarray([std if math.isfinite(std) else 0.0 for _, std in pairs])
     return np.asarray(epochs), means, spread if len(runs) > 1 else None
 
@@ -234,10 +244,10 @@ def _chart(groups: Sequence[GroupSummary], out: Path) -> Path:
         "top-1 %",
     )
 
-    def lines(key: str) -> list[plots.Line]:
+    def lines(key: str, geometric: bool = False) -> list[plots.Line]:
         drawn = []
         for index, group in enumerate(groups):
-            epochs, means, spread = _epoch_mean(group.runs, key)
+            epochs, means, spread = _epoch_mean(group.runs, key, geometric)
             drawn.append(
                 plots.Line(group.name, epochs, means, plots.PALETTE[index % len(plots.PALETTE)], spread=spread)
             )
@@ -246,8 +256,8 @@ def _chart(groups: Sequence[GroupSummary], out: Path) -> Path:
     plots.line_panel(axes[1], lines("top1"), "top-1 per epoch", "top-1 %")
     plots.line_panel(
         axes[2],
-        lines("imbalance_ratio"),
-        "pseudo-label imbalance per epoch",
+        lines("imbalance_ratio", geometric=True),
+        "pseudo-label imbalance per epoch (geometric mean)",
         "largest / smallest class (log scale)",
         log_scale=True,
         reference=(1.0, "balanced"),

@@ -63,7 +63,8 @@ class Curve:
 
 @dataclass(frozen=True, eq=False)
 class Line:
-    """One series over epochs; ``spread`` (same length as ``y``) draws a shaded ±band."""
+    """One series over epochs; ``spread`` (same length as ``y``) draws a shaded band: ``y ± spread``
+    on a linear axis, ``y × exp(±spread)`` on a log axis (``spread`` then being a std of ``log y``)."""
 
     label: str
     x: np.ndarray
@@ -220,7 +221,11 @@ def line_panel(
             linestyle="--" if line.dashed else "-",
         )
         if line.spread is not None:
-            ax.fill_between(line.x, line.y - line.spread, line.y + line.spread, color=artist.get_color(), alpha=0.15)
+            if log_scale:
+                lower, upper = line.y * np.exp(-line.spread), line.y * np.exp(line.spread)
+            else:
+                lower, upper = line.y - line.spread, line.y + line.spread
+            ax.fill_between(line.x, lower, upper, color=artist.get_color(), alpha=0.15)
         drawn += 1
     if not drawn:
         message_panel(ax, title, "not recorded")

@@ -628,3 +628,15 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> ReportR
         summary=tuple(row for section in sections for row in section.summary),
         notes=tuple(notes),
     )
+
+
+def try_write_report(path: str | Path) -> tuple[ReportResult | None, str | None]:
+    """:func:`write_report` for the end of a finished command: ``(result, None)``, or ``(None, why)``.
+
+    A report is a bonus on top of work already saved (a trained run, a CSV): whatever goes wrong
+    while drawing it is returned as text for a warning, never raised.
+    """
+    try:
+        return write_report(path), None
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        return None, f"{type(err).__name__}: {err}"

@@ -426,6 +426,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     from clipdebias.paths import prepare_cache_dir
     from clipdebias.prompts import load_prompts, text_classifier
     from clipdebias.pseudolabel_job import ReportingRows
+    from clipdebias.report import try_write_report
     from clipdebias.zeroshot_core import HeadSettings, fit_head, pseudo_label_train_rows, train_logits, zero_shot_eval
 
     check_dataset(config.dataset, "train", config.data_root)  # the checks that cost nothing come first
@@ -486,7 +487,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     metrics = _metrics(config, classes, arrays, selection, zeroshot, zeroshot_debiased, result, scale)
     metrics["skipped_images"] = len(skipped)
     run.write_metrics(metrics)
-    report, report_error = _report(run.path) if config.report else (None, None)
+    report, report_error = try_write_report(run.path) if config.report else (None, None)
     return ZeroShotRun(metrics, backbone.describe(), csv, report, report_error)
 
 
@@ -565,13 +566,3 @@ def _metrics(
         "elapsed_s": result.elapsed_s,
         "resumed_from_epoch": result.resumed_from_epoch,
     }
-
-
-def _report(path: Path) -> tuple[Any, str | None]:
-    """``clipdebias report`` of the finished run; a failure is returned as text, never raised."""
-    from clipdebias.report import write_report
-
-    try:
-        return write_report(path), None
-    except Exception as err:  # noqa: BLE001 - the run itself has finished; the report is a bonus
-        return None, f"{type(err).__name__}: {err}"

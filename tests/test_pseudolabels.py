@@ -207,6 +207,11 @@ def test_cli_takes_a_teachers_logits_without_loading_a_model(folder, tmp_path, c
         and sidecar["model"] is None
         and sidecar["zeroshot_debiased_top1"] == 100.0
     )
+    # The report of the CSV is written beside it automatically, and the terminal says where.
+    report = tmp_path / "t_report" / "report.md"
+    assert report.is_file() and f"report: {report}" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "quiet.csv"), "--no-report"]) == 0
+    assert (tmp_path / "quiet.csv").is_file() and not (tmp_path / "quiet_report").exists()
     capsys.readouterr()
     np.save(tmp_path / "short.npy", logits[:10])
     assert main([*args[:-1], str(tmp_path / "short.npy"), "--out", str(tmp_path / "s.csv")]) == 2

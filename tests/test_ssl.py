@@ -17,7 +17,8 @@ from clipdebias.ssl import read_clip_pseudolabels, resolve_ssl_config
 from clipdebias.errors import UserError
 from fakes import make_cifar_root, make_image_folder
 
-TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--device", "cpu"]
+TINY_WITH_REPORT = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--device", "cpu"]
+TINY = [*TINY_WITH_REPORT, "--no-report"]
 EPOCH_KEYS = {
     "epoch", "step", "lr", "loss", "loss_x", "loss_u", "mask_rate", "pseudo_label_accuracy", "pseudo_label_counts",
     "imbalance_ratio", "prior", "prior_entropy", "top1", "top5", "elapsed_s",
@@ -42,10 +43,14 @@ def _history(out):
 
 
 def test_digits_run_folder_follows_the_format(tmp_path, capsys):
-    out, metrics = _ssl(["--dataset", "digits", "--labels", "2-per-class", *TINY], tmp_path)
+    out, metrics = _ssl(["--dataset", "digits", "--labels", "2-per-class", *TINY_WITH_REPORT], tmp_path)
     assert {p.name for p in out.iterdir()} == {
-        "config.json", "labeled_index.csv", "unlabeled_index.csv", "metrics.jsonl", "metrics.json", "checkpoint.pt"
+        "config.json", "labeled_index.csv", "unlabeled_index.csv", "metrics.jsonl", "metrics.json", "checkpoint.pt",
+        "report",
     }
+    # The report is written automatically at the end of the run, and the terminal says where.
+    assert (out / "report" / "report.md").is_file()
+    assert any(p.suffix == ".png" for p in (out / "report").iterdir())
     config = json.loads((out / "config.json").read_text())
     assert config["command"] == "ssl" and config["method"] == "debiaspl" and config["classes"] == [str(c) for c in range(10)]
     # Given options win, the rest are the digits defaults.

@@ -74,9 +74,14 @@ def pseudolabel_command(
     chunk_rows: Annotated[
         int, Option("--chunk-rows", min=1, help="Rows of logits held in memory at once.")
     ] = defaults.CHUNK_ROWS,
+    report: Annotated[
+        bool, Option("--report/--no-report", help="Write FILE_report/ (charts, report.md) beside the CSV.")
+    ] = True,
 ) -> None:
     from clipdebias.backbone import BackboneConfig
+    from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
+    from clipdebias.report import try_write_report
     from clipdebias.pseudolabel_job import PseudoLabelConfig, run_pseudolabel
     from clipdebias.pseudolabels import imbalance_ratio
 
@@ -148,3 +153,5 @@ def pseudolabel_command(
     console.print(escape(f"wrote {run.csv} and {run.sidecar}"))
     if run.reference is not None:
         console.print(escape(f"wrote {run.reference[0]} and {run.reference[1]} (reference format)"))
+    if report:
+        print_report_outcome(console, run.csv, *try_write_report(run.csv))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -36,6 +38,18 @@ def print_written(console: Console, files: Sequence[Path], notes: Sequence[str] 
     console.print(f"wrote {len(files)} file(s):")
     for path in files:
         console.print(f"  {path}", highlight=False, soft_wrap=True)
+
+
+def print_report_outcome(console: Console, source: Path | str, report: Any, error: str | None) -> None:
+    """Where the automatic report of ``source`` went, or a warning saying how to retry it."""
+    if report is not None:
+        console.print(escape(f"report: {report.markdown}"), soft_wrap=True)
+    elif error is not None:
+        console.print(
+            f"[yellow]warning:[/yellow] the report could not be written ({escape(error)}); "
+            f"run `clipdebias report {escape(str(source))}` to retry",
+            soft_wrap=True,
+        )
 
 
 def skipped_text(count: int) -> str:

@@ -132,8 +132,11 @@ def ssl_command(
     torch_compile: bool = typer.Option(False, "--compile", help="torch.compile the student and teacher (slow start, may be faster per step)."),
     sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across GPUs under torchrun (CUDA only; default: per-GPU BatchNorm)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report/ (charts, report.md) at the end."),
 ) -> None:
+    from clipdebias.cli.render import print_report_outcome
     from clipdebias.distributed import is_main_process
+    from clipdebias.report import try_write_report
     from clipdebias.ssl import resolve_ssl_config, run_ssl
 
     config = resolve_ssl_config(
@@ -148,4 +151,7 @@ def ssl_command(
     with _ProgressView(Console(stderr=True)) as view:
         metrics = run_ssl(config, progress=view)
     if is_main_process():  # under torchrun every rank returns the same metrics; rank 0 shows them
-        Console().print(_summary(metrics, config.out))
+        console = Console()
+        console.print(_summary(metrics, config.out))
+        if report:
+            print_report_outcome(console, config.out, *try_write_report(config.out))

@@ -207,6 +207,7 @@ def zeroshot_command(
     ] = True,
     resume: Annotated[bool, Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
 ) -> None:
+    from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.cli.ssl import _ProgressView
     from clipdebias.train import TrainStart
@@ -235,8 +236,4 @@ def zeroshot_command(
     console = Console()
     console.print(_summary(run.metrics, config.out))
     console.print(escape(f"wrote {run.pseudolabels} and the run folder {config.out}"), soft_wrap=True)
-    if run.report is not None:
-        console.print(escape(f"report: {run.report.markdown}"), soft_wrap=True)
-    elif run.report_error is not None:
-        console.print(f"[yellow]warning:[/yellow] the report could not be written ({escape(str(run.report_error))}); "
-                      f"run `clipdebias report {escape(config.out)}` to retry", soft_wrap=True)  # fmt: skip
+    print_report_outcome(console, config.out, run.report, run.report_error)
