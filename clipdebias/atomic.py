@@ -98,6 +98,16 @@ def remove_abandoned_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+def remove_abandoned_temporaries_in(folder: str | Path) -> list[Path]:
+    """:func:`remove_abandoned_temporaries` for every file of ``folder`` (not its subfolders)."""
+    names = re.compile(r"\.(.+)\.[a-z0-9_]+" + re.escape(TEMPORARY_SUFFIX))
+    try:
+        targets = {match[1] for entry in os.scandir(folder) if (match := names.fullmatch(entry.name))}
+    except OSError:
+        return []
+    return [removed for name in sorted(targets) for removed in remove_abandoned_temporaries(Path(folder) / name)]
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (it survives a power loss, not only a killed process)."""
     try:

@@ -70,6 +70,7 @@ class Killer:
     seed: int
     rng: random.Random = field(init=False)
     log: list[str] = field(default_factory=list)
+    last_run_s: float = 0.0  # how long the last child ran, until it ended or was killed
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -114,6 +115,7 @@ class Killer:
             _, status = os.waitpid(pid, 0)
         code = _exit_code(status)
         killed = code == -signal.SIGKILL
+        self.last_run_s = time.monotonic() - began
         point = "after the observable point" if after is not None else "after the start"
         self.log.append(f"{delay:.3f} s {point}: {'killed' if killed else f'finished first (exit {code})'}")
         assert killed or code == 0, f"the command failed with exit code {code} ({self})"

@@ -87,10 +87,12 @@ def test_encode_killed_at_random_moments_resumes_to_the_same_cache(images, slow_
     code, seconds = run_to_end([*args, "--cache-dir", str(tmp_path / "timed")])
     assert code == 0
     cut = tmp_path / "cut"
-    kills = 0
-    for _ in range(KILLS):
-        kills += killer.run_and_kill([*args, "--cache-dir", str(cut)], seconds)
+    kills = rounds = 0
+    while rounds < KILLS or (kills < 2 and rounds < 2 * KILLS):
+        killed = killer.run_and_kill([*args, "--cache-dir", str(cut)], seconds)
         killer.note(_check_cache_entry(cut))
+        seconds = seconds if killed else killer.last_run_s
+        kills, rounds = kills + killed, rounds + 1
     assert kills >= 1, f"no run was killed ({killer})"
     capsys.readouterr()
     entry = _entry(cut) if (cut / "embeddings").is_dir() else None
@@ -179,11 +181,12 @@ def test_pseudolabel_killed_at_random_moments_never_leaves_a_partial_or_mixed_ou
         # the first temporary file appeared), the moments that could mix two runs' files.
         writing = lambda: any(cut.glob("**/.*.tmp"))  # noqa: E731
         whole_run = rounds % 2 == 0
-        kills += killer.run_and_kill(
+        killed = killer.run_and_kill(
             args(cut, "0.4"), seconds if whole_run else 8 * WRITE_PAUSE_S, watch=every_file_is_complete,
             after=None if whole_run else writing,
         )  # fmt: skip
-        rounds += 1
+        seconds = seconds if killed or not whole_run else killer.last_run_s
+        kills, rounds = kills + killed, rounds + 1
         present = [content is not None for content in _contents(files)]
         temporaries = len(list(cut.glob("**/.*.tmp")))
         killer.note(f"present: {present}, new: {[a == b for a, b in zip(_contents(files), new)]}, {temporaries} temporary files")
@@ -200,3 +203,101 @@ def test_pseudolabel_killed_at_random_moments_never_leaves_a_partial_or_mixed_ou
     assert _contents(files) == new, str(killer)
     assert not list(cut.glob("**/.*.tmp")), "temporary files of the killed runs are left"
     print(killer)
+
+
+# --- training: ssl and zeroshot -------------------------------------------------------------------
+
+# Everything of metrics.json that does not depend on the clock or on how the run was started.
+SSL_STABLE = ("method", "top1", "top5", "per_class_top1", "pseudo_labels", "prior", "steps", "labeled_images")
+ZEROSHOT_STABLE = (*SSL_STABLE, "zeroshot_top1", "zeroshot_debiased_top1", "train_pseudo_labels")
+
+
+def _history(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
+
+
+def _check_run_folder(out: Path, epochs: int) -> str:
+    """What a killed training run may leave: complete files only, and a metrics.jsonl that is the
+    checkpoint's history (or one epoch behind it: the checkpoint is written first). Returns what it found."""
+    if (out / "config.json").exists():
+        json.loads((out / "config.json").read_text())
+    for name in ("labeled_index.csv", "unlabeled_index.csv"):
+        if (out / name).exists():
+            assert list(pd.read_csv(out / name).columns) == ["index", "path", "label"]
+    history = _history(out)
+    temporaries = len(list(out.glob(".*.tmp")))
+    if not (out / "checkpoint.pt").exists():
+        assert history == []
+        return f"no checkpoint, {temporaries} temporary files"
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    epoch = checkpoint["epoch"]
+    assert 1 <= epoch <= epochs and len(history) in (epoch - 1, epoch)
+    assert history == [{k: v for k, v in r.items() if k != "elapsed_s"} for r in checkpoint["history"][: len(history)]]
+    return f"checkpoint of epoch {epoch}, {len(history)} epochs in metrics.jsonl, {temporaries} temporary files"
+
+
+def _inode(file: Path) -> int | None:
+    return file.stat().st_ino if file.exists() else None
+
+
+def _kill_training(killer: Killer, args: list[str], out: Path, seconds: float, whole: Path) -> None:
+    """Kill ``args --out OUT --resume`` at random moments (at least twice), then run it to the end.
+
+    ``seconds``: how long the whole run takes; ``whole``: the run folder of an uninterrupted run.
+    Every other kill comes at any moment of the run; the others during training, within an epoch's
+    time after the run wrote a checkpoint."""
+    history = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    epochs, epoch_s = len(history), history[-1]["elapsed_s"] / len(history)
+    kills = rounds = 0
+    while rounds < KILLS or (kills < 2 and rounds < 2 * KILLS):
+        checkpoint = _inode(out / "checkpoint.pt")
+        if rounds % 2 == 0:
+            killed = killer.run_and_kill([*args, "--out", str(out), "--resume"], seconds)
+            seconds = seconds if killed else killer.last_run_s  # what is left to do only gets shorter
+        else:
+            saved = lambda: _inode(out / "checkpoint.pt") not in (None, checkpoint)  # noqa: E731
+            killed = killer.run_and_kill([*args, "--out", str(out), "--resume"], epoch_s, after=saved)
+        killer.note(_check_run_folder(out, epochs))
+        kills, rounds = kills + killed, rounds + 1
+    assert kills >= 1, f"no run was killed ({killer})"
+    # A temporary file a killed write left behind is removed; it never confuses the resumed run.
+    (out / ".checkpoint.pt.abandon1.tmp").write_bytes(b"half a checkpoint")
+    assert main([*args, "--out", str(out), "--resume"]) == 0, str(killer)
+    assert not list(out.glob(".*.tmp")), str(killer)
+    print(killer)
+
+
+def test_ssl_killed_at_random_moments_resumes_to_the_same_result(tmp_path, killer):
+    args = ["ssl", "--dataset", "digits", "--epochs", "6", "--steps-per-epoch", "6", "--batch-size", "8", "--mu", "2",
+            "--device", "cpu", "--seed", "1"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    code, seconds = run_to_end([*args, "--out", str(tmp_path / "timed")])
+    assert code == 0
+
+    _kill_training(killer, args, tmp_path / "cut", seconds, tmp_path / "whole")
+    resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert {k: resumed[k] for k in SSL_STABLE} == {k: whole[k] for k in SSL_STABLE}, str(killer)
+    assert _history(tmp_path / "cut") == _history(tmp_path / "whole"), str(killer)
+
+
+def test_zeroshot_killed_at_random_moments_resumes_to_the_same_result(images, slow_clip, tmp_path, killer):
+    def args(cache: str) -> list[str]:
+        return ["zeroshot", "--dataset", "imagefolder", "--data-root", str(images), "--model", slow_clip,
+                "--pretrained", "none", "--device", "cpu", "--templates", "simple", "--logit-scale", "100",
+                "--cache-dir", str(tmp_path / cache), "--workers", "0", "--threads", "1", "--views", "1",
+                "--select-threshold", "0.98", "--epochs", "4", "--steps-per-epoch", "10", "--batch-size", "2", "--mu", "2",
+                "--no-report"]  # fmt: skip
+
+    assert main([*args("cache"), "--out", str(tmp_path / "whole")]) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    code, seconds = run_to_end([*args("timed-cache"), "--out", str(tmp_path / "timed")])
+    assert code == 0
+
+    # The killed runs start with an empty cache: a kill can also land in the encoding.
+    _kill_training(killer, args("cut-cache"), tmp_path / "cut", seconds, tmp_path / "whole")
+    resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert {k: resumed[k] for k in ZEROSHOT_STABLE} == {k: whole[k] for k in ZEROSHOT_STABLE}, str(killer)
+    assert _history(tmp_path / "cut") == _history(tmp_path / "whole"), str(killer)
+    assert (tmp_path / "cut" / "pseudolabels.csv").read_bytes() == (tmp_path / "whole" / "pseudolabels.csv").read_bytes()
