@@ -647,7 +647,7 @@ def train(
                     bad_step = watch.first_bad()
                     if bad_step is not None or not np.isfinite(mean_loss):
                         where = f"epoch {epoch + 1}, step {bad_step or steps} of {config.steps_per_epoch}"
-                        raise _not_finite_error(f"the loss became {mean_loss:g} at {where}", done, run, runtime)
+                        raise _not_finite_error(f"the loss became NaN or infinite at {where}", done, run, runtime)
                     stats = counter.result(reduce=distributed.all_reduce_sum)
                     notify(StepProgress(epoch, steps, mean_loss, stats.mask_rate, stats.accuracy))
             if steps != config.steps_per_epoch:

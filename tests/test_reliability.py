@@ -8,6 +8,7 @@ files only. A loss that turns NaN must stop the run and keep the last good check
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -301,3 +302,83 @@ def test_zeroshot_killed_at_random_moments_resumes_to_the_same_result(images, sl
     assert {k: resumed[k] for k in ZEROSHOT_STABLE} == {k: whole[k] for k in ZEROSHOT_STABLE}, str(killer)
     assert _history(tmp_path / "cut") == _history(tmp_path / "whole"), str(killer)
     assert (tmp_path / "cut" / "pseudolabels.csv").read_bytes() == (tmp_path / "whole" / "pseudolabels.csv").read_bytes()
+
+
+# --- a loss that turns NaN ------------------------------------------------------------------------
+
+NAN_ARGS = ["ssl", "--dataset", "digits", "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2",
+            "--device", "cpu", "--seed", "2"]  # fmt: skip
+
+
+class _NaNGradient(torch.autograd.Function):
+    """The identity whose gradient is NaN: the loss stays finite, the weights do not."""
+
+    @staticmethod
+    def forward(ctx, loss):
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("nan") / "whole"
+    assert main([*NAN_ARGS, "--out", str(out)]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("poison", "step", "message"),
+    [
+        ("loss", 5, "the loss became NaN or infinite at epoch 2, step 2 of 3; training stopped and "),
+        ("gradient", 6, "the weights became NaN or infinite in epoch 2 while the loss was finite"),
+    ],
+)
+def test_a_nan_stops_the_run_keeps_the_last_good_checkpoint_and_resumes_from_it(
+    tmp_path, monkeypatch, capsys, uninterrupted, poison, step, message
+):
+    from clipdebias import train
+
+    real_step, calls = train.fixmatch_step, []
+
+    def poisoned_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) != step:
+            return out
+        loss = out.loss * float("nan") if poison == "loss" else _NaNGradient.apply(out.loss)
+        return dataclasses.replace(out, loss=loss)
+
+    monkeypatch.setattr(train, "fixmatch_step", poisoned_step)
+    out = tmp_path / "run"
+    assert main([*NAN_ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {message}") and "Traceback" not in err
+    assert f"{out / 'checkpoint.pt'} keeps epoch 1, the last good one" in last and "lower --lr" in last
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and len(_history(out)) == 1 and not (out / "metrics.json").exists()
+    for state in (checkpoint["model"], checkpoint["teacher"]):
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+    monkeypatch.undo()  # the cause removed, the run continues from the last good epoch
+    assert main([*NAN_ARGS, "--out", str(out), "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["resumed_from_epoch"] == 1
+    assert {k: resumed[k] for k in SSL_STABLE} == {k: uninterrupted[k] for k in SSL_STABLE}
+
+
+def test_a_nan_in_the_first_epoch_says_nothing_was_saved(tmp_path, monkeypatch, capsys):
+    from clipdebias import train
+
+    real_step = train.fixmatch_step
+    monkeypatch.setattr(
+        train, "fixmatch_step", lambda *a, **k: dataclasses.replace(out := real_step(*a, **k), loss=out.loss * float("inf"))
+    )
+    assert main([*NAN_ARGS, "--out", str(tmp_path / "run"), "--precision", "bf16"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: the loss became NaN or infinite at epoch 1, step 1 of 3")
+    assert "no epoch had finished, so no checkpoint was written" in last and "fp32" in last
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
