@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,16 @@ TIMESTAMPS = ("started", "finished", "last_run_s")  # the only meta.json fields 
 
 
 @pytest.fixture
-def killer() -> Killer:
-    return Killer.from_environment()
+def killer() -> Iterator[Killer]:
+    """The test's seeded killer; torch on one thread meanwhile, in the test and the forked children
+    alike (a forked child cannot use its parent's OpenMP threads, and the children's results are
+    compared with the test's own runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield Killer.from_environment()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
