@@ -268,7 +268,10 @@ def pseudo_label_files(table: pd.DataFrame, out: str | Path, sidecar: dict) -> l
     from clipdebias.atomic import bytes_writer, json_bytes
 
     out = Path(out).expanduser()
-    return [(out, lambda handle: table.to_csv(handle, index=False)), (out.with_suffix(".json"), bytes_writer(json_bytes(sidecar)))]
+    return [
+        (out, lambda handle: table.to_csv(handle, index=False)),
+        (out.with_suffix(".json"), bytes_writer(json_bytes(sidecar))),
+    ]
 
 
 def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> tuple[Path, Path]:
@@ -276,8 +279,8 @@ def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> 
     sidecar removed before the CSV is replaced: a kill never leaves a new CSV beside an old sidecar."""
     from clipdebias.atomic import atomic_write_group
 
-    csv, json = atomic_write_group(pseudo_label_files(table, out, sidecar))
-    return csv, json
+    csv, sidecar_path = atomic_write_group(pseudo_label_files(table, out, sidecar))
+    return csv, sidecar_path
 
 
 def reference_file_names(threshold: float) -> tuple[str, str]:

@@ -613,6 +613,8 @@ def train(
     checkpoint = distributed.on_main(run.load_checkpoint) if (resume and run is not None) else None
     if checkpoint is not None:
         done = _restore(checkpoint, config, model, teacher, prior, optimizer, scheduler, scaler)
+        if run is not None and main_process:  # a kill between the two writes leaves it an epoch behind
+            run.write_history(done.history)
     resumed_from = done.epoch if checkpoint is not None else None
     student = _forwards(model, teacher, device, runtime)
     notify(TrainStart(done.epoch, config.epochs, config.steps_per_epoch))

@@ -1,6 +1,7 @@
 """Atomic writes: complete files or nothing, usual permissions, no temporary files left behind (those
 of a killed writer are removed by the next write), groups of files that never mix two writes."""
 
+import contextlib
 import json
 import os
 import stat
@@ -70,13 +71,13 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write_and_live_o
             finally:
                 os._exit(1)
         writers.append(pid)
-    deadline = time.monotonic() + 30
-    while len(list(tmp_path.glob(".out.csv.*.tmp"))) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(writers[0], signal.SIGKILL)
-    os.waitpid(writers[0], 0)
     try:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob(".out.csv.*.tmp"))) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(writers[0], signal.SIGKILL)
+        os.waitpid(writers[0], 0)
         atomic_write_text(tmp_path / "other.csv", "x")  # another file's write leaves them alone
         assert len(list(tmp_path.glob(".out.csv.*.tmp"))) == 2
         atomic_write_text(target, "complete")
@@ -84,8 +85,10 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write_and_live_o
         (live,) = tmp_path.glob(".out.csv.*.tmp")  # the killed writer's is gone, the live one's kept
         assert live.read_bytes() == b"half a fi"
     finally:
-        os.kill(writers[1], signal.SIGKILL)
-        os.waitpid(writers[1], 0)
+        for pid in writers:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
     remove_abandoned_temporaries_in(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["other.csv", "out.csv"]
 

@@ -26,7 +26,7 @@ from interrupt import Killer, run_to_end
 KILLS = 3
 IMAGES = 48  # 3 classes
 WRITE_PAUSE_S = 0.02
-# A CLIP slow enough (64 px, 4 layers) that encoding 24 images takes a noticeable time to interrupt.
+# A CLIP slow enough (64 px, 4 layers) that encoding the images takes a noticeable time to interrupt.
 SLOW_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": 4, "width": 192, "patch_size": 8},
@@ -189,7 +189,8 @@ def test_pseudolabel_killed_at_random_moments_never_leaves_a_partial_or_mixed_ou
     while rounds < KILLS or (kills < 2 and rounds < 2 * KILLS):
         # Every other kill comes at any moment, the others while the files are being written (after
         # the first temporary file appeared), the moments that could mix two runs' files.
-        writing = lambda: any(cut.glob("**/.*.tmp"))  # noqa: E731
+        left = set(cut.glob("**/.*.tmp"))  # by an earlier kill
+        writing = lambda: bool(set(cut.glob("**/.*.tmp")) - left)  # noqa: E731
         whole_run = rounds % 2 == 0
         killed = killer.run_and_kill(
             args(cut, "0.4"), seconds if whole_run else 8 * WRITE_PAUSE_S, watch=every_file_is_complete,
@@ -229,7 +230,8 @@ def _history(out: Path) -> list[dict]:
 
 def _check_run_folder(out: Path, epochs: int) -> str:
     """What a killed training run may leave: complete files only, and a metrics.jsonl that is the
-    checkpoint's history (or one epoch behind it: the checkpoint is written first). Returns what it found."""
+    checkpoint's history or one epoch behind it (the checkpoint is written first, and a resumed run
+    rewrites metrics.jsonl from the checkpoint when it starts). Returns what it found."""
     if (out / "config.json").exists():
         json.loads((out / "config.json").read_text())
     for name in ("labeled_index.csv", "unlabeled_index.csv"):
@@ -290,6 +292,19 @@ def test_ssl_killed_at_random_moments_resumes_to_the_same_result(tmp_path, kille
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert {k: resumed[k] for k in SSL_STABLE} == {k: whole[k] for k in SSL_STABLE}, str(killer)
     assert _history(tmp_path / "cut") == _history(tmp_path / "whole"), str(killer)
+
+
+def test_a_resumed_run_rewrites_the_history_of_its_checkpoint_first(tmp_path):
+    """A kill between the checkpoint and metrics.jsonl leaves the history an epoch behind; the resumed
+    run puts it back before anything else (so kills in a row never leave it further behind)."""
+    args = ["ssl", "--dataset", "digits", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "4", "--mu", "2",
+            "--device", "cpu", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) == 2
+    (tmp_path / "run" / "metrics.jsonl").write_text(lines[0])
+    assert main([*args, "--resume"]) == 0  # nothing left to train, yet the history is whole again
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().splitlines(keepends=True) == lines
 
 
 def test_zeroshot_killed_at_random_moments_resumes_to_the_same_result(images, slow_clip, tmp_path, killer):
