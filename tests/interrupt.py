@@ -93,7 +93,8 @@ class Killer:
         counted from the start, or from the moment ``after()`` is first true (an observable point,
         e.g. "the first output file was written"). ``watch()`` is called over and over meanwhile (it
         asserts what must hold at every moment). Returns whether the child was killed (``False``: it
-        finished first, with exit code 0)."""
+        finished first, with exit code 0; :attr:`last_run_s` then says how long a whole run takes
+        now, a better ``latest_s`` for the next try)."""
         delay = self.rng.uniform(0.0, latest_s)
         began = time.monotonic()
         pid = start(args)
@@ -108,7 +109,9 @@ class Killer:
             if watch is not None:
                 watch()
             if time.monotonic() - began > timeout:
-                break
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError(f"clipdebias {' '.join(args)} neither ended nor reached its kill in {timeout} s")
             time.sleep(POLL_S)
         if status is None:
             os.kill(pid, signal.SIGKILL)
