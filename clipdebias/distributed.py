@@ -8,8 +8,8 @@ gloo on CPU) for the length of a command and destroys it afterwards. Without tor
 so library code calls them unconditionally:
 
 - :func:`rank`, :func:`world_size`, :func:`is_main_process` (rank 0 writes every file);
-- :func:`all_reduce_sum` (metrics, counts), :func:`average_buffers` (BatchNorm statistics),
-  :func:`barrier`;
+- :func:`all_reduce_sum` (metrics, counts), :func:`all_reduce_min` (the first step whose loss
+  was not finite), :func:`average_buffers` (BatchNorm statistics), :func:`barrier`;
 - :func:`on_main`: run a function on rank 0 only (read a checkpoint, check a run folder, finish a
   cache entry) and hand its value, or its :class:`UserError`, to every rank, so that all ranks go
   on, or stop with the same one-line error, together;
@@ -128,10 +128,19 @@ def _collective_device() -> torch.device:
 def all_reduce_sum(tensor: Tensor) -> Tensor:
     """The element-wise sum of ``tensor`` over all ranks (a new tensor on ``tensor``'s device);
     ``tensor`` itself when not distributed."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
+
+
+def all_reduce_min(tensor: Tensor) -> Tensor:
+    """The element-wise minimum of ``tensor`` over all ranks, like :func:`all_reduce_sum`."""
+    return _all_reduce(tensor, dist.ReduceOp.MIN)
+
+
+def _all_reduce(tensor: Tensor, op: Any) -> Tensor:
     if not is_distributed():
         return tensor
     work = tensor.detach().to(_collective_device(), copy=True)
-    dist.all_reduce(work)
+    dist.all_reduce(work, op=op)
     return work.to(tensor.device)
 
 

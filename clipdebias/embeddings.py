@@ -274,6 +274,23 @@ def _write_shard(
     atomic_write(file, lambda handle: handle.write(buffer.getbuffer()))
 
 
+class _ChunkBatches:
+    """The batches of dataset positions of ``chunks``, made one at a time (memory does not grow
+    with the number of images)."""
+
+    def __init__(self, chunks: list[tuple[int, int]], batch_size: int):
+        self.chunks = chunks
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start, stop in self.chunks:
+            for first in range(start, stop, self.batch_size):
+                yield list(range(first, min(first + self.batch_size, stop)))
+
+    def __len__(self) -> int:
+        return sum(-(-(stop - start) // self.batch_size) for start, stop in self.chunks)
+
+
 def _encode_chunks(
     source: ImageSource,
     encoder: ImageEncoder,
@@ -288,12 +305,9 @@ def _encode_chunks(
     import torch
     from torch.utils.data import DataLoader
 
-    batches = [
-        list(range(b, min(b + batch_size, stop))) for start, stop in todo for b in range(start, stop, batch_size)
-    ]
     loader = DataLoader(
         _Encodable(source, transform),
-        batch_sampler=batches,
+        batch_sampler=_ChunkBatches(todo, batch_size),
         num_workers=num_workers,
         collate_fn=_collate,
         pin_memory=str(getattr(encoder, "device", "cpu")).startswith("cuda"),

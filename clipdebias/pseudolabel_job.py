@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipdebias.atomic import atomic_write_group
 from clipdebias.backbone import BackboneConfig
 from clipdebias.config import check_finite
 from clipdebias.embeddings import DEFAULT_CHUNK_SIZE, EncodeResult
@@ -24,11 +25,11 @@ from clipdebias.pseudolabels import (
     PseudoLabelSummary,
     ZeroShotLogits,
     debiased_pseudo_labels,
+    pseudo_label_files,
     pseudo_label_sidecar,
     pseudo_label_table,
+    reference_format_files,
     summarize,
-    write_pseudo_labels,
-    write_reference_format,
 )
 
 if TYPE_CHECKING:
@@ -234,8 +235,11 @@ def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None)
         split=config.split,
         num_images=len(source),
     )
-    csv, sidecar_path = write_pseudo_labels(table, out, sidecar)
-    reference = write_reference_format(table, config.reference_dir, result.threshold) if config.reference_dir else None
+    files = pseudo_label_files(table, out, sidecar)
+    if config.reference_dir:
+        files += reference_format_files(table, config.reference_dir, result.threshold)
+    csv, sidecar_path, *pair = atomic_write_group(files)  # a kill never leaves files of two runs side by side
+    reference = (pair[0], pair[1]) if pair else None
     return PseudoLabelRun(
         csv,
         sidecar_path,

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from clipdebias.atomic import Writer
+
 DEFAULT_TAU = defaults.TAU
 DEFAULT_THRESHOLD = defaults.THRESHOLD
 DEFAULT_CHUNK_ROWS = defaults.CHUNK_ROWS
@@ -278,13 +280,25 @@ def pseudo_label_sidecar(
     }
 
 
-def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> tuple[Path, Path]:
-    """``out`` (the CSV) and ``out`` with ``.json`` (the sidecar), each written atomically."""
-    from clipdebias.atomic import atomic_write, atomic_write_json
+def pseudo_label_files(table: pd.DataFrame, out: str | Path, sidecar: dict) -> list[tuple[Path, Writer]]:
+    """The CSV ``out`` and its sidecar (``out`` with ``.json``), as ``(path, writer)`` pairs for
+    :func:`clipdebias.atomic.atomic_write_group`."""
+    from clipdebias.atomic import bytes_writer, json_bytes
 
     out = Path(out).expanduser()
-    atomic_write(out, lambda handle: table.to_csv(handle, index=False, errors="surrogateescape"))
-    return out, atomic_write_json(out.with_suffix(".json"), sidecar)
+    return [
+        (out, lambda handle: table.to_csv(handle, index=False, errors="surrogateescape")),
+        (out.with_suffix(".json"), bytes_writer(json_bytes(sidecar))),
+    ]
+
+
+def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> tuple[Path, Path]:
+    """``out`` (the CSV) and ``out`` with ``.json`` (the sidecar), each written atomically, the
+    sidecar removed before the CSV is replaced: a kill never leaves a new CSV beside an old sidecar."""
+    from clipdebias.atomic import atomic_write_group
+
+    csv, sidecar_path = atomic_write_group(pseudo_label_files(table, out, sidecar))
+    return csv, sidecar_path
 
 
 def reference_file_names(threshold: float) -> tuple[str, str]:
@@ -294,13 +308,12 @@ def reference_file_names(threshold: float) -> tuple[str, str]:
     )
 
 
-def write_reference_format(table: pd.DataFrame, directory: str | Path, threshold: float) -> tuple[Path, Path]:
-    """The two CSVs the reference code reads (``--trainindex_x`` / ``--trainindex_u``):
-    ``Index,PseudoLabel`` for the selected rows and ``Index,PseudoLabel,Probs`` (the debiased
-    confidence) for the others. ``Index`` is the dataset position."""
+def reference_format_files(table: pd.DataFrame, directory: str | Path, threshold: float) -> list[tuple[Path, Writer]]:
+    """The two CSVs the reference code reads (``--trainindex_x`` / ``--trainindex_u``), as
+    ``(path, writer)`` pairs: ``Index,PseudoLabel`` for the selected rows and
+    ``Index,PseudoLabel,Probs`` (the debiased confidence) for the others. ``Index`` is the dataset
+    position."""
     import pandas as pd
-
-    from clipdebias.atomic import atomic_write
 
     directory = Path(directory).expanduser()
     selected_name, unselected_name = reference_file_names(threshold)
@@ -313,7 +326,15 @@ def write_reference_format(table: pd.DataFrame, directory: str | Path, threshold
             "Probs": table["confidence"][~chosen],
         }
     )
-    paths = directory / selected_name, directory / unselected_name
-    atomic_write(paths[0], lambda handle: selected.to_csv(handle, index=False, errors="surrogateescape"))
-    atomic_write(paths[1], lambda handle: rest.to_csv(handle, index=False, errors="surrogateescape"))
-    return paths
+    return [
+        (directory / selected_name, lambda handle: selected.to_csv(handle, index=False, errors="surrogateescape")),
+        (directory / unselected_name, lambda handle: rest.to_csv(handle, index=False, errors="surrogateescape")),
+    ]
+
+
+def write_reference_format(table: pd.DataFrame, directory: str | Path, threshold: float) -> tuple[Path, Path]:
+    """:func:`reference_format_files` written atomically, as a pair (see :func:`clipdebias.atomic.atomic_write_group`)."""
+    from clipdebias.atomic import atomic_write_group
+
+    selected, rest = atomic_write_group(reference_format_files(table, directory, threshold))
+    return selected, rest

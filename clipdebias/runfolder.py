@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipdebias.atomic import atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text
+from clipdebias.atomic import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    remove_abandoned_temporaries_in,
+)
 from clipdebias.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,6 +50,11 @@ class RunFolder:
     def has_run(self) -> bool:
         """True when the folder already holds a run (its config or a checkpoint)."""
         return self.file(CONFIG).is_file() or self.file(CHECKPOINT).is_file()
+
+    def remove_abandoned_temporaries(self) -> None:
+        """Remove the temporary files a killed run left in the folder (see :mod:`clipdebias.atomic`)."""
+        if self.writes and self.path.is_dir():
+            remove_abandoned_temporaries_in(self.path)
 
     def read_config(self) -> dict[str, Any] | None:
         if not self.file(CONFIG).is_file():

@@ -363,6 +363,7 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
 
     def start_run_folder() -> None:
         _check_resume(run, config, train_split.classes)
+        run.remove_abandoned_temporaries()
         run.write_config(_config_json(config, train_split.classes))
         for name, rows in ((LABELED_INDEX, labeled), (UNLABELED_INDEX, unlabeled)):
             run.write_index(name, [(int(i), train_split.path(int(i)), int(train_split.labels[i])) for i in rows])

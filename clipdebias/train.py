@@ -18,12 +18,21 @@ appended to the history (``metrics.jsonl``) and a checkpoint is written; a run r
 checkpoint continues exactly as if it had not stopped (the batch streams are keyed by epoch and
 the RNG states, optimizer, schedule, EMA teacher and class prior are all restored).
 
+A loss that is not finite (NaN, inf) stops the run with a :class:`UserError` naming the epoch and
+the first such step. Every step's loss is checked on the device (no host synchronisation per
+step); the flag is read at the next progress report (every ``log_every`` steps, and always at the
+last step of an epoch). Before an epoch's checkpoint is written, the student, the EMA teacher and
+the prior are also checked for non-finite values (gradients can overflow while the loss is still
+finite). So nothing computed after a non-finite step is ever saved: the checkpoint on disk stays
+the last epoch that was entirely finite. The steps between the bad one and the check do run (their
+weights are discarded with the process).
+
 Under ``torchrun`` (an initialised process group, :mod:`clipdebias.distributed`) the student is
 wrapped in ``DistributedDataParallel`` and every rank trains on its own part of each global batch
 (the batch streams shard themselves). What is synchronised: gradients (DDP), BatchNorm running
 statistics (averaged after every step, or ``SyncBatchNorm`` with ``Runtime.sync_batchnorm``), the
 class prior's batch statistics (:class:`ClassPrior`), the loss sums and pseudo-label counts that are
-logged (so every rank sees the same numbers and stops together on a NaN loss) and the evaluation
+logged and the first non-finite step (so every rank stops together on a NaN loss) and the evaluation
 counts. So every rank holds the same student, EMA teacher and prior. Only rank 0 reports progress
 and writes the checkpoint; the checkpoint holds plain (unwrapped) state dicts and no world size, so
 it resumes with any number of processes. :class:`Runtime` chooses autocast precision, the memory
@@ -50,7 +59,7 @@ from clipdebias.defaults import PRECISIONS
 from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
 from clipdebias.errors import UserError
 from clipdebias.metrics import EvalResult, PseudoLabelCounter, PseudoLabelStats, entropy
-from clipdebias.runfolder import RunFolder
+from clipdebias.runfolder import CHECKPOINT, RunFolder
 
 CHECKPOINT_FORMAT = 1
 # Steps between two progress reports (and the host syncs they cost on a GPU).
@@ -469,6 +478,41 @@ def _epoch_record(
     }
 
 
+class _LossWatch:
+    """The first step of an epoch whose loss was not finite, kept on the device: :meth:`add` costs
+    no host synchronisation; :meth:`first_bad` (one all-reduce over the ranks) is read at log steps."""
+
+    def __init__(self, steps_per_epoch: int, device: torch.device):
+        self.none = steps_per_epoch + 1
+        self.first = torch.full((), self.none, dtype=torch.long, device=device)
+
+    def add(self, loss: Tensor, step: int) -> None:
+        """``step``: the 1-based number of the step in its epoch."""
+        self.first = torch.where(torch.isfinite(loss.detach()), self.first, self.first.clamp(max=step))
+
+    def first_bad(self) -> int | None:
+        value = int(distributed.all_reduce_min(self.first).item())
+        return None if value == self.none else value
+
+
+def _all_finite(states: list[dict[str, Any]], device: torch.device) -> bool:
+    """Whether every floating-point tensor of ``states`` is finite, on every rank."""
+    tensors = [t for state in states for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
+    flags = [torch.isfinite(t).all().to(device) for t in tensors]
+    finite = torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=device)
+    return distributed.all_reduce_sum((~finite).to(torch.float32).reshape(1)).item() == 0
+
+
+def _not_finite_error(problem: str, done: _Progress, run: RunFolder | None, runtime: Runtime) -> UserError:
+    """The one-line error of a run stopped by a non-finite loss or weights; says what was kept."""
+    if run is not None and done.epoch > 0:
+        kept = f"{run.file(CHECKPOINT)} keeps epoch {done.epoch}, the last good one (--resume continues from it)"
+    else:
+        kept = "no epoch had finished, so no checkpoint was written"
+    precision = " or train in fp32 (without mixed precision)" if runtime.precision != "fp32" else ""
+    return UserError(f"{problem}; training stopped and {kept}; lower --lr (in a new run){precision}")
+
+
 def _global_sums(sums: Tensor) -> Tensor:
     """Loss sums averaged over the ranks (each rank's loss is already a mean over its rows), image
     counts summed."""
@@ -569,6 +613,8 @@ def train(
     checkpoint = distributed.on_main(run.load_checkpoint) if (resume and run is not None) else None
     if checkpoint is not None:
         done = _restore(checkpoint, config, model, teacher, prior, optimizer, scheduler, scaler)
+        if run is not None and main_process:  # a kill between the two writes leaves it an epoch behind
+            run.write_history(done.history)
     resumed_from = done.epoch if checkpoint is not None else None
     student = _forwards(model, teacher, device, runtime)
     notify(TrainStart(done.epoch, config.epochs, config.steps_per_epoch))
@@ -579,6 +625,7 @@ def train(
             model.train()
             counter = PseudoLabelCounter(config.num_classes, device)
             sums = torch.zeros(4, device=device)  # loss, loss_x, loss_u, images
+            watch = _LossWatch(config.steps_per_epoch, device)
             steps = 0
             batches = zip(labeled.batches(epoch, config.steps_per_epoch), unlabeled.batches(epoch, config.steps_per_epoch))
             for lab, unl in batches:
@@ -595,16 +642,23 @@ def train(
                 images = lab.inputs.new_tensor(lab.inputs.shape[0] + unl.indices.shape[0], dtype=torch.float32)
                 sums += torch.stack([out.loss.detach().float(), out.loss_x.float(), out.loss_u.float(), images])
                 steps += 1
+                watch.add(out.loss, steps)
                 if steps % config.log_every == 0 or steps == config.steps_per_epoch:
                     epoch_sums = _global_sums(sums)
                     mean_loss = epoch_sums[0].item() / steps
-                    if not np.isfinite(mean_loss):
-                        raise UserError(f"the loss became {mean_loss} in epoch {epoch + 1}; lower --lr")
+                    bad_step = watch.first_bad()
+                    if bad_step is not None or not np.isfinite(mean_loss):
+                        where = f"epoch {epoch + 1}, step {bad_step or steps} of {config.steps_per_epoch}"
+                        raise _not_finite_error(f"the loss became NaN or infinite at {where}", done, run, runtime)
                     stats = counter.result(reduce=distributed.all_reduce_sum)
                     notify(StepProgress(epoch, steps, mean_loss, stats.mask_rate, stats.accuracy))
             if steps != config.steps_per_epoch:
                 raise RuntimeError(f"the batch streams gave {steps} batches, expected {config.steps_per_epoch}")
             stepped = time.perf_counter() - started
+            states = [model.state_dict(), teacher.state_dict(), prior.state_dict() if prior is not None else {}]
+            if not _all_finite(states, device):
+                problem = f"the weights became NaN or infinite in epoch {epoch + 1} while the loss was finite"
+                raise _not_finite_error(f"{problem} (exploding gradients)", done, run, runtime)
             with torch.no_grad(), runtime.autocast(device):
                 result = evaluate(teacher.module.eval())
             done.epoch, done.step = epoch + 1, done.step + steps

@@ -447,6 +447,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     classes = list(prompts.classnames)
     run = RunFolder(config.out)
     check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
+    run.remove_abandoned_temporaries()
     if backbone.random_weights:
         progress.note(
             "--pretrained none: the model has RANDOM weights; pseudo-labels and zero-shot numbers are meaningless (for tests only)",
