@@ -29,6 +29,8 @@ from clipdebias.weights import LOCAL_DIR_PREFIX, Weights, file_sha256, resolve_w
 if TYPE_CHECKING:
     import torch
 
+    from clipdebias.progress import Progress
+
 # Random weights (--pretrained none) are drawn with this seed, so that they are the same every run.
 RANDOM_WEIGHTS_SEED = 0
 _REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
@@ -134,6 +136,15 @@ class Backbone:
     @property
     def random_weights(self) -> bool:
         return self.weights.random
+
+    def warn_if_random(self, progress: Progress, meaningless: str) -> None:
+        """Tell the user, as a warning on ``progress``, that ``meaningless`` (what the command
+        makes) means nothing when the model has random weights (``--pretrained none``)."""
+        if self.random_weights:
+            progress.note(
+                f"--pretrained none: the model has RANDOM weights; {meaningless} meaningless (for tests only)",
+                warning=True,
+            )
 
     @property
     def embed_dim(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Any
 from dataclasses import dataclass
 
 from clipdebias.errors import UserError
@@ -77,3 +78,31 @@ def check_finite(config: object) -> None:
 def check_seed(seed: int) -> None:
     if not 0 <= seed < SEED_LIMIT:
         raise UserError(f"--seed must be in [0, 2**63), got {seed}")
+
+
+def check_training_ranges(config: Any) -> None:
+    """Raise :class:`UserError` for the first training option of ``config`` (an ``ssl`` or
+    ``zeroshot`` config: the fields both share) that is out of range, after
+    :func:`check_finite` and :func:`check_seed`."""
+    c = config
+    check_finite(c)
+    check_seed(c.seed)
+    checks = [
+        (c.tau >= 0, "--tau must be >= 0"),
+        (0.0 <= c.threshold <= 1.0, "--threshold must be in [0, 1]"),
+        (0.0 <= c.clip_fallback <= 1.0, "--clip-fallback must be in [0, 1]"),
+        (0.0 <= c.prior_momentum < 1.0, "--prior-momentum must be in [0, 1)"),
+        (0.0 <= c.ema_momentum < 1.0, "--ema-momentum must be in [0, 1)"),
+        (c.lambda_u >= 0, "--lambda-u must be >= 0"),
+        (c.mu >= 1, "--mu must be >= 1"),
+        (c.batch_size >= 1, "--batch-size must be >= 1"),
+        (c.epochs >= 1, "--epochs must be >= 1"),
+        (c.steps_per_epoch is None or c.steps_per_epoch >= 1, "--steps-per-epoch must be >= 1"),
+        (c.lr > 0, "--lr must be > 0"),
+        (c.weight_decay >= 0, "--weight-decay must be >= 0"),
+        (0 <= c.warmup_epochs <= c.epochs, "--warmup-epochs must be in [0, --epochs]"),
+        (c.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)

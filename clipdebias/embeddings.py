@@ -680,11 +680,7 @@ def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[Encode
     root = prepare_cache_dir(config.cache_dir)
     backbone = load_backbone(config.backbone, digest_dir=root)  # first: missing weights fail before a long folder scan
     source = open_dataset(config.dataset, config.split, config.data_root)
-    if backbone.random_weights:
-        progress.note(
-            "--pretrained none: the model has RANDOM weights; its embeddings and labels are meaningless (for tests only)",
-            warning=True,
-        )
+    backbone.warn_if_random(progress, "its embeddings and labels are")
     result = cached_embeddings(
         source,
         backbone,

@@ -20,7 +20,7 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def imbalance_ratio(counts: np.ndarray) -> float:
     """Largest class count / smallest, the smallest floored at 1 (docs/formats.md); nan if all are 0."""
     counts = np.asarray(counts, dtype=np.float64)
-    if counts.size == 0 or counts.sum() <= 0:
+    if counts.size == 0 or counts.max() <= 0:
         return math.nan
     return float(counts.max() / max(counts.min(), 1.0))
 

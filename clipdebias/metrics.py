@@ -5,23 +5,30 @@ Accuracies are percent (0-100), rates are fractions (0-1), as in docs/formats.md
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 
-def imbalance_ratio(counts: list[int] | Tensor) -> float:
-    """Largest class count / smallest class count, the smallest floored at 1.
+def imbalance_ratio(counts: Iterable[int] | Tensor) -> float:
+    """Largest class count / smallest class count, the smallest floored at 1
+    (:func:`clipdebias.labelstats.imbalance_ratio`), and 0.0 when every count is 0 (no confident
+    pseudo-label), so that ``metrics.json`` always holds a number.
 
     A class that never appears counts as 1, so the ratio stays finite and still grows with the
     largest class (``[50, 0, 10] -> 50.0``).
     """
-    values = [int(c) for c in (counts.tolist() if isinstance(counts, Tensor) else counts)]
-    if not values:
+    from clipdebias.labelstats import imbalance_ratio as ratio
+
+    values = np.asarray(counts.tolist() if isinstance(counts, Tensor) else list(counts), dtype=np.int64)
+    if values.size == 0:
         raise ValueError("imbalance_ratio needs at least one class count")
-    return max(values) / max(min(values), 1)
+    value = ratio(values)
+    return 0.0 if math.isnan(value) else value
 
 
 def topk_correct(logits: Tensor, targets: Tensor, k: int) -> Tensor:

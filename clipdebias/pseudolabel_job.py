@@ -153,11 +153,7 @@ def _clip_logits(
 
     prompts = load_prompts(config.dataset, source.classes, config.classnames, config.templates)
     root = resolve_cache_dir(config.cache_dir)
-    if backbone.random_weights:
-        progress.note(
-            "--pretrained none: the model has RANDOM weights; these pseudo-labels are meaningless (for tests only)",
-            warning=True,
-        )
+    backbone.warn_if_random(progress, "these pseudo-labels are")
     encoded = cached_embeddings(
         source,
         backbone,

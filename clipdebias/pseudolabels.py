@@ -23,6 +23,7 @@ import numpy as np
 
 from clipdebias import defaults
 from clipdebias.errors import UserError
+from clipdebias.labelstats import imbalance_ratio
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -195,11 +196,6 @@ def pseudo_label_table(
         },
         columns=list(CSV_COLUMNS),
     )
-
-
-def imbalance_ratio(counts: np.ndarray) -> float:
-    """Largest class count over smallest, the smallest floored at 1 (docs/formats.md)."""
-    return float(counts.max()) / max(float(counts.min()), 1.0)
 
 
 @dataclass(frozen=True)

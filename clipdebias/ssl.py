@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clipdebias import __version__
-from clipdebias.config import check_finite, check_seed, parse_label_budget
+from clipdebias.config import check_training_ranges, parse_label_budget
 from clipdebias.data import DATASETS, ImageSource, open_dataset
 from clipdebias.defaults import PRECISIONS, PREFETCH_FACTOR
 from clipdebias.errors import UserError
@@ -139,8 +139,6 @@ MAX_AUTO_WORKERS = 8
 def default_workers() -> int:
     """The CPU cores this process may use (all, or its share of the node under torchrun), less one
     for the training process itself, at most :data:`MAX_AUTO_WORKERS`."""
-    import os
-
     from clipdebias.distributed import launch_info
 
     cores = (os.cpu_count() or 1) // max(1, launch_info().local_world_size)
@@ -182,27 +180,12 @@ def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig
 
 
 def _check_ranges(c: SSLConfig) -> None:
-    check_finite(c)
-    check_seed(c.seed)
+    check_training_ranges(c)
     parse_label_budget(c.labels)
     checks = [
-        (c.tau >= 0 and math.isfinite(c.tau), "--tau must be >= 0"),
-        (0.0 <= c.threshold <= 1.0, "--threshold must be in [0, 1]"),
-        (0.0 <= c.prior_momentum < 1.0, "--prior-momentum must be in [0, 1)"),
-        (0.0 <= c.ema_momentum < 1.0, "--ema-momentum must be in [0, 1)"),
-        (c.lambda_u >= 0, "--lambda-u must be >= 0"),
-        (c.mu >= 1, "--mu must be >= 1"),
-        (c.batch_size >= 1, "--batch-size must be >= 1"),
-        (c.epochs >= 1, "--epochs must be >= 1"),
-        (c.steps_per_epoch is None or c.steps_per_epoch >= 1, "--steps-per-epoch must be >= 1"),
-        (c.lr > 0, "--lr must be > 0"),
-        (c.weight_decay >= 0, "--weight-decay must be >= 0"),
-        (0 <= c.warmup_epochs <= c.epochs, "--warmup-epochs must be in [0, --epochs]"),
         (c.image_size >= 8, "--image-size must be >= 8"),
         (0.0 <= c.holdout < 1.0, "--holdout must be in [0, 1)"),
-        (0.0 <= c.clip_fallback <= 1.0, "--clip-fallback must be in [0, 1]"),
         (c.workers >= 0, "--workers must be >= 0"),
-        (c.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
         (c.prefetch_factor >= 1, "--prefetch-factor must be >= 1"),
         (c.precision in PRECISIONS, f"unknown --precision {c.precision!r}; choose one of: {', '.join(PRECISIONS)}"),
     ]

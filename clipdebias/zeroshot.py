@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdebias import __version__, defaults
-from clipdebias.config import check_finite, check_seed
+from clipdebias.config import check_training_ranges
 from clipdebias.data import DATASETS
 from clipdebias.errors import UserError
 from clipdebias.progress import NoProgress, Progress
@@ -210,24 +210,10 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
 
 
 def _check_ranges(c: ZeroShotConfig) -> None:
-    check_finite(c)
-    check_seed(c.seed)
+    check_training_ranges(c)
     checks = [
-        (c.tau >= 0 and math.isfinite(c.tau), "--tau must be >= 0"),
         (0.0 <= c.select_threshold <= 1.0, "--select-threshold must be in [0, 1]"),
         (c.select_topk_per_class is None or c.select_topk_per_class >= 1, "--select-topk-per-class must be >= 1"),
-        (0.0 <= c.clip_fallback <= 1.0, "--clip-fallback must be in [0, 1]"),
-        (0.0 <= c.threshold <= 1.0, "--threshold must be in [0, 1]"),
-        (0.0 <= c.prior_momentum < 1.0, "--prior-momentum must be in [0, 1)"),
-        (0.0 <= c.ema_momentum < 1.0, "--ema-momentum must be in [0, 1)"),
-        (c.lambda_u >= 0, "--lambda-u must be >= 0"),
-        (c.mu >= 1, "--mu must be >= 1"),
-        (c.batch_size >= 1, "--batch-size must be >= 1"),
-        (c.epochs >= 1, "--epochs must be >= 1"),
-        (c.steps_per_epoch is None or c.steps_per_epoch >= 1, "--steps-per-epoch must be >= 1"),
-        (c.lr > 0, "--lr must be > 0"),
-        (c.weight_decay >= 0, "--weight-decay must be >= 0"),
-        (0 <= c.warmup_epochs <= c.epochs, "--warmup-epochs must be in [0, --epochs]"),
         (c.views >= 0, "--views must be >= 0"),
         (0.0 <= c.feature_dropout < 1.0, "--feature-dropout must be in [0, 1)"),
         (c.feature_noise >= 0, "--feature-noise must be >= 0"),
@@ -236,7 +222,6 @@ def _check_ranges(c: ZeroShotConfig) -> None:
         (c.workers is None or c.workers >= 0, "--workers must be >= 0"),
         (c.threads is None or c.threads >= 1, "--threads must be >= 1"),
         (c.encode_batch_size >= 1, "--encode-batch-size must be >= 1"),
-        (c.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -448,11 +433,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     run = RunFolder(config.out)
     check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
     run.remove_abandoned_temporaries()
-    if backbone.random_weights:
-        progress.note(
-            "--pretrained none: the model has RANDOM weights; pseudo-labels and zero-shot numbers are meaningless (for tests only)",
-            warning=True,
-        )
+    backbone.warn_if_random(progress, "pseudo-labels and zero-shot numbers are")
 
     classifier = text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress)
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale

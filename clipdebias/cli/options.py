@@ -48,3 +48,21 @@ CacheDir = Annotated[
 ChunkSize = Annotated[
     int, typer.Option("--chunk-size", min=1, help="Images per cache shard: the most a killed run has to redo.")
 ]
+Classnames = Annotated[
+    Optional[str],
+    typer.Option(
+        "--classnames",
+        help="File with one class name per line, in label order [default: shipped names, else folder names].",
+    ),
+]
+Templates = Annotated[
+    Optional[str],
+    typer.Option(
+        "--templates",
+        help="Prompt templates: a file (one per line, with {}), openai (80) or simple [default: the dataset's shipped templates, else openai].",
+    ),
+]
+LogitScale = Annotated[
+    Optional[float],
+    typer.Option("--logit-scale", help="Multiplies the cosine similarities [default: the model's, 100 for OpenAI CLIP]."),
+]

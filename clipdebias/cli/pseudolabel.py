@@ -11,13 +11,10 @@ from typer import Option
 
 from clipdebias import defaults
 from clipdebias.cli import options
+from clipdebias.cli.render import percent
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}%"
 
 
 def _extreme(counts: np.ndarray, classes: list[str], largest: bool) -> str:
@@ -33,20 +30,8 @@ def pseudolabel_command(
     model: options.Model = "ViT-B-32",
     pretrained: options.Pretrained = "openai",
     quick_gelu: options.QuickGelu = None,
-    classnames: Annotated[
-        Optional[str],
-        Option(
-            "--classnames",
-            help="File with one class name per line, in label order [default: shipped names, else folder names].",
-        ),
-    ] = None,
-    templates: Annotated[
-        Optional[str],
-        Option(
-            "--templates",
-            help="Prompt templates: a file (one per line, with {}), openai (80) or simple [default: the dataset's shipped templates, else openai].",
-        ),
-    ] = None,
+    classnames: options.Classnames = None,
+    templates: options.Templates = None,
     tau: Annotated[
         float, Option("--tau", min=0.0, help="Debiasing strength; 0 gives plain zero-shot labels.")
     ] = defaults.TAU,
@@ -54,10 +39,7 @@ def pseudolabel_command(
         float,
         Option("--threshold", min=0.0, max=1.0, help="Rows whose debiased confidence reaches this are 'selected'."),
     ] = defaults.THRESHOLD,
-    logit_scale: Annotated[
-        Optional[float],
-        Option("--logit-scale", help="Multiplies the cosine similarities [default: the model's, 100 for OpenAI CLIP]."),
-    ] = None,
+    logit_scale: options.LogitScale = None,
     logits: Annotated[
         Optional[str],
         Option("--logits", help="Use a teacher's [N, C] logits (.npy, rows in dataset order) instead of CLIP."),
@@ -83,7 +65,7 @@ def pseudolabel_command(
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.report import try_write_report
     from clipdebias.pseudolabel_job import PseudoLabelConfig, run_pseudolabel
-    from clipdebias.pseudolabels import imbalance_ratio
+    from clipdebias.labelstats import imbalance_ratio
 
     config = PseudoLabelConfig(
         dataset=dataset,
@@ -130,7 +112,7 @@ def pseudolabel_command(
     table.add_column(f"debiased (tau {run.tau:g})", justify="right")
     if summary.zeroshot_top1 is not None:
         table.add_row(
-            "top-1 vs ground truth", _percent(summary.zeroshot_top1), _percent(summary.zeroshot_debiased_top1)
+            "top-1 vs ground truth", percent(summary.zeroshot_top1), percent(summary.zeroshot_debiased_top1)
         )
     table.add_row(
         "largest class", _extreme(summary.raw_counts, run.classes, True), _extreme(summary.counts, run.classes, True)

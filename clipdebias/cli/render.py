@@ -52,6 +52,11 @@ def print_report_outcome(console: Console, source: Path | str, report: Any, erro
         )
 
 
+def percent(value: float | None) -> str:
+    """A percentage for a summary table; ``-`` where there is none."""
+    return "-" if value is None else f"{value:.2f}%"
+
+
 def skipped_text(count: int) -> str:
     """The summary-table value for the unreadable images a run skipped."""
     from clipdebias.runfolder import SKIPPED_IMAGES

@@ -7,63 +7,12 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from clipdebias.cli.render import skipped_text
+from clipdebias.cli.render import percent, skipped_text
+from clipdebias.cli.train_view import TrainProgressView
 
 _DEFAULT = "default: the dataset's, see docs/usage.md"
-
-
-class _ProgressView:
-    """Renders the loop's progress events as one rich progress bar over all steps."""
-
-    def __init__(self, console: Console):
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self.task: Any = None
-        self.steps_per_epoch = 0
-        self.epochs = 0
-        self.top1 = ""
-
-    def __enter__(self) -> "_ProgressView":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.task is not None:  # the bar is only shown once training starts
-            self.progress.__exit__(*exc)
-
-    def __call__(self, event: Any) -> None:
-        from clipdebias.train import EpochEnd, StepProgress, TrainStart
-
-        if isinstance(event, TrainStart):
-            self.progress.__enter__()
-            self.steps_per_epoch, self.epochs = event.steps_per_epoch, event.epochs
-            done = event.start_epoch * event.steps_per_epoch
-            if event.start_epoch:
-                self.progress.console.print(f"resuming after epoch {event.start_epoch} of {event.epochs}")
-            self.task = self.progress.add_task(
-                f"epoch {min(event.start_epoch + 1, event.epochs)}/{event.epochs}",
-                total=event.epochs * event.steps_per_epoch, completed=done, stats="",
-            )
-        elif isinstance(event, StepProgress):
-            accuracy = "" if event.pseudo_label_accuracy is None else f" pl-acc {event.pseudo_label_accuracy:5.1f}%"
-            self.progress.update(
-                self.task,
-                description=f"epoch {event.epoch + 1}/{self.epochs}",
-                completed=event.epoch * self.steps_per_epoch + event.step,
-                stats=f"loss {event.loss:.3f} mask {event.mask_rate:.2f}{accuracy}{self.top1}",
-            )
-        elif isinstance(event, EpochEnd):
-            self.top1 = f" top1 {event.record['top1']:5.1f}%"
 
 
 def _speed(metrics: dict[str, Any]) -> str:
@@ -82,11 +31,11 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
     rows = [
         ("labeled / unlabeled images", f"{metrics['labeled_images']} / {metrics['unlabeled_images']}"),
         ("unreadable images (skipped)", skipped_text(metrics.get("skipped_images", 0))),
-        (f"top-1 ({metrics['eval_split']}, {metrics['eval_images']} images)", f"{metrics['top1']:.2f}%"),
-        ("top-5", f"{metrics['top5']:.2f}%"),
-        ("worst class top-1", f"{min(known):.2f}%" if known else "-"),
+        (f"top-1 ({metrics['eval_split']}, {metrics['eval_images']} images)", percent(metrics["top1"])),
+        ("top-5", percent(metrics["top5"])),
+        ("worst class top-1", percent(min(known) if known else None)),
         ("pseudo-labels: mask rate", f"{pl['mask_rate']:.3f}"),
-        ("pseudo-labels: accuracy", "-" if pl["accuracy"] is None else f"{pl['accuracy']:.2f}%"),
+        ("pseudo-labels: accuracy", percent(pl["accuracy"])),
         ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
         ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
         ("training time", f"{metrics['elapsed_s']:.1f} s"),
@@ -148,7 +97,7 @@ def ssl_command(
         device=device, workers=workers, resume=resume, prefetch_factor=prefetch_factor, precision=precision,
         compile=torch_compile, sync_bn=sync_bn,
     )
-    with _ProgressView(Console(stderr=True)) as view:
+    with TrainProgressView(Console(stderr=True)) as view:
         metrics = run_ssl(config, progress=view)
     if is_main_process():  # under torchrun every rank returns the same metrics; rank 0 shows them
         console = Console()

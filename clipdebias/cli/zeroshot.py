@@ -11,13 +11,9 @@ from rich.table import Table
 from typer import Option
 
 from clipdebias.cli import options
-from clipdebias.cli.render import skipped_text
+from clipdebias.cli.render import percent, skipped_text
 
 _DEFAULT = "default: the student's, see docs/usage.md"
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}%"
 
 
 def _summary(metrics: dict[str, Any], out: str) -> Table:
@@ -31,16 +27,16 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
     known = [v for v in metrics["per_class_top1"] if v is not None]
     split = f"{metrics['eval_split']}, {metrics['eval_images']} images"
     rows = [
-        (f"CLIP zero-shot top-1 ({split})", _percent(metrics["zeroshot_top1"])),
-        ("CLIP zero-shot top-1, debiased", _percent(metrics["zeroshot_debiased_top1"])),
-        ("student top-1", _percent(metrics["student_top1"])),
-        ("student top-5", _percent(metrics["top5"])),
-        ("student worst class top-1", _percent(min(known)) if known else "-"),
+        (f"CLIP zero-shot top-1 ({split})", percent(metrics["zeroshot_top1"])),
+        ("CLIP zero-shot top-1, debiased", percent(metrics["zeroshot_debiased_top1"])),
+        ("student top-1", percent(metrics["student_top1"])),
+        ("student top-5", percent(metrics["top5"])),
+        ("student worst class top-1", percent(min(known)) if known else "-"),
         ("confident / unlabeled train images", f"{metrics['labeled_images']:,} / {metrics['unlabeled_images']:,}"),
         ("unreadable images (skipped)", skipped_text(metrics.get("skipped_images", 0))),
-        ("CLIP labels correct on the confident set", _percent(train_pl["confident_top1"])),
+        ("CLIP labels correct on the confident set", percent(train_pl["confident_top1"])),
         ("pseudo-labels: mask rate (last epoch)", f"{pl['mask_rate']:.3f}"),
-        ("pseudo-labels: accuracy", _percent(pl["accuracy"])),
+        ("pseudo-labels: accuracy", percent(pl["accuracy"])),
         ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
         ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
         ("training time", f"{metrics['elapsed_s']:.1f} s"),
@@ -60,24 +56,9 @@ def zeroshot_command(
     model: options.Model = "ViT-B-32",
     pretrained: options.Pretrained = "openai",
     quick_gelu: options.QuickGelu = None,
-    classnames: Annotated[
-        Optional[str],
-        Option(
-            "--classnames",
-            help="File with one class name per line, in label order (default: shipped names, else folder names).",
-        ),
-    ] = None,
-    templates: Annotated[
-        Optional[str],
-        Option(
-            "--templates",
-            help="Prompt templates: a file, openai (80) or simple (default: the dataset's shipped templates, else openai).",
-        ),
-    ] = None,
-    logit_scale: Annotated[
-        Optional[float],
-        Option("--logit-scale", help="Multiplies the cosine similarities (default: the model's, 100 for OpenAI CLIP)."),
-    ] = None,
+    classnames: options.Classnames = None,
+    templates: options.Templates = None,
+    logit_scale: options.LogitScale = None,
     student: Annotated[
         Optional[str],
         Option(
@@ -209,7 +190,7 @@ def zeroshot_command(
 ) -> None:
     from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
-    from clipdebias.cli.ssl import _ProgressView
+    from clipdebias.cli.train_view import TrainProgressView
     from clipdebias.train import TrainStart
     from clipdebias.zeroshot import resolve_zeroshot_config, run_zeroshot
 
@@ -225,7 +206,7 @@ def zeroshot_command(
         encode_batch_size=encode_batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir, report=report, resume=resume,
     )  # fmt: skip
     errors = Console(stderr=True)
-    with RichProgress(errors) as progress, _ProgressView(errors) as view:
+    with RichProgress(errors) as progress, TrainProgressView(errors) as view:
 
         def on_train(event: Any) -> None:
             if isinstance(event, TrainStart):
