@@ -15,6 +15,10 @@ on one GPU. It measures, each after a warm-up:
 - ``train synthetic``: the training loop (FixMatch + DebiasPL step, EMA teacher, prior) on
   ImageNet-shaped synthetic batches already on the GPU (ResNet-50, 224 px, 1000 classes, multiviews)
   in fp32 and with autocast (bf16, fp16): the model side's speed, to compare with the loader's;
+- ``zeroshot``: ``clipdebias zeroshot`` end to end on the generated JPEGs (ViT-B-32 with random
+  weights, so accuracies mean nothing) with each student (``head``, ``clip``, ``resnet50``) for a
+  few steps: it checks that every student trains on the device; images/s counts confident plus
+  unlabeled images of the training steps;
 - ``ddp digits``: with two or more GPUs, the same digits epoch under ``torchrun --nproc_per_node 2``,
   checked against one process.
 
@@ -58,6 +62,10 @@ class Sizes:
     train_batch: int
     train_mu: int
     train_steps: dict[str, int]
+    zeroshot_steps: int = 20
+    zeroshot_batch: int = 32
+    zeroshot_image_size: int = 224
+    zeroshot_topk: int = 32  # confident images per class (of 128 per class on a 16-core GPU host)
 
 
 GPU_SIZES = Sizes(
@@ -68,6 +76,7 @@ GPU_SIZES = Sizes(
 CPU_SIZES = Sizes(
     encode_batch=4, encode_batches=2, encode_precisions=("fp32",), jpegs=16, loader_steps=2, digits_steps=30,
     train_arch="resnet18", train_image_size=32, train_batch=2, train_mu=2, train_steps={"fp32": 3, "bf16": 3},
+    zeroshot_steps=2, zeroshot_batch=2, zeroshot_image_size=32, zeroshot_topk=2,
 )
 
 
@@ -324,6 +333,52 @@ def ddp_digits(report: Report, device, sizes: Sizes, workdir: Path, single: dict
     )
 
 
+# --- zeroshot ---------------------------------------------------------------------------------------
+
+
+def _with_val_split(folder: Path, per_class: int = 8) -> Path:
+    """``folder`` (``train/<class>/*.jpg``) with a ``val`` split of links to a few train images."""
+    for class_dir in sorted((folder / "train").iterdir()):
+        target = folder / "val" / class_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for image in sorted(class_dir.iterdir())[:per_class]:
+            (target / image.name).symlink_to(image)
+    return folder
+
+
+def zeroshot_students(report: Report, device, folder: Path, sizes: Sizes, workdir: Path) -> None:
+    from clipdebias.zeroshot import STUDENTS, resolve_zeroshot_config, run_zeroshot
+
+    for student in STUDENTS:
+        options = dict(
+            data_root=str(folder), model="ViT-B-32", pretrained="none", device=device.type, epochs=1,
+            steps_per_epoch=sizes.zeroshot_steps, batch_size=sizes.zeroshot_batch, select_topk_per_class=sizes.zeroshot_topk,
+            cache_dir=str(workdir / "cache-zeroshot"), report=False, warmup_epochs=0,
+        )  # fmt: skip
+        if student == "resnet50":
+            options["image_size"] = sizes.zeroshot_image_size
+        config = resolve_zeroshot_config("imagefolder", workdir / f"zeroshot-{student}", student=student, **options)
+        metrics = run_zeroshot(config).metrics
+        images = metrics["steps"] * config.batch_size * (1 + config.mu)
+        report.add(
+            "zeroshot", f"student {student}, {metrics['steps']} steps, B {config.batch_size} + {config.mu} x {config.batch_size}",
+            images / metrics["elapsed_s"], f"on {device.type}, random weights; the time includes evaluating both splits",
+        )
+
+
+def _guarded(report: Report, what: str, step: Callable[[], object]) -> object:
+    """Run ``step``; a failure becomes a FAILED row (and a traceback on stderr) so that the other
+    measurements still run: the script is often run once, on a borrowed machine."""
+    import traceback
+
+    try:
+        return step()
+    except Exception as err:  # noqa: BLE001 - reported, not hidden
+        traceback.print_exc()
+        report.add(what, "-", None, f"FAILED: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_smoke.md"))
@@ -345,16 +400,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as temp:
         workdir = Path(temp)
         folder = make_jpegs(workdir / "images", sizes.jpegs)
-        steps: list[Callable[[], object]] = [
-            lambda: encode_tensors(report, device, sizes),
-            lambda: encode_jpegs(report, device, folder, sizes, workdir),
-            lambda: training_loader(report, device, folder, sizes),
-            lambda: synthetic_training(report, device, sizes, args.compile),
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("encode, tensors", lambda: encode_tensors(report, device, sizes)),
+            ("encode, JPEGs", lambda: encode_jpegs(report, device, folder, sizes, workdir)),
+            ("training loader", lambda: training_loader(report, device, folder, sizes)),
+            ("train synthetic", lambda: synthetic_training(report, device, sizes, args.compile)),
+            ("zeroshot", lambda: zeroshot_students(report, device, _with_val_split(folder), sizes, workdir)),
         ]
-        for step in steps:
-            step()
-        single = ssl_digits(report, device, sizes, workdir)
-        ddp_digits(report, device, sizes, workdir, single)
+        for what, step in steps:
+            _guarded(report, what, step)
+        single = _guarded(report, "ssl digits", lambda: ssl_digits(report, device, sizes, workdir))
+        if isinstance(single, dict):
+            _guarded(report, "ddp digits", lambda: ddp_digits(report, device, sizes, workdir, single))
     report.environment["total time"] = f"{time.perf_counter() - started:.0f} s"
     text = report.markdown()
     args.out.write_text(text)
