@@ -45,6 +45,7 @@ import contextlib
 import copy
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -309,6 +310,15 @@ def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule for :func:`cosine_factor` (call ``scheduler.step()`` after each step)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps, warmup_steps))
+
+
+def _step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """``scheduler.step()``, without torch's warning that it came before ``optimizer.step()``: with
+    fp16 the gradient scaler skips the optimizer on the first steps (overflowing gradients, by
+    design), and the schedule must advance all the same."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
 
 
 # --- progress events --------------------------------------------------------------------------
@@ -635,7 +645,7 @@ def train(
                 scaler.scale(out.loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
+                _step_schedule(scheduler)
                 distributed.average_buffers(model)
                 teacher.update(model)
                 counter.add(out.targets, out.mask, unl.labels)

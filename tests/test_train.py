@@ -246,3 +246,27 @@ def test_models_and_init_weights(tmp_path):
     with pytest.raises(UserError, match="cannot be read"):
         load_init_weights(target, tmp_path / "junk.pt")
     assert math.isfinite(float(target.fc.weight.detach().sum()))
+
+
+def test_a_skipped_optimizer_step_advances_the_schedule_without_torchs_warning():
+    """fp16's gradient scaler skips ``optimizer.step()`` on overflowing steps; the schedule still
+    advances, and the user sees no warning about the order (torch's own call would print one)."""
+    import warnings
+
+    from clipdebias.train import _step_schedule, cosine_schedule
+
+    def schedule():
+        optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+        return cosine_schedule(optimizer, total_steps=10, warmup_steps=0)
+
+    with warnings.catch_warnings(record=True) as plain:
+        warnings.simplefilter("always")
+        schedule().step()
+    assert any("lr_scheduler.step()" in str(w.message) for w in plain)  # what torch does by itself
+
+    scheduler = schedule()
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        _step_schedule(scheduler)
+    assert not ours
+    assert scheduler.last_epoch == 1 and scheduler.get_last_lr()[0] < 1.0
