@@ -10,7 +10,9 @@ through :func:`read_image`, so every odd-but-valid kind is converted the same wa
 - 32-bit float (``F``): values taken as 0..255 and clipped, as Pillow does;
 - transparency (an alpha band, or a palette/grayscale/RGB image with a transparent colour):
   composited on :data:`BACKGROUND` (white), as a viewer shows it, instead of dropping the alpha,
-  which would expose whatever colour the transparent pixels happen to hold.
+  which would expose whatever colour the transparent pixels happen to hold;
+- an EXIF orientation (phone photos are often stored sideways with a tag that says so): turned
+  upright, as a viewer shows it. An orientation tag that cannot be read is ignored.
 
 A file that cannot be decoded raises :class:`UnreadableImage` with the reason: zero bytes, not an
 image, truncated or corrupt data (Pillow's ``LOAD_TRUNCATED_IMAGES`` stays off: a truncated file
@@ -27,7 +29,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 BACKGROUND = (255, 255, 255)
 """Colour under transparent pixels."""
@@ -55,6 +57,20 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8), mode="L").convert("RGB")
 
 
+_ORIENTATION_TAG = 0x0112
+_TURNED = range(2, 9)  # orientations other than 1 (upright) that EXIF defines
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (itself when there is none, or it is unreadable)."""
+    try:
+        if image.getexif().get(_ORIENTATION_TAG, 1) not in _TURNED:
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not make a good image unreadable
+        return image
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """``image`` as an 8-bit RGB image (see the module docstring for each mode)."""
     if image.mode == "RGB" and "transparency" not in image.info:
@@ -76,7 +92,7 @@ def read_image(path: str | Path) -> Image.Image:
             warnings.simplefilter("ignore")  # Pillow's notes on odd-but-readable files
             with Image.open(path) as image:
                 image.load()
-                return to_rgb(image)
+                return to_rgb(upright(image))
     except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many kinds for a corrupt file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UnreadableImage(path, f"{type(err).__name__}: {reason}" if reason else type(err).__name__) from err

@@ -214,7 +214,10 @@ def make_run_folder(
 
 # --- odd and bad image files (docs/reliability.md), for the loaders of every command -------------
 
-ODD_IMAGES = ("cmyk.jpg", "gray16.png", "gray16.pgm", "gray.png", "palette_transparent.png", "rgba.png", "gray_alpha.png")
+ODD_IMAGES = (
+    "cmyk.jpg", "gray16.png", "gray16.pgm", "gray.png", "palette_transparent.png", "rgba.png", "gray_alpha.png",
+    "exif_rotated.jpg",
+)  # fmt: skip
 """Valid files in unusual modes: each must load as the RGB image a viewer shows."""
 BAD_IMAGES = ("zero_bytes.jpg", "not_an_image.png", "truncated.jpg", "truncated.png", "corrupt.png", "huge.png")
 """Files that cannot be decoded (or must not be: ``huge.png`` claims 20000 x 10000 pixels)."""
@@ -283,6 +286,17 @@ def write_odd_images(folder: Path, size: int = 16) -> dict[str, np.ndarray]:
     gray_alpha = np.full((size, size, 3), 255, np.uint8)
     gray_alpha[: size // 2] = 40
     expected["gray_alpha.png"] = gray_alpha
+    # Stored sideways with EXIF orientation 6 ("turn 90 degrees clockwise to show"): shown, the top
+    # half is red and the bottom half blue. Colour edges on 8-pixel block borders, no chroma
+    # subsampling: the JPEG keeps the colours to a level.
+    upright = np.zeros((size, size, 3), np.uint8)
+    upright[: size // 2] = (255, 0, 0)
+    upright[size // 2 :] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    sideways.save(folder / "exif_rotated.jpg", quality=100, subsampling=0, exif=exif)
+    expected["exif_rotated.jpg"] = upright
     return expected
 
 

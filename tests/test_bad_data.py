@@ -82,10 +82,20 @@ def test_odd_images_load_as_the_rgb_image_a_viewer_shows(images, name):
 def test_pillows_own_conversion_would_get_them_wrong(images):
     """The expected pixels are not what a plain ``convert("RGB")`` gives (so the test above can fail)."""
     folder, expected = images
-    for name in ("gray16.png", "gray16.pgm", "palette_transparent.png", "rgba.png", "gray_alpha.png"):
+    for name in ("gray16.png", "gray16.pgm", "palette_transparent.png", "rgba.png", "gray_alpha.png", "exif_rotated.jpg"):
         with Image.open(folder / name) as image:
             naive = np.asarray(image.convert("RGB")).astype(int)
         assert np.abs(naive - expected[name].astype(int)).max() > 100, name
+
+
+@pytest.mark.parametrize("orientation", [0, 1, 9, 65535])
+def test_an_exif_orientation_that_means_nothing_leaves_the_image_as_stored(tmp_path, orientation):
+    stored = np.zeros((16, 16, 3), np.uint8)
+    stored[:, :8] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "odd_tag.png", exif=exif)
+    assert np.array_equal(np.asarray(read_image(tmp_path / "odd_tag.png")), stored)
 
 
 @pytest.mark.parametrize("name", BAD_IMAGES)
