@@ -42,6 +42,14 @@ def test_unknown_command_is_one_line_exit_2(capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("local_rank, shown", [("0", True), ("1", False), ("7", False)])
+def test_under_torchrun_the_first_process_of_a_node_prints_the_error_line(capsys, monkeypatch, local_rank, shown):
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert main(["ssl", "--dataset", "digits", "--tau", "abc", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert (err.startswith("error: ") and "--tau" in err and err.count("\n") == 1) if shown else err == ""
+
+
 @pytest.mark.parametrize("entry", [[sys.executable, "-m", "clipdebias"], [os.path.join(os.path.dirname(sys.executable), "clipdebias")]])
 def test_entry_points_run_as_processes(entry):
     done = subprocess.run([*entry, "--version"], capture_output=True, text=True, timeout=120)

@@ -70,10 +70,18 @@ def _one_line(message: str) -> str:
     return lines[0] if lines else "failed (run with --debug for the traceback)"
 
 
+def _speaks_for_the_node() -> bool:
+    """False in the processes ``torchrun`` starts beside the first one of a node: a user error is
+    the same in every process, and one line per node reads better than eight interleaved ones."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def _fail(message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    print(f"error: {_one_line(message)}", file=sys.stderr)
+    if debug or _speaks_for_the_node():
+        sys.stderr.write(f"error: {_one_line(message)}\n")  # one write: lines of processes never interleave
+        sys.stderr.flush()
     return EXIT_USER_ERROR
 
 
