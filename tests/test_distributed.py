@@ -394,3 +394,34 @@ def test_speed_options_are_checked(tmp_path, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(UserError, match="--precision"):
         Runtime(precision="half")
+
+
+def test_a_one_process_checkpoint_resumes_under_torchrun_with_two(tmp_path):
+    """The other direction: a run started in one process, killed after its first checkpoint,
+    finishes under ``torchrun --nproc_per_node 2`` with ``--resume``."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipdebias", "ssl", *SSL_ARGS, "--out", str(out), "--no-report"],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    process.kill()
+    process.wait(timeout=60)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    stopped = checkpoint["epoch"]
+    assert 1 <= stopped < 4, "the one-process run finished before it could be stopped"
+
+    done = subprocess.run(
+        [*TORCHRUN, "-m", "clipdebias", "ssl", *SSL_ARGS, "--out", str(out), "--resume", "--no-report"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == stopped and metrics["world_size"] == 2 and metrics["steps"] == 24
+    history = _history(out)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and history[:stopped] == checkpoint["history"]
+    assert all(np.isfinite(r["loss"]) for r in history)
