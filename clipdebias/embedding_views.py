@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipdebias.loaders import LABELED_STREAM, UNLABELED_STREAM, epoch_plan
-from clipdebias.metrics import EvalResult, eval_result
+from clipdebias.loaders import LABELED_STREAM, UNLABELED_STREAM, Shard, epoch_plan, global_eval_result
+from clipdebias.metrics import EvalResult
 from clipdebias.train import Evaluator, LabeledBatch, UnlabeledBatch
 
 # AugmentedView: the share of the image a random crop keeps, and the colour changes (SimCLR-style
@@ -118,7 +118,9 @@ class EmbeddingStream:
     ``plain`` ``[N, D]`` and ``views`` ``[K, N, D]`` (``K`` may be 0) live on the training device;
     ``rows`` are the positions (into those arrays) this stream draws from, ``targets`` ``[N]`` the
     labels it yields (labeled stream: CLIP's labels; unlabeled stream: ground truth or -1, for
-    statistics only) and ``ids`` ``[N]`` the dataset index of every row.
+    statistics only) and ``ids`` ``[N]`` the dataset index of every row. Under torchrun every
+    process draws the views of the whole global batch (one generator, as a single process does) and
+    keeps its ``shard`` of it, so the batches are those of one process, split.
     """
 
     def __init__(
@@ -132,12 +134,14 @@ class EmbeddingStream:
         seed: int,
         labeled: bool,
         noise: FeatureNoise,
+        shard: Shard = Shard(),
     ):
         if views.ndim != 3 or views.shape[1:] != plain.shape:
             raise ValueError(f"views must be [K, {plain.shape[0]}, {plain.shape[1]}], got {tuple(views.shape)}")
         self.plain, self.views, self.targets, self.ids, self.rows = plain, views, targets, ids, rows
         self.batch_size, self.seed, self.labeled, self.noise = batch_size, seed, labeled, noise
         self.stream = LABELED_STREAM if labeled else UNLABELED_STREAM
+        self.part = shard.batch(batch_size)
 
     def _random_view(self, chosen: Tensor, generator: torch.Generator, include_plain: bool) -> Tensor:
         """One embedding per row: a random augmented view (or, with ``include_plain``, the plain one too)."""
@@ -154,21 +158,29 @@ class EmbeddingStream:
         positions, seeds = epoch_plan(len(self.rows), self.batch_size, steps, self.seed, self.stream, epoch)
         generator = torch.Generator(device=self.plain.device)
         generator.manual_seed(int(seeds[0, 0]))
+        part = self.part
         for batch in torch.as_tensor(positions, device=self.rows.device):
             chosen = self.rows[batch]
+            mine = chosen[part]
             if self.labeled:
-                yield LabeledBatch(self._random_view(chosen, generator, True), self.targets[chosen], self.ids[chosen])
+                views = self._random_view(chosen, generator, True)[part]
+                yield LabeledBatch(views, self.targets[mine], self.ids[mine])
             else:
-                strong = self.noise(self._random_view(chosen, generator, False), generator)
-                yield UnlabeledBatch((self.plain[chosen],), (strong,), self.ids[chosen], self.targets[chosen])
+                strong = self.noise(self._random_view(chosen, generator, False), generator)[part]
+                yield UnlabeledBatch((self.plain[mine],), (strong,), self.ids[mine], self.targets[mine])
 
 
-def embedding_evaluator(embeddings: Tensor, labels: Tensor, batch_size: int) -> Evaluator:
-    """Top-1/top-5/per-class accuracy of a model on cached evaluation embeddings."""
+def embedding_evaluator(
+    embeddings: Tensor, labels: Tensor, batch_size: int, num_classes: int, shard: Shard = Shard()
+) -> Evaluator:
+    """Top-1/top-5/per-class accuracy of a model on cached evaluation embeddings (under torchrun each
+    process evaluates its ``shard`` of the rows and the counts are summed)."""
+    rows = torch.as_tensor(shard.eval_rows(np.arange(len(labels))), dtype=torch.long)
+    mine, mine_labels = embeddings[rows.to(embeddings.device)], labels[rows]
 
     def evaluate(model: nn.Module) -> EvalResult:
-        logits = torch.cat([model(chunk).float().cpu() for chunk in embeddings.split(batch_size)])
-        return eval_result(logits, labels)
+        logits = [model(chunk).float().cpu() for chunk in mine.split(batch_size)]
+        return global_eval_result(logits, [mine_labels] if logits else [], num_classes)
 
     return evaluate
 

@@ -148,7 +148,7 @@ class GrayStream:
                 yield UnlabeledBatch(weak, strong, self.rows[mine], self.labels[mine])
 
 
-def _global_result(logits: list[Tensor], labels: list[Tensor], num_classes: int) -> EvalResult:
+def global_eval_result(logits: list[Tensor], labels: list[Tensor], num_classes: int) -> EvalResult:
     """The evaluation result of every rank's rows together (this rank's may be none)."""
     if logits:
         counts = eval_counts(torch.cat(logits), torch.cat(labels))
@@ -180,7 +180,7 @@ def _gray_streams(
 
     def evaluate(model: nn.Module) -> EvalResult:
         logits = [model(chunk).float().cpu() for chunk in eval_images.split(spec.eval_batch_size)]
-        return _global_result(logits, [eval_labels] if logits else [], train.num_classes)
+        return global_eval_result(logits, [eval_labels] if logits else [], train.num_classes)
 
     return Streams(
         labeled=stream(labeled, spec.batch_size, LABELED_STREAM, 0),
@@ -402,7 +402,7 @@ def _natural_streams(
                     labels.append(targets)
         except UserError as err:
             raise UserError(_one_line(err)) from err
-        return _global_result(logits, labels, train.num_classes)
+        return global_eval_result(logits, labels, train.num_classes)
 
     return Streams(
         labeled=stream(labeled, spec.batch_size, LABELED_STREAM, (transforms.weak,), 1),

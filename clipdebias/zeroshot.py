@@ -382,10 +382,17 @@ def run_zeroshot(
     """Run ``zeroshot`` end to end (see the module docstring); every file is written atomically.
 
     ``progress`` receives the encoding and pseudo-labelling stages, ``train_progress`` the training
-    loop's events (:class:`clipdebias.train.ProgressEvent`).
+    loop's events (:class:`clipdebias.train.ProgressEvent`). Under torchrun call it in every
+    process: the processes encode their parts of each split into the one cache entry, rank 0 makes
+    the pseudo-labels and the confident set and hands them to the others, every process trains on
+    its part of each global batch, and only rank 0 writes files and reports progress.
     """
-    with _torch_threads(config.threads):
-        return _run(config, progress or NoProgress(), train_progress)
+    from clipdebias import distributed
+    from clipdebias.device import resolve_device
+
+    with _torch_threads(config.threads), distributed.session(resolve_device(config.device)):
+        shown = progress if progress is not None and distributed.is_main_process() else NoProgress()
+        return _run(config, shown, train_progress)
 
 
 @contextlib.contextmanager
@@ -405,6 +412,7 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 
 
 def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[Any], None] | None) -> ZeroShotRun:
+    from clipdebias import distributed
     from clipdebias.atomic import prepare_dir
     from clipdebias.backbone import BackboneConfig, load_backbone
     from clipdebias.data import ArraySource, check_dataset, open_dataset
@@ -415,7 +423,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     from clipdebias.zeroshot_core import HeadSettings, fit_head, pseudo_label_train_rows, train_logits, zero_shot_eval
 
     check_dataset(config.dataset, "train", config.data_root)  # the checks that cost nothing come first
-    prepare_dir(config.out, "--out")
+    distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
     root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
         config.model, config.pretrained, config.precision, config.device, config.quick_gelu
@@ -430,28 +438,40 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
         )
     prompts = load_prompts(config.dataset, train_split.classes, config.classnames, config.templates)
     classes = list(prompts.classnames)
-    run = RunFolder(config.out)
-    check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
-    run.remove_abandoned_temporaries()
+    run = RunFolder(config.out, writes=distributed.is_main_process())
+
+    def check_run_folder() -> None:
+        check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
+        run.remove_abandoned_temporaries()
+
+    distributed.on_main(check_run_folder)
     backbone.warn_if_random(progress, "pseudo-labels and zero-shot numbers are")
 
-    classifier = text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress)
+    classifier = distributed.on_main(
+        lambda: text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress).cpu()
+    )
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
     arrays, skipped = _embedding_arrays(config, backbone, train_split, evaluation, root, progress, classifier, scale)
     kept = arrays.train_ids
 
-    rows = ReportingRows(train_logits(arrays, device), progress)
-    selection = pseudo_label_train_rows(
-        arrays, config.tau, config.select_threshold, config.select_topk_per_class, device, logits=rows
-    )
-    csv = _write_pseudolabels(config, run, arrays, selection, train_split, classes, scale)
-    zeroshot, zeroshot_debiased = zero_shot_eval(arrays, selection.pseudo.prior, config.tau)
+    def label_and_write() -> tuple[Selection, Path, Any, Any]:
+        """Rank 0's part: the pseudo-labels, the confident set and the files made of them."""
+        rows = ReportingRows(train_logits(arrays, device), progress)
+        selection = pseudo_label_train_rows(
+            arrays, config.tau, config.select_threshold, config.select_topk_per_class, device, logits=rows
+        )
+        csv = _write_pseudolabels(config, run, arrays, selection, train_split, classes, scale)
+        zeroshot, zeroshot_debiased = zero_shot_eval(arrays, selection.pseudo.prior, config.tau)
+        run.write_config(_config_json(config, classes))
+        if skipped:
+            run.write_skipped_images(skipped)
+        for name, positions in ((LABELED_INDEX, selection.confident), (UNLABELED_INDEX, selection.rest)):
+            run.write_index(
+                name, [(int(i), train_split.path(int(i)), int(train_split.labels[i])) for i in kept[positions]]
+            )
+        return selection, csv, zeroshot, zeroshot_debiased
 
-    run.write_config(_config_json(config, classes))
-    if skipped:
-        run.write_skipped_images(skipped)
-    for name, positions in ((LABELED_INDEX, selection.confident), (UNLABELED_INDEX, selection.rest)):
-        run.write_index(name, [(int(i), train_split.path(int(i)), int(train_split.labels[i])) for i in kept[positions]])
+    selection, csv, zeroshot, zeroshot_debiased = distributed.on_main(label_and_write)
 
     if config.student == "head":
         head = HeadSettings(config.head, config.feature_dropout, config.feature_noise)
@@ -468,8 +488,11 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
 
     metrics = _metrics(config, classes, arrays, selection, zeroshot, zeroshot_debiased, result, scale)
     metrics["skipped_images"] = len(skipped)
+    metrics["images_per_s"] = result.images_per_s
+    metrics["world_size"] = result.world_size
     run.write_metrics(metrics)
-    report, report_error = try_write_report(run.path) if config.report else (None, None)
+    wants_report = config.report and distributed.is_main_process()
+    report, report_error = try_write_report(run.path) if wants_report else (None, None)
     return ZeroShotRun(metrics, backbone.describe(), csv, report, report_error)
 
 

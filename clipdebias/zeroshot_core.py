@@ -245,6 +245,7 @@ def fit_head(
     """Train a :class:`clipdebias.models.TextHead` (initialised from the classifier) with the one
     training loop; returns the student and the loop's result (the EMA teacher is evaluated)."""
     from clipdebias.embedding_views import EmbeddingStream, FeatureNoise, as_device_tensor, embedding_evaluator
+    from clipdebias.loaders import Shard
     from clipdebias.models import build_head
     from clipdebias.train import cosine_schedule, train
 
@@ -261,10 +262,11 @@ def fit_head(
     clip_labels = torch.as_tensor(selection.pseudo.label, dtype=torch.long, device=device)
     truth = torch.as_tensor(np.asarray(arrays.train_labels), dtype=torch.long, device=device)
     noise = FeatureNoise(head.feature_dropout, head.feature_noise)
+    shard = Shard.current()  # under torchrun: this process's part of every batch
 
     def stream(rows: np.ndarray, targets: torch.Tensor, batch_size: int, labeled: bool) -> EmbeddingStream:
         positions = torch.as_tensor(rows, dtype=torch.long, device=device)
-        return EmbeddingStream(plain, views, targets, ids, positions, batch_size, loop.seed, labeled, noise)
+        return EmbeddingStream(plain, views, targets, ids, positions, batch_size, loop.seed, labeled, noise, shard)
 
     labeled = stream(selection.confident, clip_labels, loop.batch_size, True)
     unlabeled = stream(selection.rest, truth, loop.batch_size * loop.mu, False)
@@ -272,6 +274,8 @@ def fit_head(
         as_device_tensor(arrays.eval_embeddings, device).reshape(-1, dim),
         torch.as_tensor(np.asarray(arrays.eval_labels), dtype=torch.long),
         eval_batch_size,
+        arrays.num_classes,
+        shard,
     )
     model = build_head(head.head, arrays.classifier, arrays.logit_scale).to(device)
     optimizer = head_sgd(model, loop.lr, loop.weight_decay, arrays.logit_scale)

@@ -425,3 +425,49 @@ def test_a_one_process_checkpoint_resumes_under_torchrun_with_two(tmp_path):
     history = _history(out)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4] and history[:stopped] == checkpoint["history"]
     assert all(np.isfinite(r["loss"]) for r in history)
+
+
+ZEROSHOT_TRAINING = [
+    "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--select-topk-per-class", "3",
+    "--templates", "simple", "--logit-scale", "100", "--workers", "0", "--device", "cpu", "--no-report",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("student", ["head", "clip"])
+def test_torchrun_zeroshot_makes_the_same_labels_once_and_trains_like_one_process(tmp_path, tiny_clip, student):
+    """Under torchrun the two processes encode their parts into one cache entry, rank 0 alone makes
+    and writes the pseudo-labels, and the sharded training follows the one-process run."""
+    folder = make_image_folder(tmp_path / "data", per_class=8, val_per_class=3, size=32)
+
+    def args(out: Path, cache: Path) -> list[str]:
+        return [
+            "zeroshot", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip,
+            "--pretrained", "none", "--student", student, "--cache-dir", str(cache), "--out", str(out),
+            *ZEROSHOT_TRAINING,
+        ]  # fmt: skip
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(args(one, tmp_path / "cache-one")) == 0
+    done = subprocess.run(
+        [*TORCHRUN, "-m", "clipdebias", *args(two, tmp_path / "cache-two")],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("student top-1") == 1  # one summary table, rank 0's
+    single, double = (json.loads((out / "metrics.json").read_text()) for out in (one, two))
+    assert single["world_size"] == 1 and double["world_size"] == 2
+
+    # Rank 0's pseudo-labels from the same embeddings: the same files, written once.
+    for name in ("pseudolabels.csv", "pseudolabels.json", "labeled_index.csv", "unlabeled_index.csv"):
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    for key in ("zeroshot_top1", "zeroshot_debiased_top1", "train_pseudo_labels", "labeled_images", "eval_images"):
+        assert double[key] == single[key], key
+
+    # The same global batches, split over two processes, gradients averaged: the same run up to
+    # the order of floating-point sums.
+    assert double["steps"] == single["steps"] == 6
+    assert max(abs(a - b) for a, b in zip(double["prior"], single["prior"])) < 1e-4
+    one_image = 100.0 / single["eval_images"]
+    assert abs(double["top1"] - single["top1"]) <= one_image + 1e-9
+    assert double["pseudo_labels"]["class_counts"] == single["pseudo_labels"]["class_counts"]

@@ -62,3 +62,11 @@ def skipped_text(count: int) -> str:
     from clipdebias.runfolder import SKIPPED_IMAGES
 
     return f"{count:,} (listed in {SKIPPED_IMAGES})" if count else "0"
+
+
+def speed_text(metrics: dict[str, Any]) -> str:
+    """The summary-table value for a training run's images/s (and its processes under torchrun)."""
+    rate = metrics.get("images_per_s")
+    processes = metrics.get("world_size", 1)
+    text = "-" if rate is None else f"{rate:,.0f} img/s"
+    return text + (f" ({processes} processes)" if processes > 1 else "")

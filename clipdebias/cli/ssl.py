@@ -9,17 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clipdebias.cli.render import percent, skipped_text
+from clipdebias.cli.render import percent, skipped_text, speed_text
 from clipdebias.cli.train_view import TrainProgressView
 
 _DEFAULT = "default: the dataset's, see docs/usage.md"
-
-
-def _speed(metrics: dict[str, Any]) -> str:
-    rate = metrics.get("images_per_s")
-    processes = metrics.get("world_size", 1)
-    text = "-" if rate is None else f"{rate:,.0f} img/s"
-    return text + (f" ({processes} processes)" if processes > 1 else "")
 
 
 def _summary(metrics: dict[str, Any], out: str) -> Table:
@@ -39,7 +32,7 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
         ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
         ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
         ("training time", f"{metrics['elapsed_s']:.1f} s"),
-        ("training speed", _speed(metrics)),
+        ("training speed", speed_text(metrics)),
         ("run folder", out),
     ]
     for name, value in rows:

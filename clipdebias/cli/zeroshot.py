@@ -11,7 +11,7 @@ from rich.table import Table
 from typer import Option
 
 from clipdebias.cli import options
-from clipdebias.cli.render import percent, skipped_text
+from clipdebias.cli.render import percent, skipped_text, speed_text
 
 _DEFAULT = "default: the student's, see docs/usage.md"
 
@@ -40,6 +40,7 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
         ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
         ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
         ("training time", f"{metrics['elapsed_s']:.1f} s"),
+        ("training speed", speed_text(metrics)),
         ("run folder", escape(out)),
     ]
     for name, value in rows:
@@ -191,6 +192,7 @@ def zeroshot_command(
     from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.cli.train_view import TrainProgressView
+    from clipdebias.distributed import is_main_process
     from clipdebias.train import TrainStart
     from clipdebias.zeroshot import resolve_zeroshot_config, run_zeroshot
 
@@ -214,6 +216,8 @@ def zeroshot_command(
             view(event)
 
         run = run_zeroshot(config, progress=progress, train_progress=on_train)
+    if not is_main_process():  # under torchrun every rank returns the same metrics; rank 0 shows them
+        return
     console = Console()
     console.print(_summary(run.metrics, config.out))
     console.print(escape(f"wrote {run.pseudolabels} and the run folder {config.out}"), soft_wrap=True)
