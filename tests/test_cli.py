@@ -58,3 +58,23 @@ def test_entry_points_run_as_processes(entry):
     bad = subprocess.run([*entry, "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_the_training_bar_ends_with_the_last_epochs_accuracy():
+    """The bar's stats show the top-1 of the epoch that just ended, the last one included (no step
+    follows it to refresh the line)."""
+    import io
+
+    from rich.console import Console
+
+    from clipdebias.cli.train_view import TrainProgressView
+    from clipdebias.train import EpochEnd, StepProgress, TrainStart
+
+    out = io.StringIO()
+    with TrainProgressView(Console(file=out, width=200)) as view:
+        view(TrainStart(start_epoch=0, epochs=2, steps_per_epoch=1))
+        for epoch, top1 in enumerate((40.0, 87.5)):
+            view(StepProgress(epoch=epoch, step=1, loss=0.5, mask_rate=0.25, pseudo_label_accuracy=None))
+            view(EpochEnd(record={"epoch": epoch + 1, "top1": top1}))
+    last = [line for line in out.getvalue().splitlines() if "epoch" in line][-1]
+    assert "top1  87.5%" in last and "2/2" in last

@@ -27,6 +27,7 @@ class TrainProgressView:
         self.steps_per_epoch = 0
         self.epochs = 0
         self.top1 = ""
+        self.step_stats = ""
 
     def __enter__(self) -> "TrainProgressView":
         return self
@@ -50,11 +51,14 @@ class TrainProgressView:
             )
         elif isinstance(event, StepProgress):
             accuracy = "" if event.pseudo_label_accuracy is None else f" pl-acc {event.pseudo_label_accuracy:5.1f}%"
+            self.step_stats = f"loss {event.loss:.3f} mask {event.mask_rate:.2f}{accuracy}"
             self.progress.update(
                 self.task,
                 description=f"epoch {event.epoch + 1}/{self.epochs}",
                 completed=event.epoch * self.steps_per_epoch + event.step,
-                stats=f"loss {event.loss:.3f} mask {event.mask_rate:.2f}{accuracy}{self.top1}",
+                stats=self.step_stats + self.top1,
             )
         elif isinstance(event, EpochEnd):
             self.top1 = f" top1 {event.record['top1']:5.1f}%"
+            if self.task is not None:  # shown at once: after the last epoch no step comes to show it
+                self.progress.update(self.task, stats=self.step_stats + self.top1)
