@@ -77,4 +77,4 @@ def test_the_training_bar_ends_with_the_last_epochs_accuracy():
             view(StepProgress(epoch=epoch, step=1, loss=0.5, mask_rate=0.25, pseudo_label_accuracy=None))
             view(EpochEnd(record={"epoch": epoch + 1, "top1": top1}))
     last = [line for line in out.getvalue().splitlines() if "epoch" in line][-1]
-    assert "top1  87.5%" in last and "2/2" in last
+    assert "top1 87.5%" in last and "2/2" in last

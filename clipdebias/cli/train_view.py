@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class TrainProgressView:
@@ -16,10 +16,8 @@ class TrainProgressView:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TimeRemainingColumn(),  # the summary table gives the time taken; 80 columns fit the rest
             console=console,
             transient=False,
         )
@@ -50,7 +48,7 @@ class TrainProgressView:
                 total=event.epochs * event.steps_per_epoch, completed=done, stats="",
             )
         elif isinstance(event, StepProgress):
-            accuracy = "" if event.pseudo_label_accuracy is None else f" pl-acc {event.pseudo_label_accuracy:5.1f}%"
+            accuracy = "" if event.pseudo_label_accuracy is None else f" pl-acc {event.pseudo_label_accuracy:.1f}%"
             self.step_stats = f"loss {event.loss:.3f} mask {event.mask_rate:.2f}{accuracy}"
             self.progress.update(
                 self.task,
@@ -59,6 +57,6 @@ class TrainProgressView:
                 stats=self.step_stats + self.top1,
             )
         elif isinstance(event, EpochEnd):
-            self.top1 = f" top1 {event.record['top1']:5.1f}%"
+            self.top1 = f" top1 {event.record['top1']:.1f}%"
             if self.task is not None:  # shown at once: after the last epoch no step comes to show it
                 self.progress.update(self.task, stats=self.step_stats + self.top1)
