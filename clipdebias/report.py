@@ -335,7 +335,8 @@ def _run_input_text(run: RunRecord) -> str:
         parts.append(str(run.value("dataset")))
     if run.num_classes is not None:
         parts.append(f"{run.num_classes} classes")
-    parts.append(f"{len(run.epochs)} epochs recorded" + ("" if run.finished else ", unfinished"))
+    epochs = len(run.epochs)
+    parts.append(f"{epochs} epoch{'' if epochs == 1 else 's'} recorded" + ("" if run.finished else ", unfinished"))
     return ", ".join(parts)
 
 

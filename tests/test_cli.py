@@ -78,3 +78,12 @@ def test_the_training_bar_ends_with_the_last_epochs_accuracy():
             view(EpochEnd(record={"epoch": epoch + 1, "top1": top1}))
     last = [line for line in out.getvalue().splitlines() if "epoch" in line][-1]
     assert "top1 87.5%" in last and "2/2" in last
+
+
+def test_help_shows_the_defaults_written_in_the_help_texts(capsys, monkeypatch):
+    """Rich would take ``[default: ...]`` in a help text for markup and drop it."""
+    monkeypatch.setenv("COLUMNS", "300")
+    assert main(["encode", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Image decoding processes (default: 0 on CPU, up to 8 with a GPU)." in out
+    assert "(default: $CLIPDEBIAS_CACHE or ~/.cache/clipdebias)" in out

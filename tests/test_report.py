@@ -260,3 +260,9 @@ def test_cli_import_stays_light():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("epochs, text", [(1, "1 epoch recorded"), (3, "3 epochs recorded")])
+def test_the_input_line_counts_epochs_in_words(tmp_path, epochs, text):
+    result = write_report(make_run_folder(tmp_path / "run", epochs=epochs))
+    assert summary_value(result, "input").endswith(text)

@@ -39,11 +39,11 @@ Precision = Annotated[
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 NumWorkers = Annotated[
     Optional[int],
-    typer.Option("--num-workers", min=0, help="Image decoding processes [default: 0 on CPU, up to 8 with a GPU]."),
+    typer.Option("--num-workers", min=0, help="Image decoding processes (default: 0 on CPU, up to 8 with a GPU)."),
 ]
 CacheDir = Annotated[
     Optional[str],
-    typer.Option("--cache-dir", help="Embedding cache folder [default: $CLIPDEBIAS_CACHE or ~/.cache/clipdebias]."),
+    typer.Option("--cache-dir", help="Embedding cache folder (default: $CLIPDEBIAS_CACHE or ~/.cache/clipdebias)."),
 ]
 ChunkSize = Annotated[
     int, typer.Option("--chunk-size", min=1, help="Images per cache shard: the most a killed run has to redo.")
@@ -52,17 +52,17 @@ Classnames = Annotated[
     Optional[str],
     typer.Option(
         "--classnames",
-        help="File with one class name per line, in label order [default: shipped names, else folder names].",
+        help="File with one class name per line, in label order (default: shipped names, else folder names).",
     ),
 ]
 Templates = Annotated[
     Optional[str],
     typer.Option(
         "--templates",
-        help="Prompt templates: a file (one per line, with {}), openai (80) or simple [default: the dataset's shipped templates, else openai].",
+        help="Prompt templates: a file (one per line, with {}), openai (80) or simple (default: the dataset's shipped templates, else openai).",
     ),
 ]
 LogitScale = Annotated[
     Optional[float],
-    typer.Option("--logit-scale", help="Multiplies the cosine similarities [default: the model's, 100 for OpenAI CLIP]."),
+    typer.Option("--logit-scale", help="Multiplies the cosine similarities (default: the model's, 100 for OpenAI CLIP)."),
 ]
