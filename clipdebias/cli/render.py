@@ -57,6 +57,14 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
+def imbalance_text(pseudo_labels: dict[str, Any]) -> str:
+    """The summary-table value for the imbalance ratio of the last epoch's confident pseudo-labels;
+    ``-`` when there were none (``metrics.json`` then holds 0.0)."""
+    if not any(pseudo_labels.get("class_counts") or [0]):
+        return "- (no confident pseudo-label)"
+    return f"{pseudo_labels['imbalance_ratio']:.2f}"
+
+
 def skipped_text(count: int) -> str:
     """The summary-table value for the unreadable images a run skipped."""
     from clipdebias.runfolder import SKIPPED_IMAGES
