@@ -98,7 +98,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     sub-folders are such runs (e.g. one folder per seed). Duplicates are dropped, order kept."""
     found: list[Path] = []
     for raw in paths:
-        path = Path(raw)
+        path = Path(raw).expanduser()
         if not path.exists():
             raise UserError(f"{path} does not exist")
         if (path / METRICS_FILE).is_file():
@@ -380,7 +380,7 @@ def compare_runs(
             notes.append(
                 f"{group.name}: no paired gain (no seed shared with {groups[0].name}, or a seed repeats within a group)"
             )
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     chart = _chart(groups, out / COMPARE_CHART)
     markdown = atomic_write_text(out / COMPARE_FILE, _markdown(groups, varying, num_classes, notes))
     return CompareResult(out, markdown, chart, groups, varying, num_classes, tuple(notes))

@@ -593,10 +593,10 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> ReportR
     ``out_dir`` defaults to :func:`default_out_dir`. Returns the files written and the summary rows.
     Raises :class:`UserError` only for input that is not a run folder / pseudo-label CSV.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run folder (ssl/zeroshot --out) or a pseudo-label CSV")
-    target = Path(out_dir) if out_dir is not None else default_out_dir(path)
+    target = Path(out_dir).expanduser() if out_dir is not None else default_out_dir(path)
     if path.is_dir():
         run = read_run(path)
         sections = [run_section(run)]

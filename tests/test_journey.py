@@ -5,6 +5,7 @@ come before a run folder is started."""
 import pytest
 
 from clipdebias.cli import main
+from fakes import make_pseudolabel_csv, make_run_folder
 
 
 @pytest.mark.parametrize(
@@ -23,3 +24,21 @@ def test_ctrl_c_in_a_command_says_interrupted_and_how_to_continue(capsys, monkey
     err = capsys.readouterr().err
     assert err.startswith("interrupted") and err.count("\n") == 1 and "Traceback" not in err
     assert (hint in err) if hint else err == "interrupted\n"
+
+
+def test_report_and_compare_expand_a_tilde_as_the_other_commands_do(tmp_path, monkeypatch, capsys):
+    """A quoted path (needed for spaces) keeps its ``~``: every command must expand it, not only the
+    training ones."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    make_run_folder(tmp_path / "my runs" / "fixmatch", method="fixmatch", epochs=2)
+    make_run_folder(tmp_path / "my runs" / "debiaspl", epochs=2)
+    make_pseudolabel_csv(tmp_path / "my labels.csv", num_classes=3, rows_per_class=4)
+
+    assert main(["report", "~/my runs/debiaspl", "--out", "~/reports/run"]) == 0
+    assert (tmp_path / "reports" / "run" / "report.md").is_file()
+    assert main(["report", "~/my labels.csv"]) == 0
+    assert (tmp_path / "my labels_report" / "report.md").is_file()
+    assert main(["compare", "~/my runs/fixmatch", "~/my runs/debiaspl", "--out", "~/cmp out"]) == 0
+    assert (tmp_path / "cmp out" / "compare.md").is_file()
+    assert not (tmp_path / "~").exists() and "error" not in capsys.readouterr().err
