@@ -42,3 +42,24 @@ def test_report_and_compare_expand_a_tilde_as_the_other_commands_do(tmp_path, mo
     assert main(["compare", "~/my runs/fixmatch", "~/my runs/debiaspl", "--out", "~/cmp out"]) == 0
     assert (tmp_path / "cmp out" / "compare.md").is_file()
     assert not (tmp_path / "~").exists() and "error" not in capsys.readouterr().err
+
+
+COMMANDS = ("info", "ssl", "encode", "pseudolabel", "zeroshot", "report", "compare")
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_reads_whole_at_80_columns(capsys, monkeypatch, command):
+    """No line wider than the terminal, no description cut short ("…", or a command summary ending
+    in "..."), and "[default: ...]" in a description is text, not markup that vanishes."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main([command, "--help"] if command else ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: clipdebias" in out and "--help" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    if command == "":
+        listed = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0] in COMMANDS]
+        assert [words[0] for words in listed] == list(COMMANDS)
+        assert not any(words[-1].endswith("...") for words in listed)
+    if command in ("pseudolabel", "zeroshot", "encode"):
+        assert "[default: $CLIPDEBIAS_CACHE or" in " ".join(out.split())

@@ -71,6 +71,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich's option panels squeeze the descriptions into ~17 columns of an 80-column
+    # terminal (words cut with "…") and read "[default: ...]" in a description as markup.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -92,12 +95,12 @@ def _root(
 
 
 app.command("info", help="Show versions, GPUs and the cache directory.")(info_command)
-app.command("ssl", help="Semi-supervised training: FixMatch + DebiasPL on a few labels per class.")(ssl_command)
-app.command("encode", help="Encode every image of a split once into the embedding cache (resumable).")(encode_command)
+app.command("ssl", help="Semi-supervised FixMatch + DebiasPL, few labels per class.")(ssl_command)
+app.command("encode", help="Encode a split once into the embedding cache (resumable).")(encode_command)
 app.command("pseudolabel", help="Debiased zero-shot pseudo-labels of a split, as CSV.")(pseudolabel_command)
-app.command("zeroshot", help="Unlabeled images -> debiased CLIP pseudo-labels -> a trained student.")(zeroshot_command)
+app.command("zeroshot", help="Unlabeled images -> debiased CLIP pseudo-labels -> a student.")(zeroshot_command)
 app.command("report", help="Charts and report.md for a run folder or a pseudo-label CSV.")(report_command)
-app.command("compare", help="Put finished runs side by side (e.g. FixMatch vs DebiasPL over seeds).")(compare_command)
+app.command("compare", help="Put finished runs side by side: mean ± std, paired gains.")(compare_command)
 
 
 def _one_line(message: str) -> str:

@@ -18,6 +18,7 @@ imported here so that ``clipdebias --help`` does not load numpy."""
 def compare_command(
     runs: list[Path] = typer.Argument(
         ...,
+        metavar="RUN",
         help="Finished run folders, or folders holding one run folder each (e.g. one per seed).",
         show_default=False,
     ),
