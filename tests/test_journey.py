@@ -2,9 +2,12 @@
 columns, ``compare`` groups, summaries of runs without confident pseudo-labels, and errors that must
 come before a run folder is started."""
 
+import json
+
 import pytest
 
 from clipdebias.cli import main
+from clipdebias.compare import compare_runs
 from fakes import make_pseudolabel_csv, make_run_folder
 
 
@@ -63,3 +66,56 @@ def test_help_reads_whole_at_80_columns(capsys, monkeypatch, command):
         assert not any(words[-1].endswith("...") for words in listed)
     if command in ("pseudolabel", "zeroshot", "encode"):
         assert "[default: $CLIPDEBIAS_CACHE or" in " ".join(out.split())
+
+
+def _run(path, **config_changes):
+    """A fabricated finished ssl run whose config.json differs from the default by ``config_changes``."""
+    make_run_folder(path, epochs=2)
+    config = json.loads((path / "config.json").read_text())
+    config.update(config_changes)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_compare_keeps_debiaspl_with_clip_zeroshot_and_other_networks_in_their_own_groups(tmp_path):
+    """The paper's DebiasPL vs "DebiasPL w/ CLIP", an ssl run vs a zeroshot run, a CNN vs a ResNet:
+    the same method and seed, but never one pooled group."""
+    runs = [
+        _run(tmp_path / "debiaspl", command="ssl", arch="cnn"),
+        _run(tmp_path / "with_clip", command="ssl", arch="cnn", clip_pseudolabels="labels.csv"),
+        _run(tmp_path / "resnet", command="ssl", arch="resnet18"),
+        _run(tmp_path / "zeroshot", command="zeroshot", student="head", labels=None),
+    ]
+    result = compare_runs(runs, tmp_path / "out")
+    names = [group.name for group in result.groups]
+    assert len(names) == 4 and all(len(group.runs) == 1 for group in result.groups)
+    assert names[1] == "debiaspl command=ssl arch=cnn labels=1-per-class clip_pseudolabels=labels.csv"
+    assert names[3] == "debiaspl command=zeroshot student=head"  # no "arch=–" for a key it does not have
+    assert not result.notes
+
+
+def test_compare_notes_a_group_that_pools_runs_of_one_seed_with_other_settings(tmp_path, capsys):
+    runs = [_run(tmp_path / "cnn", arch="cnn"), _run(tmp_path / "resnet", arch="resnet18", lr=0.1)]
+    assert main(["compare", *map(str, runs), "--by", "method", "--out", str(tmp_path / "out")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "debiaspl: seed 0 appears more than once; its runs differ in arch, lr: add them to --by" in out
+
+
+def test_compare_table_wraps_the_long_group_names_not_the_numbers():
+    import io
+
+    from rich.console import Console
+
+    from clipdebias.cli.render import column_table
+
+    header = ["group", "runs", "seeds", "top-1 %", "Δ top-1", "PL acc. %", "mask rate", "imbalance"]
+    rows = [
+        ["debiaspl command=ssl arch=resnet18 labels=1pct threshold=0.95", "1", "0", "33.3", "baseline", "–", "0.00", "0.0×"],
+        ["debiaspl command=zeroshot student=head threshold=0.8", "1", "0", "33.3", "+0.0 (n=1)", "37.5", "1.00", "5.0×"],
+    ]  # fmt: skip
+    out = io.StringIO()
+    Console(file=out, width=100).print(column_table("title", header, rows))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    for whole in ("baseline", "+0.0 (n=1)", "PL acc. %", "imbalance", "mask rate"):
+        assert whole in text

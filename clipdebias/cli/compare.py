@@ -10,7 +10,7 @@ from rich.console import Console
 from clipdebias.cli.render import column_table, print_written
 
 DEFAULT_OUT = Path("compare")
-GROUP_KEYS_HELP = "method,dataset,labels,tau,threshold"
+GROUP_KEYS_HELP = "method,command,student,arch,dataset,labels,tau,threshold,clip_pseudolabels"
 """Shown in --help; equal to clipdebias.compare.DEFAULT_GROUP_KEYS (a test checks), which is not
 imported here so that ``clipdebias --help`` does not load numpy."""
 

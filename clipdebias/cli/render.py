@@ -22,10 +22,11 @@ def key_value_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
 
 
 def column_table(title: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
-    """A table with a header row; the first column is bold."""
+    """A table with a header row; the first column is bold. On a narrow terminal the widest
+    column (the long group names) wraps first, so that numbers and headers stay whole."""
     table = Table(title=title, title_justify="left")
     for index, name in enumerate(header):
-        table.add_column(name, style="bold" if index == 0 else None, overflow="fold", no_wrap=index == 0)
+        table.add_column(name, style="bold" if index == 0 else None, overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
