@@ -24,7 +24,7 @@ from clipdebias import plots
 from clipdebias.atomic import atomic_write_text
 from clipdebias.errors import UserError
 from clipdebias.formatting import MISSING, fmt, fmt_mean_std, markdown_table
-from clipdebias.runfiles import METRICS_FILE, RunRecord, as_number, read_run
+from clipdebias.runfiles import METRICS_FILE, RunRecord, as_imbalance, as_number, read_run
 
 DEFAULT_GROUP_KEYS = ("method", "command", "student", "arch", "dataset", "labels", "tau", "threshold", "clip_pseudolabels")
 """What splits runs into groups: besides the method and its main options, what was trained
@@ -197,7 +197,7 @@ def _summarise(record: RunRecord, group: str) -> RunSummary:
         top5=record.number("top5"),
         pseudo_label_accuracy=record.pseudo_label_number("accuracy", "pseudo_label_accuracy"),
         mask_rate=record.pseudo_label_number("mask_rate", "mask_rate"),
-        imbalance_ratio=record.pseudo_label_number("imbalance_ratio", "imbalance_ratio"),
+        imbalance_ratio=as_imbalance(record.pseudo_label_number("imbalance_ratio", "imbalance_ratio")),
     )
 
 

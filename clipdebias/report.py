@@ -29,7 +29,7 @@ from clipdebias import plots
 from clipdebias.atomic import atomic_write_text
 from clipdebias.errors import UserError
 from clipdebias.formatting import fmt, fmt_change, markdown_table
-from clipdebias.runfiles import PseudoLabelTable, RunRecord, as_vector, read_pseudolabels, read_run
+from clipdebias.runfiles import PseudoLabelTable, RunRecord, as_imbalance, as_vector, read_pseudolabels, read_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -377,9 +377,11 @@ def _run_summary(run: RunRecord, per_class: np.ndarray | None) -> list[Row]:
     rows.append(("pseudo-label mask rate", fmt(run.pseudo_label_number("mask_rate", "mask_rate"), 3)))
     rows.append(("pseudo-label accuracy", fmt(run.pseudo_label_number("accuracy", "pseudo_label_accuracy"), 1, "%")))
     _, imbalance = _imbalance_series(run)
-    final_imbalance = run.pseudo_label_number("imbalance_ratio", "imbalance_ratio")
+    final_imbalance = as_imbalance(run.pseudo_label_number("imbalance_ratio", "imbalance_ratio"))
     if imbalance.size > 1:
-        rows.append(("imbalance ratio (first → last epoch)", fmt_change(imbalance[0], final_imbalance, 1, "×")))
+        rows.append(
+            ("imbalance ratio (first → last epoch)", fmt_change(as_imbalance(float(imbalance[0])), final_imbalance, 1, "×"))
+        )
     else:
         rows.append(("imbalance ratio", fmt(final_imbalance, 1, "×")))
     _, entropies = _prior_entropy_series(run)

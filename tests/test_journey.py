@@ -119,3 +119,20 @@ def test_compare_table_wraps_the_long_group_names_not_the_numbers():
     assert max(len(line) for line in text.splitlines()) <= 100
     for whole in ("baseline", "+0.0 (n=1)", "PL acc. %", "imbalance", "mask rate"):
         assert whole in text
+
+
+def test_a_run_without_confident_pseudo_labels_shows_no_imbalance_ratio(tmp_path, capsys, monkeypatch):
+    """metrics.json records 0.0 when no pseudo-label reached the threshold; the summaries must not
+    show it as a ratio of 0 (a perfectly balanced labelling reads 1.0)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "run"
+    tiny = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--mu", "2", "--no-report"]
+    assert main(["ssl", "--dataset", "digits", "--out", str(out), *tiny]) == 0
+    pseudo_labels = json.loads((out / "metrics.json").read_text())["pseudo_labels"]
+    assert pseudo_labels["mask_rate"] == 0.0 and pseudo_labels["imbalance_ratio"] == 0.0
+    assert main(["report", str(out)]) == 0
+    assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
+    rows = [line.split("│") for line in capsys.readouterr().out.splitlines() if "imbalance" in line or "debiaspl │" in line]
+    ssl_row, report_row = ([cell.strip() for cell in row if cell.strip()] for row in rows[:2])
+    assert ssl_row == ["pseudo-labels: imbalance ratio", "-"] and report_row == ["imbalance ratio", "–"]
+    assert "0.0×" not in (tmp_path / "cmp" / "compare.md").read_text()

@@ -58,6 +58,11 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
+def imbalance_text(value: float) -> str:
+    """A summary-table imbalance ratio; ``-`` for the 0.0 of a run without confident pseudo-labels."""
+    return f"{value:.2f}" if value > 0 else "-"
+
+
 def skipped_text(count: int) -> str:
     """The summary-table value for the unreadable images a run skipped."""
     from clipdebias.runfolder import SKIPPED_IMAGES

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from clipdebias.cli.render import percent, skipped_text, speed_text
+from clipdebias.cli.render import imbalance_text, percent, skipped_text, speed_text
 from clipdebias.cli.train_view import TrainProgressView
 
 _DEFAULT = "default: the dataset's, see docs/usage.md"
@@ -29,7 +29,7 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
         ("worst class top-1", percent(min(known) if known else None)),
         ("pseudo-labels: mask rate", f"{pl['mask_rate']:.3f}"),
         ("pseudo-labels: accuracy", percent(pl["accuracy"])),
-        ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
+        ("pseudo-labels: imbalance ratio", imbalance_text(pl["imbalance_ratio"])),
         ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
         ("training time", f"{metrics['elapsed_s']:.1f} s"),
         ("training speed", speed_text(metrics)),

@@ -11,7 +11,7 @@ from rich.table import Table
 from typer import Option
 
 from clipdebias.cli import options
-from clipdebias.cli.render import percent, skipped_text, speed_text
+from clipdebias.cli.render import imbalance_text, percent, skipped_text, speed_text
 
 _DEFAULT = "default: the student's, see docs/usage.md"
 
@@ -37,7 +37,7 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
         ("CLIP labels correct on the confident set", percent(train_pl["confident_top1"])),
         ("pseudo-labels: mask rate (last epoch)", f"{pl['mask_rate']:.3f}"),
         ("pseudo-labels: accuracy", percent(pl["accuracy"])),
-        ("pseudo-labels: imbalance ratio", f"{pl['imbalance_ratio']:.2f}"),
+        ("pseudo-labels: imbalance ratio", imbalance_text(pl["imbalance_ratio"])),
         ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
         ("training time", f"{metrics['elapsed_s']:.1f} s"),
         ("training speed", speed_text(metrics)),
