@@ -136,3 +136,14 @@ def test_a_run_without_confident_pseudo_labels_shows_no_imbalance_ratio(tmp_path
     ssl_row, report_row = ([cell.strip() for cell in row if cell.strip()] for row in rows[:2])
     assert ssl_row == ["pseudo-labels: imbalance ratio", "-"] and report_row == ["imbalance ratio", "–"]
     assert "0.0×" not in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_a_bad_init_weights_file_does_not_leave_a_run_that_blocks_the_corrected_command(tmp_path, capsys):
+    out, weights = tmp_path / "run", tmp_path / "weights.pth"
+    weights.write_bytes(b"not a state dict")
+    tiny = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--mu", "1", "--no-report"]
+    assert main(["ssl", "--dataset", "digits", "--out", str(out), "--init-weights", str(weights), *tiny]) == 2
+    assert "--init-weights" in capsys.readouterr().err
+    assert not (out / "config.json").exists()
+    assert main(["ssl", "--dataset", "digits", "--out", str(out), *tiny]) == 0  # not "already holds a run"
+    assert (out / "metrics.json").is_file()
