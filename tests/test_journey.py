@@ -147,3 +147,12 @@ def test_a_bad_init_weights_file_does_not_leave_a_run_that_blocks_the_corrected_
     assert not (out / "config.json").exists()
     assert main(["ssl", "--dataset", "digits", "--out", str(out), *tiny]) == 0  # not "already holds a run"
     assert (out / "metrics.json").is_file()
+
+
+def test_a_short_imagenet_run_says_the_default_warm_up_is_what_is_too_long(tmp_path, capsys):
+    """--epochs 2 with imagenet's default 5-epoch warm-up: the user never typed --warmup-epochs,
+    so the message must say its value and where it comes from."""
+    assert main(["ssl", "--dataset", "imagenet", "--data-root", str(tmp_path), "--epochs", "2", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "it is 5 (given, or the default" in err and "--epochs is 2" in err
+    assert not (tmp_path / "r").exists()  # refused before anything is written
