@@ -24,9 +24,18 @@ from clipdebias import plots
 from clipdebias.atomic import atomic_write_text
 from clipdebias.errors import UserError
 from clipdebias.formatting import MISSING, fmt, fmt_mean_std, markdown_table
-from clipdebias.runfiles import METRICS_FILE, RunRecord, as_number, read_run
+from clipdebias.runfiles import METRICS_FILE, RunRecord, as_imbalance, as_number, read_run
 
-DEFAULT_GROUP_KEYS = ("method", "dataset", "labels", "tau", "threshold")
+DEFAULT_GROUP_KEYS = ("method", "command", "student", "arch", "dataset", "labels", "tau", "threshold", "clip_pseudolabels")
+"""What splits runs into groups: besides the method and its main options, what was trained
+(``ssl`` or ``zeroshot``, the ``zeroshot`` student, the ``ssl`` network) and whether CLIP's labels
+were a fallback (``ssl --clip-pseudolabels``), so that "DebiasPL w/ CLIP" is never pooled with
+DebiasPL."""
+SETTING_KEYS_IGNORED = frozenset(
+    {"out", "seed", "resume", "version", "device", "workers", "threads", "prefetch_factor", "eval_batch_size",
+     "encode_batch_size", "cache_dir", "report", "compile"}
+)  # fmt: skip
+"""config.json keys that do not change what a run measures: they never make a group suspicious."""
 GROUP_KEYS_EXAMPLE = "method, dataset, labels, tau, threshold, seed, arch, student"
 """Keys named in the error for a --by key that no run has."""
 IGNORED_BY_METHOD = {"fixmatch": frozenset({"tau"})}
@@ -98,7 +107,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     sub-folders are such runs (e.g. one folder per seed). Duplicates are dropped, order kept."""
     found: list[Path] = []
     for raw in paths:
-        path = Path(raw)
+        path = Path(raw).expanduser()
         if not path.exists():
             raise UserError(f"{path} does not exist")
         if (path / METRICS_FILE).is_file():
@@ -145,9 +154,26 @@ def _group_names(records: Sequence[RunRecord], keys: Sequence[str]) -> tuple[lis
     names = []
     for row in values:
         parts = [row["method"] or MISSING] if "method" in keys else []
-        parts += [f"{key}={row[key]}" for key in varying if key != "method" and row[key] is not None]
+        # a key the run does not have (an ssl run's student) is left out of its name
+        parts += [f"{key}={row[key]}" for key in varying if key != "method" and row[key] not in (None, MISSING)]
         names.append(" ".join(parts) or "all runs")
     return names, varying
+
+
+def _mixed_settings(group: GroupSummary) -> str | None:
+    """A note for a group that holds a seed more than once, naming the config.json keys whose values
+    differ between its runs (runs of different settings pooled by the grouping keys)."""
+    seeds = group.seeds
+    if len(set(seeds)) == len(seeds):
+        return None
+    configs = [run.record.config for run in group.runs]
+    keys = sorted({key for config in configs for key in config} - SETTING_KEYS_IGNORED)
+    differ = [key for key in keys if len({_value_text(config.get(key)) for config in configs}) > 1]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    return (
+        f"{group.name}: seed {', '.join(f'{seed:g}' for seed in repeated)} appears more than once"
+        + (f"; its runs differ in {', '.join(differ)}: add them to --by to split the group" if differ else "")
+    )
 
 
 def _check_class_counts(records: Sequence[RunRecord]) -> int | None:
@@ -171,7 +197,7 @@ def _summarise(record: RunRecord, group: str) -> RunSummary:
         top5=record.number("top5"),
         pseudo_label_accuracy=record.pseudo_label_number("accuracy", "pseudo_label_accuracy"),
         mask_rate=record.pseudo_label_number("mask_rate", "mask_rate"),
-        imbalance_ratio=record.pseudo_label_number("imbalance_ratio", "imbalance_ratio"),
+        imbalance_ratio=as_imbalance(record.pseudo_label_number("imbalance_ratio", "imbalance_ratio")),
     )
 
 
@@ -375,12 +401,13 @@ def compare_runs(
     ordered = list(members.items())
     baseline = ordered[0][1]
     groups = tuple(_group(name, runs, None if index == 0 else baseline) for index, (name, runs) in enumerate(ordered))
+    notes += [note for note in map(_mixed_settings, groups) if note is not None]
     for group in groups[1:]:
         if group.paired_gain is None:
             notes.append(
                 f"{group.name}: no paired gain (no seed shared with {groups[0].name}, or a seed repeats within a group)"
             )
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     chart = _chart(groups, out / COMPARE_CHART)
     markdown = atomic_write_text(out / COMPARE_FILE, _markdown(groups, varying, num_classes, notes))
     return CompareResult(out, markdown, chart, groups, varying, num_classes, tuple(notes))

@@ -100,7 +100,11 @@ def check_training_ranges(config: Any) -> None:
         (c.steps_per_epoch is None or c.steps_per_epoch >= 1, "--steps-per-epoch must be >= 1"),
         (c.lr > 0, "--lr must be > 0"),
         (c.weight_decay >= 0, "--weight-decay must be >= 0"),
-        (0 <= c.warmup_epochs <= c.epochs, "--warmup-epochs must be in [0, --epochs]"),
+        (
+            0 <= c.warmup_epochs <= c.epochs,
+            f"--warmup-epochs must be in [0, --epochs]; it is {c.warmup_epochs} (given, or the default for this "
+            f"dataset/student) and --epochs is {c.epochs}: pass a smaller --warmup-epochs",
+        ),
         (c.eval_batch_size >= 1, "--eval-batch-size must be >= 1"),
     ]
     for ok, message in checks:

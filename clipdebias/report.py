@@ -29,7 +29,7 @@ from clipdebias import plots
 from clipdebias.atomic import atomic_write_text
 from clipdebias.errors import UserError
 from clipdebias.formatting import fmt, fmt_change, markdown_table
-from clipdebias.runfiles import PseudoLabelTable, RunRecord, as_vector, read_pseudolabels, read_run
+from clipdebias.runfiles import PseudoLabelTable, RunRecord, as_imbalance, as_vector, read_pseudolabels, read_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -378,9 +378,11 @@ def _run_summary(run: RunRecord, per_class: np.ndarray | None) -> list[Row]:
     rows.append(("pseudo-label mask rate", fmt(run.pseudo_label_number("mask_rate", "mask_rate"), 3)))
     rows.append(("pseudo-label accuracy", fmt(run.pseudo_label_number("accuracy", "pseudo_label_accuracy"), 1, "%")))
     _, imbalance = _imbalance_series(run)
-    final_imbalance = run.pseudo_label_number("imbalance_ratio", "imbalance_ratio")
+    final_imbalance = as_imbalance(run.pseudo_label_number("imbalance_ratio", "imbalance_ratio"))
     if imbalance.size > 1:
-        rows.append(("imbalance ratio (first → last epoch)", fmt_change(imbalance[0], final_imbalance, 1, "×")))
+        rows.append(
+            ("imbalance ratio (first → last epoch)", fmt_change(as_imbalance(float(imbalance[0])), final_imbalance, 1, "×"))
+        )
     else:
         rows.append(("imbalance ratio", fmt(final_imbalance, 1, "×")))
     _, entropies = _prior_entropy_series(run)
@@ -594,10 +596,10 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> ReportR
     ``out_dir`` defaults to :func:`default_out_dir`. Returns the files written and the summary rows.
     Raises :class:`UserError` only for input that is not a run folder / pseudo-label CSV.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a run folder (ssl/zeroshot --out) or a pseudo-label CSV")
-    target = Path(out_dir) if out_dir is not None else default_out_dir(path)
+    target = Path(out_dir).expanduser() if out_dir is not None else default_out_dir(path)
     if path.is_dir():
         run = read_run(path)
         sections = [run_section(run)]

@@ -41,6 +41,13 @@ def as_number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def as_imbalance(value: Any) -> float | None:
+    """An imbalance ratio read from a run; ``None`` where there is none: ``metrics.json`` records
+    0.0 for an epoch without a single confident pseudo-label (:func:`clipdebias.metrics.imbalance_ratio`)."""
+    number = as_number(value)
+    return number if number is not None and number > 0 else None
+
+
 def as_vector(value: Any, length: int | None = None) -> np.ndarray | None:
     """A float64 vector from a JSON list of numbers (of ``length`` if given); ``None`` otherwise."""
     if not isinstance(value, list) or not value:

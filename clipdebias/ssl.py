@@ -345,13 +345,12 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
     )
 
     def start_run_folder() -> None:
-        _check_resume(run, config, train_split.classes)
         run.remove_abandoned_temporaries()
         run.write_config(_config_json(config, train_split.classes))
         for name, rows in ((LABELED_INDEX, labeled), (UNLABELED_INDEX, unlabeled)):
             run.write_index(name, [(int(i), train_split.path(int(i)), int(train_split.labels[i])) for i in rows])
 
-    distributed.on_main(start_run_folder)
+    distributed.on_main(lambda: _check_resume(run, config, train_split.classes))
 
     torch.manual_seed(config.seed)
     spec = StreamSpec(
@@ -361,6 +360,9 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
     )
     streams = build_streams(train_split, labeled, unlabeled, evaluation, eval_rows, spec, device, skipped)
     model = build_model(config.arch, train_split.num_classes, streams.in_channels, config.image_size, config.init_weights).to(device)
+    # only now, with --init-weights read: a run that fails before it starts must not leave a folder
+    # that "already holds a run" and refuses the corrected command
+    distributed.on_main(start_run_folder)
     optimizer = make_sgd(model, config.lr, config.weight_decay, SGD_MOMENTUM)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = cosine_schedule(optimizer, total_steps, config.warmup_epochs * config.steps_per_epoch)

@@ -81,16 +81,11 @@ def test_the_training_bar_ends_with_the_last_epochs_accuracy():
 
 
 def test_help_shows_the_defaults_written_in_the_help_texts(capsys, monkeypatch):
-    """Rich would take ``[default: ...]`` in a help text for markup and drop it."""
+    """The defaults a help text states in click's ``[default: ...]`` style are shown (rich help
+    took them for markup and dropped them)."""
     monkeypatch.setenv("COLUMNS", "300")
     assert main(["encode", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "Image decoding processes (default: 0 on CPU, up to 8 with a GPU)." in out
-    assert "(default: $CLIPDEBIAS_CACHE or ~/.cache/clipdebias)" in out
+    assert "Image decoding processes [default: 0 on CPU, up to 8 with a GPU]." in out
+    assert "[default: $CLIPDEBIAS_CACHE or ~/.cache/clipdebias]" in out
 
-
-def test_summary_imbalance_without_confident_pseudo_labels_is_a_dash():
-    from clipdebias.cli.render import imbalance_text
-
-    assert imbalance_text({"imbalance_ratio": 0.0, "class_counts": [0, 0, 0]}) == "- (no confident pseudo-label)"
-    assert imbalance_text({"imbalance_ratio": 3.0, "class_counts": [3, 1, 2]}) == "3.00"

@@ -12,6 +12,7 @@ import sys
 import traceback
 
 import typer
+from typer.core import TyperGroup
 
 try:  # Typer >= 0.22 ships its own copy of click; older releases use the click package.
     from typer._click import exceptions as click_exceptions
@@ -28,12 +29,51 @@ from clipdebias.cli.ssl import ssl_command
 from clipdebias.cli.zeroshot import zeroshot_command
 from clipdebias.errors import EXIT_USER_ERROR, UserError
 
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
+RESUME_HINTS = {
+    "ssl": "run the same command with --resume to continue from the last finished epoch",
+    "zeroshot": "run the same command with --resume to continue from the last finished epoch",
+    "encode": "run the same command again to continue: finished chunks are kept",
+    "pseudolabel": "run the same command again: encoded chunks are kept",
+}
+"""What to do after Ctrl-C, per command (the others simply start over)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a command, carried past Typer (which turns ``KeyboardInterrupt`` into a silent
+    exit code) to :func:`main`, which says so."""
+
+    def __init__(self, command: str | None):
+        super().__init__(command)
+        self.command = command
+
+
+class _Commands(TyperGroup):
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            raise Interrupted(ctx.invoked_subcommand) from err
+
+
+def _interrupted(command: str | None) -> int:
+    hint = RESUME_HINTS.get(command or "")
+    sys.stderr.write("interrupted" + (f"; {hint}" if hint else "") + "\n")
+    sys.stderr.flush()
+    return EXIT_INTERRUPTED
+
+
 app = typer.Typer(
     name="clipdebias",
+    cls=_Commands,
     help="Adapt CLIP to unlabeled data with debiased pseudo-labels (DebiasPL, CVPR 2022).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich's option panels squeeze the descriptions into ~17 columns of an 80-column
+    # terminal (words cut with "…") and read "[default: ...]" in a description as markup.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -55,12 +95,12 @@ def _root(
 
 
 app.command("info", help="Show versions, GPUs and the cache directory.")(info_command)
-app.command("ssl", help="Semi-supervised training: FixMatch + DebiasPL on a few labels per class.")(ssl_command)
-app.command("encode", help="Encode every image of a split once into the embedding cache (resumable).")(encode_command)
+app.command("ssl", help="Semi-supervised FixMatch + DebiasPL, few labels per class.")(ssl_command)
+app.command("encode", help="Encode a split once into the embedding cache (resumable).")(encode_command)
 app.command("pseudolabel", help="Debiased zero-shot pseudo-labels of a split, as CSV.")(pseudolabel_command)
-app.command("zeroshot", help="Unlabeled images -> debiased CLIP pseudo-labels -> a trained student.")(zeroshot_command)
+app.command("zeroshot", help="Unlabeled images -> debiased CLIP pseudo-labels -> a student.")(zeroshot_command)
 app.command("report", help="Charts and report.md for a run folder or a pseudo-label CSV.")(report_command)
-app.command("compare", help="Put finished runs side by side (e.g. FixMatch vs DebiasPL over seeds).")(compare_command)
+app.command("compare", help="Put finished runs side by side: mean ± std, paired gains.")(compare_command)
 
 
 def _one_line(message: str) -> str:
@@ -116,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             # one raised by a command is a failure to show as such, not an abort.
             raise err.__cause__ from None
         print("aborted", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Interrupted as err:
+        return _interrupted(err.command)
+    except KeyboardInterrupt:  # outside a command (while parsing the options)
+        return _interrupted(None)
     return result if isinstance(result, int) else 0

@@ -10,7 +10,7 @@ from rich.console import Console
 from clipdebias.cli.render import column_table, print_written
 
 DEFAULT_OUT = Path("compare")
-GROUP_KEYS_HELP = "method,dataset,labels,tau,threshold"
+GROUP_KEYS_HELP = "method,command,student,arch,dataset,labels,tau,threshold,clip_pseudolabels"
 """Shown in --help; equal to clipdebias.compare.DEFAULT_GROUP_KEYS (a test checks), which is not
 imported here so that ``clipdebias --help`` does not load numpy."""
 
@@ -18,6 +18,7 @@ imported here so that ``clipdebias --help`` does not load numpy."""
 def compare_command(
     runs: list[Path] = typer.Argument(
         ...,
+        metavar="RUN",
         help="Finished run folders, or folders holding one run folder each (e.g. one per seed).",
         show_default=False,
     ),

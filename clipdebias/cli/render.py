@@ -22,10 +22,11 @@ def key_value_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
 
 
 def column_table(title: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
-    """A table with a header row; the first column is bold."""
+    """A table with a header row; the first column is bold. On a narrow terminal the widest
+    column (the long group names) wraps first, so that numbers and headers stay whole."""
     table = Table(title=title, title_justify="left")
     for index, name in enumerate(header):
-        table.add_column(name, style="bold" if index == 0 else None, overflow="fold", no_wrap=index == 0)
+        table.add_column(name, style="bold" if index == 0 else None, overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
@@ -57,12 +58,9 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
-def imbalance_text(pseudo_labels: dict[str, Any]) -> str:
-    """The summary-table value for the imbalance ratio of the last epoch's confident pseudo-labels;
-    ``-`` when there were none (``metrics.json`` then holds 0.0)."""
-    if not any(pseudo_labels.get("class_counts") or [0]):
-        return "- (no confident pseudo-label)"
-    return f"{pseudo_labels['imbalance_ratio']:.2f}"
+def imbalance_text(value: float) -> str:
+    """A summary-table imbalance ratio; ``-`` for the 0.0 of a run without confident pseudo-labels."""
+    return f"{value:.2f}" if value > 0 else "-"
 
 
 def skipped_text(count: int) -> str:

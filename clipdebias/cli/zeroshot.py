@@ -37,7 +37,7 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
         ("CLIP labels correct on the confident set", percent(train_pl["confident_top1"])),
         ("pseudo-labels: mask rate (last epoch)", f"{pl['mask_rate']:.3f}"),
         ("pseudo-labels: accuracy", percent(pl["accuracy"])),
-        ("pseudo-labels: imbalance ratio", imbalance_text(pl)),
+        ("pseudo-labels: imbalance ratio", imbalance_text(pl["imbalance_ratio"])),
         ("epochs / steps", f"{metrics['epochs']} / {metrics['steps']}"),
         ("training time", f"{metrics['elapsed_s']:.1f} s"),
         ("training speed", speed_text(metrics)),
