@@ -36,6 +36,10 @@ ROW_BYTES = 512
 SLACK = 32 * MB
 CHUNK_ROWS = 2048  # pseudolabel --chunk-rows: the constant part stays small next to N x C
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+# Each size is measured this many times and the least growth kept: interference (the kernel
+# reclaiming cold pages of the big test process, which the child then faults back in) only ever
+# adds to a reading, so the least one is the job's own.
+ATTEMPTS = 2
 
 
 def _allowed(added_rows: int, matrix_row_bytes: int) -> int:
@@ -115,16 +119,17 @@ def _pseudolabel_growth(tmp_path: Path, rows: int, monkeypatch) -> int:
     from clipdebias.pseudolabel_job import PseudoLabelConfig, run_pseudolabel
 
     classes, _ = load_classnames("imagenet", [""] * 1000)
-    logits = _logits_file(tmp_path / f"logits-{rows}.npy", rows, len(classes))
     monkeypatch.setattr(data, "open_dataset", lambda name, split, root: SyntheticImages(rows, classes))
-    config = PseudoLabelConfig(
-        dataset="imagenet", data_root=str(tmp_path), out=str(tmp_path / f"labels-{rows}.csv"), logits=str(logits),
-        reference_dir=str(tmp_path / f"reference-{rows}"), chunk_rows=CHUNK_ROWS,
-    )  # fmt: skip
-    growth = peak_growth(lambda: run_pseudolabel(config))
-    logits.unlink()  # the page cache of a deleted file goes too
-    return growth
-
+    growths = []
+    for attempt in range(ATTEMPTS):
+        logits = _logits_file(tmp_path / f"logits-{rows}-{attempt}.npy", rows, len(classes))
+        config = PseudoLabelConfig(
+            dataset="imagenet", data_root=str(tmp_path), out=str(tmp_path / f"labels-{rows}-{attempt}.csv"),
+            logits=str(logits), reference_dir=str(tmp_path / f"reference-{rows}-{attempt}"), chunk_rows=CHUNK_ROWS,
+        )  # fmt: skip
+        growths.append(peak_growth(lambda: run_pseudolabel(config)))
+        logits.unlink()  # the page cache of a deleted file goes too
+    return min(growths)
 
 
 def test_pseudolabel_memory_grows_by_the_logits_and_a_few_bytes_per_row(tmp_path, monkeypatch):
@@ -161,10 +166,14 @@ def _encode_growth(tmp_path: Path, rows: int, dim: int) -> int:
     from clipdebias.embeddings import encode_split
 
     source, encoder = SyntheticImages(rows, [f"class {c}" for c in range(10)]), SyntheticEncoder(dim)
-    cache = tmp_path / f"cache-{rows}"
-    growth = peak_growth(lambda: encode_split(source, encoder, torch.from_numpy, "as-is", cache, batch_size=512))
-    assert (next((cache / "embeddings").iterdir()) / "index.faiss").stat().st_size > rows * dim * 4
-    return growth
+    growths = []
+    for attempt in range(ATTEMPTS):
+        cache = tmp_path / f"cache-{rows}-{attempt}"  # a fresh cache: every attempt encodes everything
+        growths.append(
+            peak_growth(lambda: encode_split(source, encoder, torch.from_numpy, "as-is", cache, batch_size=512))
+        )
+        assert (next((cache / "embeddings").iterdir()) / "index.faiss").stat().st_size > rows * dim * 4
+    return min(growths)
 
 
 def test_encode_memory_grows_by_the_embeddings_and_a_few_bytes_per_image(tmp_path):
