@@ -438,6 +438,10 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
         )
     prompts = load_prompts(config.dataset, train_split.classes, config.classnames, config.templates)
     classes = list(prompts.classnames)
+    if config.init_weights is not None:  # a bad weights file fails now, before hours of encoding
+        from clipdebias.models import build_model
+
+        build_model(config.student, len(classes), 3, config.image_size or 224, config.init_weights)
     run = RunFolder(config.out, writes=distributed.is_main_process())
 
     def check_run_folder() -> None:

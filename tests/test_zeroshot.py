@@ -452,3 +452,14 @@ def test_library_errors_are_user_errors():
         from clipdebias.zeroshot import resolve_zeroshot_config
 
         resolve_zeroshot_config("mnist", "out")
+
+
+def test_a_bad_init_weights_file_fails_before_encoding_and_leaves_no_run(folder, cache, tiny_clip, tmp_path, capsys):
+    out, weights = tmp_path / "run", tmp_path / "weights.pth"
+    weights.write_bytes(b"not a state dict")
+    resnet = ["--student", "resnet50", "--image-size", "8", "--single-view", "--warmup-epochs", "0", "--mu", "1",
+              "--select-threshold", "0.9"]  # fmt: skip
+    assert main([*_args(folder, cache, tiny_clip, *resnet, "--init-weights", str(weights)), "--out", str(out)]) == 2
+    assert "--init-weights" in capsys.readouterr().err
+    assert not (out / "config.json").exists() and not (out / "pseudolabels.csv").exists()
+    _zeroshot(folder, cache, tiny_clip, out, *resnet)  # the corrected command is not "already holds a run"
