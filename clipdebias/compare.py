@@ -23,7 +23,7 @@ from clipdebias import labelstats as stats
 from clipdebias import plots
 from clipdebias.atomic import atomic_write_text
 from clipdebias.errors import UserError
-from clipdebias.formatting import MISSING, fmt, fmt_mean_std, markdown_table
+from clipdebias.formatting import MISSING, count_of, fmt, fmt_mean_std, markdown_table
 from clipdebias.runfiles import METRICS_FILE, RunRecord, as_imbalance, as_number, read_run
 
 DEFAULT_GROUP_KEYS = ("method", "command", "student", "arch", "dataset", "labels", "tau", "threshold", "clip_pseudolabels")
@@ -349,7 +349,7 @@ def _markdown(
     grouped_by = ", ".join(keys) if keys else "nothing differs"
     parts = [
         "# clipdebias compare",
-        f"{len(runs)} runs in {len(groups)} group(s) (grouped by: {grouped_by}), "
+        f"{count_of(len(runs), 'run')} in {len(groups)} group(s) (grouped by: {grouped_by}), "
         f"{num_classes if num_classes is not None else 'unknown number of'} classes; "
         f"written by clipdebias {__version__}. "
         "Top-1, pseudo-label (PL) accuracy and mask rate are mean ± sample std over a group's runs; "

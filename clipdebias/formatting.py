@@ -13,6 +13,11 @@ def is_finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def count_of(count: int, noun: str) -> str:
+    """``1 image``, ``3 images``: a count with its noun (plural with an ``s``)."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
     """A number with ``digits`` decimals and a suffix, or ``–`` when undefined."""
     return f"{value:.{digits}f}{suffix}" if is_finite(value) else MISSING

@@ -15,6 +15,7 @@ from clipdebias.backbone import BackboneConfig
 from clipdebias.config import check_finite
 from clipdebias.embeddings import DEFAULT_CHUNK_SIZE, EncodeResult
 from clipdebias.errors import UserError
+from clipdebias.formatting import count_of
 from clipdebias.progress import NoProgress, Progress
 from clipdebias.pseudolabels import (
     DEFAULT_CHUNK_ROWS,
@@ -175,7 +176,7 @@ def _clip_logits(
         *backbone.describe(),
         (
             "prompts",
-            f"{len(prompts.templates)} templates from {prompts.templates_source}; class names from {prompts.classnames_source}",
+            f"{count_of(len(prompts.templates), 'template')} from {prompts.templates_source}; class names from {prompts.classnames_source}",
         ),
         ("logit scale", f"{scale:g}"),
     ]

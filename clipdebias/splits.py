@@ -6,6 +6,7 @@ import numpy as np
 
 from clipdebias.config import LabelBudget
 from clipdebias.errors import UserError
+from clipdebias.formatting import count_of
 
 
 def split_labeled(
@@ -27,7 +28,7 @@ def split_labeled(
         if count > len(members):
             name = class_names[cls] if class_names is not None else str(cls)
             raise UserError(
-                f"--labels {budget.text}: class {name!r} has only {len(members)} images, "
+                f"--labels {budget.text}: class {name!r} has only {count_of(len(members), 'image')}, "
                 f"fewer than the {count} labeled images asked for"
             )
         labeled.append(rng.permutation(members)[:count])

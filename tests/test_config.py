@@ -73,5 +73,11 @@ def test_split_never_labels_unknown_rows():
 
 def test_split_with_too_few_images_is_a_user_error():
     labels = np.array([0, 0, 0, 1])
-    with pytest.raises(UserError, match="'b' has only 1 images"):
+    with pytest.raises(UserError, match="'b' has only 1 image, "):
         split_labeled(labels, parse_label_budget("2-per-class"), seed=0, class_names=["a", "b"])
+
+
+def test_counts_are_written_with_their_noun_in_the_right_number():
+    from clipdebias.formatting import count_of
+
+    assert [count_of(n, "image") for n in (0, 1, 2, 1500)] == ["0 images", "1 image", "2 images", "1,500 images"]

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from clipdebias.cli.render import column_table, print_written
+from clipdebias.formatting import count_of
 
 DEFAULT_OUT = Path("compare")
 GROUP_KEYS_HELP = "method,command,student,arch,dataset,labels,tau,threshold,clip_pseudolabels"
@@ -39,6 +40,6 @@ def compare_command(
     header, rows = group_rows(result.groups)
     classes = f"{result.num_classes} classes" if result.num_classes is not None else "unknown class count"
     baseline = result.groups[0].name
-    title = f"clipdebias compare: {len(result.runs)} runs, {classes}; Δ top-1 is paired by seed against {baseline}"
+    title = f"clipdebias compare: {count_of(len(result.runs), 'run')}, {classes}; Δ top-1 is paired by seed against {baseline}"
     console.print(column_table(title, header, rows))
     print_written(console, result.files, result.notes)
