@@ -22,6 +22,7 @@ from clipdebias.config import check_training_ranges, parse_label_budget
 from clipdebias.data import DATASETS, ImageSource, open_dataset
 from clipdebias.defaults import PRECISIONS, PREFETCH_FACTOR
 from clipdebias.errors import UserError
+from clipdebias.formatting import count_of
 from clipdebias.runfolder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
 from clipdebias.skipped import SkippedImages
 
@@ -261,9 +262,13 @@ def choose_rows(config: SSLConfig, train: ImageSource) -> tuple[np.ndarray, np.n
     return labeled, unlabeled, holdout
 
 
-def read_clip_pseudolabels(path: str | Path, num_rows: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_clip_pseudolabels(
+    path: str | Path, num_rows: int, num_classes: int, dataset_labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(targets, confidence)`` of length ``num_rows`` from a pseudo-label CSV (``index``,
-    ``pseudo_label``, ``confidence``); rows the file does not list get target -1, confidence 0."""
+    ``pseudo_label``, ``confidence``); rows the file does not list get target -1, confidence 0.
+    With ``dataset_labels`` (the train split's labels, -1 where unknown), the file's ``label``
+    column must agree wherever both are known: a CSV of another dataset is refused."""
     import pandas as pd
 
     try:
@@ -282,10 +287,22 @@ def read_clip_pseudolabels(path: str | Path, num_rows: int, num_classes: int) ->
         raise UserError(f"--clip-pseudolabels {str(path)!r}: 'pseudo_label' must hold class ids in [0, {num_classes})")
     if confidence.isna().any() or (len(confidence) and (confidence.min() < 0 or confidence.max() > 1)):
         raise UserError(f"--clip-pseudolabels {str(path)!r}: 'confidence' must hold numbers in [0, 1]")
+    rows = index.to_numpy(dtype=np.int64)
+    if dataset_labels is not None and "label" in table.columns:
+        truth = pd.to_numeric(table["label"], errors="coerce").to_numpy()
+        known = ~np.isnan(truth) & (truth >= 0) & (dataset_labels[rows] >= 0)
+        wrong = np.flatnonzero(known & (truth != dataset_labels[rows]))
+        if len(wrong):
+            i = wrong[0]
+            raise UserError(
+                f"--clip-pseudolabels {str(path)!r}: row {i} says index {rows[i]} has label {int(truth[i])}, the "
+                f"dataset says {int(dataset_labels[rows[i]])} ({count_of(len(wrong), 'such row')}; was the file written for "
+                "another dataset?)"
+            )
     targets = np.full(num_rows, -1, dtype=np.int64)
     scores = np.zeros(num_rows, dtype=np.float32)
-    targets[index.to_numpy(dtype=np.int64)] = label.to_numpy(dtype=np.int64)
-    scores[index.to_numpy(dtype=np.int64)] = confidence.to_numpy(dtype=np.float32)
+    targets[rows] = label.to_numpy(dtype=np.int64)
+    scores[rows] = confidence.to_numpy(dtype=np.float32)
     return targets, scores
 
 
@@ -336,7 +353,9 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
         config = dataclasses.replace(config, steps_per_epoch=max(1, math.ceil(len(unlabeled) / (config.mu * config.batch_size))))
     fallback = None
     if config.clip_pseudolabels is not None:
-        targets, confidence = read_clip_pseudolabels(config.clip_pseudolabels, len(train_split), train_split.num_classes)
+        targets, confidence = read_clip_pseudolabels(
+            config.clip_pseudolabels, len(train_split), train_split.num_classes, np.asarray(train_split.labels)
+        )
         fallback = Fallback(torch.as_tensor(targets), torch.as_tensor(confidence), config.clip_fallback)
 
     run = RunFolder(config.out, writes=distributed.is_main_process())

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,3 +252,19 @@ def test_unexpected_errors_are_not_masked(tmp_path, monkeypatch):
     monkeypatch.setattr("clipdebias.ssl.run_ssl", broken)
     with pytest.raises(RuntimeError, match="boom"):
         main(["ssl", "--dataset", "digits", "--out", str(tmp_path / "run")])
+
+
+def test_clip_pseudolabels_of_another_dataset_are_refused(tmp_path):
+    """A pseudo-label CSV carries the ground truth it was made with (``label``); where it disagrees
+    with the train split's, the file belongs to another dataset."""
+    truth = np.array([0, 1, 2, 0, 1, 2])
+    table = tmp_path / "clip.csv"
+    table.write_text("index,label,pseudo_label,confidence\n" + "".join(f"{i},{t},{t},0.9\n" for i, t in enumerate(truth)))
+    targets, _ = read_clip_pseudolabels(table, 6, 3, truth)
+    assert targets.tolist() == truth.tolist()
+    unknown = truth.copy()
+    unknown[:3] = -1  # rows whose label the dataset does not know are not compared
+    read_clip_pseudolabels(table, 6, 3, unknown)
+    table.write_text("index,label,pseudo_label,confidence\n0,,1,0.9\n1,2,1,0.9\n2,2,1,0.9\n")  # row 1: 2, not 1
+    with pytest.raises(UserError, match=r"row 1 says index 1 has label 2, the dataset says 1 \(1 such row; was the file written for another"):
+        read_clip_pseudolabels(table, 6, 3, truth)
