@@ -318,3 +318,16 @@ def write_bad_images(folder: Path, size: int = 16) -> None:
     corrupt[middle : middle + 16] = bytes(16)  # data of the image chunk overwritten: its checksum fails
     (folder / "corrupt.png").write_bytes(bytes(corrupt))
     (folder / "huge.png").write_bytes(huge_png_header())
+
+
+class StopTraining(Exception):
+    """Raised by :func:`stop_after_first_epoch`: a run stopped the way a kill would, in-process."""
+
+
+def stop_after_first_epoch(event: object) -> None:
+    """A training ``progress`` callback that stops the run at its first epoch's end (the loop writes
+    that epoch's checkpoint before it reports the event)."""
+    from clipdebias.train import EpochEnd
+
+    if isinstance(event, EpochEnd):
+        raise StopTraining

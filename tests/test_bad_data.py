@@ -15,7 +15,15 @@ from PIL import Image, ImageFile
 from clipdebias.cli import main
 from clipdebias.data import open_dataset
 from clipdebias.image_files import UnreadableImage, read_image
-from fakes import BAD_IMAGES, ODD_IMAGES, make_image_folder, write_bad_images, write_odd_images
+from fakes import (
+    BAD_IMAGES,
+    ODD_IMAGES,
+    StopTraining,
+    make_image_folder,
+    stop_after_first_epoch,
+    write_bad_images,
+    write_odd_images,
+)
 
 # JPEG may move a colour by a level or two; every other kind must be exact.
 JPEG_TOLERANCE = 3
@@ -154,21 +162,13 @@ def test_ssl_completes_on_every_kind_and_lists_the_skipped_images(mixed, tmp_pat
     # The same run with the decoding in the main process, killed after its first epoch and resumed,
     # ends the same: which row stands in for an unreadable one depends on the files only.
     from clipdebias.ssl import resolve_ssl_config, run_ssl
-    from clipdebias.train import EpochEnd
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(event):
-        if isinstance(event, EpochEnd):
-            raise Stop  # the checkpoint of epoch 1 is written before this event
 
     cut = tmp_path / "cut"
     config = resolve_ssl_config(
         "imagefolder", cut, data_root=mixed, labels="1-per-class", arch="cnn", image_size=16, epochs=2,
         steps_per_epoch=3, batch_size=4, mu=2, device="cpu", workers=0,
     )  # fmt: skip
-    with pytest.raises(Stop):
+    with pytest.raises(StopTraining):
         run_ssl(config, progress=stop_after_first_epoch)
     assert {(row["split"], row["path"]) for row in _skipped(cut)} == expected  # kept by the killed run
     assert main([*args[:-1], "0", "--out", str(cut), "--resume"]) == 0

@@ -26,7 +26,7 @@ from clipdebias.metrics import PseudoLabelCounter, eval_counts, eval_result, eva
 from clipdebias.runfolder import RunFolder
 from clipdebias.train import Runtime, TrainConfig, cosine_schedule, make_sgd, train
 from clipdebias.views import GrayAugment
-from fakes import make_image_folder
+from fakes import StopTraining, make_image_folder, stop_after_first_epoch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -400,21 +400,13 @@ def test_a_one_process_checkpoint_resumes_under_torchrun_with_two(tmp_path):
     """The other direction: a run started in one process, stopped after its first checkpoint,
     finishes under ``torchrun --nproc_per_node 2`` with ``--resume``."""
     from clipdebias.ssl import resolve_ssl_config, run_ssl
-    from clipdebias.train import EpochEnd
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(event):
-        if isinstance(event, EpochEnd):
-            raise Stop  # the checkpoint of epoch 1 is written before this event
 
     out = tmp_path / "run"
     config = resolve_ssl_config(  # the values of SSL_ARGS, which the resumed run is given
         "digits", out, epochs=4, steps_per_epoch=6, batch_size=8, mu=2, threshold=0.2, ema_momentum=0.8,
         prior_momentum=0.9, lr=0.1, device="cpu",
     )  # fmt: skip
-    with pytest.raises(Stop):
+    with pytest.raises(StopTraining):
         run_ssl(config, progress=stop_after_first_epoch)
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == 1

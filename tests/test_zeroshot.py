@@ -27,7 +27,7 @@ from clipdebias.zeroshot_core import (
     select_confident,
     zero_shot_eval,
 )
-from fakes import make_image_folder
+from fakes import StopTraining, make_image_folder, stop_after_first_epoch
 
 TINY_TRAINING = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--mu", "2"]
 # Everything of metrics.json that does not depend on the clock.
@@ -291,25 +291,17 @@ def test_head_run_writes_the_run_folder_and_follows_the_threshold(folder, cache,
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(folder, cache, tiny_clip, tmp_path):
-    from clipdebias.train import EpochEnd
     from clipdebias.zeroshot import resolve_zeroshot_config, run_zeroshot
 
     extra = ["--views", "1", "--select-threshold", "0.9", "--epochs", "3", "--steps-per-epoch", "3"]
     full = _zeroshot(folder, cache, tiny_clip, tmp_path / "full", *extra)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(event):
-        if isinstance(event, EpochEnd):
-            raise Stop  # the checkpoint of epoch 1 is written before this event
 
     config = resolve_zeroshot_config(
         "imagefolder", tmp_path / "cut", data_root=folder, model=tiny_clip, pretrained="none", device="cpu",
         templates="simple", logit_scale=100.0, cache_dir=cache, workers=0, views=1, select_threshold=0.9, epochs=3,
         steps_per_epoch=3, batch_size=2, mu=2, report=False, threads=1,
     )  # fmt: skip
-    with pytest.raises(Stop):
+    with pytest.raises(StopTraining):
         run_zeroshot(config, train_progress=stop_after_first_epoch)
     assert not (tmp_path / "cut" / "metrics.json").exists()
     resumed = _zeroshot(folder, cache, tiny_clip, tmp_path / "cut", *extra, "--resume")
