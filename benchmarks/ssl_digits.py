@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from results_block import write_block  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- ssl_digits:begin (written by benchmarks/ssl_digits.py) -->", "<!-- ssl_digits:end -->"
 DEFAULT_TAU, DEFAULT_THRESHOLD = 0.4, 0.95  # the digits defaults of clipdebias ssl
@@ -200,14 +202,7 @@ def _tuning_table(results: dict[Run, dict], budgets: list[int]) -> list[str]:
 
 
 def write_results(path: Path, body: str) -> None:
-    text = path.read_text() if path.is_file() else "# Results\n"
-    block = f"{BEGIN}\n{body.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_block(path, BEGIN, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from clipdebias.data import load_digits_split  # noqa: E402
 from clipdebias.zeroshot import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
 from clipdebias.zeroshot_core import HeadSettings, LoopSettings, ZeroShotArrays, zeroshot_head  # noqa: E402
+from results_block import write_block  # noqa: E402 - beside this script
 
 BEGIN, END = (
     "<!-- zeroshot_head_digits:begin (written by benchmarks/zeroshot_head_digits.py) -->",
@@ -228,13 +229,7 @@ def _tuning_table(results: dict[Run, dict], tuning: list[Run]) -> list[str]:
 
 
 def write_results(path: Path, body: str) -> None:
-    text = path.read_text() if path.is_file() else "# Results\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    write_block(path, BEGIN, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:
