@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -76,6 +76,9 @@ class StreamSpec:
     prefetch_factor: int = DEFAULT_PREFETCH_FACTOR
 
 
+RowsT = TypeVar("RowsT", np.ndarray, torch.Tensor)
+
+
 @dataclass(frozen=True)
 class Shard:
     """This process's part of every batch: rank ``rank`` of ``world`` processes."""
@@ -91,7 +94,8 @@ class Shard:
     def batch(self, global_size: int) -> slice:
         return distributed.shard_slice(global_size, self.rank, self.world)
 
-    def eval_rows(self, rows: np.ndarray) -> np.ndarray:
+    def eval_rows(self, rows: RowsT) -> RowsT:
+        """Every ``world``-th of ``rows`` from ``rank`` on (a view of an array or a tensor)."""
         return rows[self.rank :: self.world]
 
 
