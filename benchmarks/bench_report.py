@@ -118,8 +118,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="clipdebias-bench-"))
     work.mkdir(parents=True, exist_ok=True)
 
-    from clipdebias.compare import compare_runs
-    from clipdebias.report import write_report
+    from clipdebias.reporting.compare import compare_runs
+    from clipdebias.reporting.report import write_report
 
     csv = timed(f"fabricate CSV ({args.rows} rows)", lambda: fabricate_csv(work / "imagenet.csv", args.rows))
     print(f"  CSV size: {csv.stat().st_size / 1e6:.0f} MB")

@@ -5,7 +5,7 @@ Generates --images JPEG files (a small ImageFolder, 256x256 photos-like noise), 
 on the same images, model, transform and batch size:
 
 - bare: decode + open_clip's eval transform + ``model.encode_image`` + normalise, in a plain loop;
-- encode: ``clipdebias.embeddings.encode_split`` into a fresh cache (listing fingerprint, DataLoader,
+- encode: ``clipdebias.clip.cache.encode_split`` into a fresh cache (listing fingerprint, DataLoader,
   shards, FAISS index, manifest, meta.json, all written atomically);
 - cached: ``encode_split`` again over the finished entry.
 
@@ -80,9 +80,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    from clipdebias.backbone import BackboneConfig, load_backbone
-    from clipdebias.data import open_dataset
-    from clipdebias.embeddings import encode_split, resolve_num_workers
+    from clipdebias.clip.backbone import BackboneConfig, load_backbone
+    from clipdebias.data.sources import open_dataset
+    from clipdebias.clip.cache import encode_split, resolve_num_workers
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clipdebias-encode-bench-"))
     root = make_images(workdir / "data", args.images)

@@ -146,7 +146,7 @@ def environment(device) -> dict[str, str]:
 def encode_tensors(report: Report, device, sizes: Sizes) -> None:
     import torch
 
-    from clipdebias.backbone import BackboneConfig, load_backbone
+    from clipdebias.clip.backbone import BackboneConfig, load_backbone
 
     for precision in sizes.encode_precisions:
         backbone = load_backbone(BackboneConfig("ViT-B-32", "none", precision, str(device)))
@@ -185,9 +185,9 @@ def make_jpegs(root: Path, count: int) -> Path:
 
 
 def encode_jpegs(report: Report, device, folder: Path, sizes: Sizes, workdir: Path) -> None:
-    from clipdebias.backbone import BackboneConfig, load_backbone
-    from clipdebias.data import open_dataset
-    from clipdebias.embeddings import cached_embeddings, resolve_num_workers
+    from clipdebias.clip.backbone import BackboneConfig, load_backbone
+    from clipdebias.data.sources import open_dataset
+    from clipdebias.clip.cache import cached_embeddings, resolve_num_workers
 
     precision = "fp16" if device.type == "cuda" else "fp32"
     backbone = load_backbone(BackboneConfig("ViT-B-32", "none", precision, str(device)))
@@ -210,9 +210,9 @@ def encode_jpegs(report: Report, device, folder: Path, sizes: Sizes, workdir: Pa
 def training_loader(report: Report, device, folder: Path, sizes: Sizes) -> None:
     import numpy as np
 
-    from clipdebias.data import open_dataset
-    from clipdebias.loaders import StreamSpec, build_streams
-    from clipdebias.ssl import default_workers
+    from clipdebias.data.sources import open_dataset
+    from clipdebias.data.streams import StreamSpec, build_streams
+    from clipdebias.commands.ssl import default_workers
 
     source = open_dataset("imagefolder", "train", folder)
     rows = np.arange(len(source))
@@ -254,8 +254,8 @@ def synthetic_training(report: Report, device, sizes: Sizes, compile_too: bool) 
     import torch
 
     from clipdebias.metrics import eval_result
-    from clipdebias.models import build_model
-    from clipdebias.train import LabeledBatch, Runtime, TrainConfig, UnlabeledBatch, cosine_schedule, make_sgd, train
+    from clipdebias.training.models import build_model
+    from clipdebias.training.loop import LabeledBatch, Runtime, TrainConfig, UnlabeledBatch, cosine_schedule, make_sgd, train
 
     classes, size, batch, mu = 1000, sizes.train_image_size, sizes.train_batch, sizes.train_mu
 
@@ -301,7 +301,7 @@ def _ssl_args(device, steps: int, out: Path) -> list[str]:
 
 
 def ssl_digits(report: Report, device, sizes: Sizes, workdir: Path) -> dict:
-    from clipdebias.ssl import resolve_ssl_config, run_ssl
+    from clipdebias.commands.ssl import resolve_ssl_config, run_ssl
 
     config = resolve_ssl_config("digits", workdir / "digits-1", epochs=1, steps_per_epoch=sizes.digits_steps, device=device.type)
     metrics = run_ssl(config)
@@ -347,7 +347,7 @@ def _with_val_split(folder: Path, per_class: int = 8) -> Path:
 
 
 def zeroshot_students(report: Report, device, folder: Path, sizes: Sizes, workdir: Path) -> None:
-    from clipdebias.zeroshot import STUDENTS, resolve_zeroshot_config, run_zeroshot
+    from clipdebias.commands.zeroshot.run import STUDENTS, resolve_zeroshot_config, run_zeroshot
 
     for student in STUDENTS:
         options = dict(
@@ -386,7 +386,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where to put generated images and runs")
     args = parser.parse_args()
 
-    from clipdebias.device import resolve_device
+    from clipdebias.utils.device import resolve_device
 
     device = resolve_device("auto")
     sizes = GPU_SIZES if device.type == "cuda" else CPU_SIZES

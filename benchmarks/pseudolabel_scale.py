@@ -64,7 +64,7 @@ def make_entry(workdir: Path, rows: int, classes: int, dim: int, seed: int = 0) 
     import numpy as np
     import pandas as pd
 
-    from clipdebias.atomic import atomic_write_json
+    from clipdebias.utils.atomic import atomic_write_json
 
     rng = np.random.default_rng(seed)
     entry = workdir / "entry"
@@ -91,8 +91,8 @@ def run_streaming(workdir: Path, chunk_rows: int) -> dict:
     import numpy as np
     import torch
 
-    from clipdebias.embeddings import EmbeddingStore, open_entry
-    from clipdebias.pseudolabels import ZeroShotLogits, debiased_pseudo_labels, pseudo_label_table, write_pseudo_labels
+    from clipdebias.clip.cache import EmbeddingStore, open_entry
+    from clipdebias.pseudolabels.labels import ZeroShotLogits, debiased_pseudo_labels, pseudo_label_table, write_pseudo_labels
 
     began = time.perf_counter()
     store = EmbeddingStore(open_entry(workdir / "entry"))
@@ -192,7 +192,7 @@ def main() -> None:
             print(json.dumps(run_naive(args.workdir, args.child_arg)))
         return
 
-    from clipdebias.pseudolabels import DEFAULT_CHUNK_ROWS
+    from clipdebias.pseudolabels.labels import DEFAULT_CHUNK_ROWS
 
     chunk_rows = args.chunk_rows or DEFAULT_CHUNK_ROWS
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clipdebias-bench-"))

@@ -16,7 +16,7 @@ What stands in for what (none of it is CLIP; no weights can be downloaded on the
 
 Per seed, on the 540 val images: "zero-shot" top-1 (the prototype classifier), debiased zero-shot
 top-1 (``logits - 0.4 log q`` with the train prior), and the head student trained by
-:func:`clipdebias.zeroshot_core.zeroshot_head` (the library call ``zeroshot --student head`` makes)
+:func:`clipdebias.commands.zeroshot.head.zeroshot_head` (the library call ``zeroshot --student head`` makes)
 with ``--no-debias`` (FixMatch, tau 0 for the labels and the loop) and with DebiasPL (tau 0.4).
 The learning rate and the student threshold are tuned per method on a stratified 20% of train held
 out from training (tuning seeds ``TUNE_SEED_OFFSET``...; val unused), with the same grid for both.
@@ -41,9 +41,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clipdebias.data import load_digits_split  # noqa: E402
-from clipdebias.zeroshot import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
-from clipdebias.zeroshot_core import HeadSettings, LoopSettings, ZeroShotArrays, zeroshot_head  # noqa: E402
+from clipdebias.data.sources import load_digits_split  # noqa: E402
+from clipdebias.commands.zeroshot.run import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
+from clipdebias.commands.zeroshot.head import HeadSettings, LoopSettings, ZeroShotArrays, zeroshot_head  # noqa: E402
 from results_block import write_block  # noqa: E402 - beside this script
 
 BEGIN, END = (
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "'text classifier' is one prototype per class, each the embedding of a single random train image "
         "(deliberately weak and biased); see the docstring of `benchmarks/zeroshot_head_digits.py`. "
         "Everything after the embeddings is the code `clipdebias zeroshot --student head` runs "
-        "(`clipdebias.zeroshot_core.zeroshot_head`): debiased pseudo-labels, the confident set at "
+        "(`clipdebias.commands.zeroshot.head.zeroshot_head`): debiased pseudo-labels, the confident set at "
         f"{SHARED_DEFAULTS.select_threshold:g}, the one training loop with CLIP's label as fallback at "
         f"{SHARED_DEFAULTS.clip_fallback:g}, the text-initialised linear head.",
         "",

@@ -27,9 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clipdebias.train import DEFAULT_LOG_EVERY, StepProgress, TrainStart  # noqa: E402
-from clipdebias.zeroshot import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
-from clipdebias.zeroshot_core import (  # noqa: E402
+from clipdebias.training.loop import DEFAULT_LOG_EVERY, StepProgress, TrainStart  # noqa: E402
+from clipdebias.commands.zeroshot.run import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
+from clipdebias.commands.zeroshot.head import (  # noqa: E402
     HeadSettings,
     LoopSettings,
     ZeroShotArrays,

@@ -163,7 +163,7 @@ class PseudoLabelCounter:
         ).to(self._totals.device)
 
     def result(self, reduce: Callable[[Tensor], Tensor] | None = None) -> PseudoLabelStats:
-        """The statistics so far; ``reduce`` (e.g. :func:`clipdebias.distributed.all_reduce_sum`)
+        """The statistics so far; ``reduce`` (e.g. :func:`clipdebias.utils.distributed.all_reduce_sum`)
         sums the counts of all processes first."""
         values = torch.cat([self._totals, self._counts])
         if reduce is not None:

@@ -327,7 +327,7 @@ class StopTraining(Exception):
 def stop_after_first_epoch(event: object) -> None:
     """A training ``progress`` callback that stops the run at its first epoch's end (the loop writes
     that epoch's checkpoint before it reports the event)."""
-    from clipdebias.train import EpochEnd
+    from clipdebias.training.loop import EpochEnd
 
     if isinstance(event, EpochEnd):
         raise StopTraining

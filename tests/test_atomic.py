@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from clipdebias.atomic import (
+from clipdebias.utils.atomic import (
     atomic_write,
     atomic_write_group,
     atomic_write_json,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from open_clip.transformer import QuickGELU
 
-from clipdebias.backbone import BackboneConfig, load_backbone, register_model
-from clipdebias.errors import UserError
+from clipdebias.clip.backbone import BackboneConfig, load_backbone, register_model
+from clipdebias.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

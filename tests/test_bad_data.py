@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from clipdebias.cli import main
-from clipdebias.data import open_dataset
-from clipdebias.image_files import UnreadableImage, read_image
+from clipdebias.data.sources import open_dataset
+from clipdebias.data.image_files import UnreadableImage, read_image
 from fakes import (
     BAD_IMAGES,
     ODD_IMAGES,
@@ -161,7 +161,7 @@ def test_ssl_completes_on_every_kind_and_lists_the_skipped_images(mixed, tmp_pat
 
     # The same run with the decoding in the main process, killed after its first epoch and resumed,
     # ends the same: which row stands in for an unreadable one depends on the files only.
-    from clipdebias.ssl import resolve_ssl_config, run_ssl
+    from clipdebias.commands.ssl import resolve_ssl_config, run_ssl
 
     cut = tmp_path / "cut"
     config = resolve_ssl_config(
@@ -179,7 +179,7 @@ def test_ssl_completes_on_every_kind_and_lists_the_skipped_images(mixed, tmp_pat
 
 
 def test_encode_skips_every_bad_kind_and_encodes_every_odd_one(mixed, tiny_clip, tmp_path, capsys, monkeypatch):
-    from clipdebias.embeddings import open_entry, read_manifest
+    from clipdebias.clip.cache import open_entry, read_manifest
 
     monkeypatch.setenv("COLUMNS", "250")
     args = ["encode", "--dataset", "imagefolder", "--data-root", str(mixed), "--model", tiny_clip, "--pretrained",

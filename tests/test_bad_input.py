@@ -210,7 +210,7 @@ def test_cheap_checks_come_before_the_model_loads_or_anything_is_written(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the cheap checks")
 
-    monkeypatch.setattr("clipdebias.backbone.load_backbone", no_model)
+    monkeypatch.setattr("clipdebias.clip.backbone.load_backbone", no_model)
     assert main(_fill(args, files, tmp_path)) == 2
     assert message in _one_error_line(capsys)
     assert not {p.name for p in tmp_path.iterdir()} & {"cache", "out", "labels.csv"}
@@ -264,7 +264,7 @@ def test_read_only_cache_fails_before_the_model_loads(files, tmp_path, capsys, r
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the cache was checked")
 
-    monkeypatch.setattr("clipdebias.backbone.load_backbone", no_model)
+    monkeypatch.setattr("clipdebias.clip.backbone.load_backbone", no_model)
     assert main(_fill(ENCODE, files, tmp_path)) == 2
     assert "cache directory (--cache-dir): cannot write into" in (line := _one_error_line(capsys))
     assert "Read-only file system" in line
@@ -295,8 +295,8 @@ def test_a_cache_that_fills_up_while_encoding_keeps_the_finished_chunks(files, t
 
 
 def test_a_gpu_number_beyond_the_count_is_refused(monkeypatch):
-    from clipdebias.device import resolve_device
-    from clipdebias.errors import UserError
+    from clipdebias.utils.device import resolve_device
+    from clipdebias.utils.errors import UserError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

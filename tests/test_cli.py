@@ -68,7 +68,7 @@ def test_the_training_bar_ends_with_the_last_epochs_accuracy():
     from rich.console import Console
 
     from clipdebias.cli.train_view import TrainProgressView
-    from clipdebias.train import EpochEnd, StepProgress, TrainStart
+    from clipdebias.training.loop import EpochEnd, StepProgress, TrainStart
 
     out = io.StringIO()
     with TrainProgressView(Console(file=out, width=200)) as view:

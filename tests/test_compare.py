@@ -8,8 +8,8 @@ from PIL import Image
 
 from clipdebias.cli import main
 from clipdebias.cli.compare import GROUP_KEYS_HELP
-from clipdebias.compare import DEFAULT_GROUP_KEYS, compare_runs
-from clipdebias.errors import UserError
+from clipdebias.reporting.compare import DEFAULT_GROUP_KEYS, compare_runs
+from clipdebias.utils.errors import UserError
 from fakes import make_run_folder
 
 

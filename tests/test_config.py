@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from clipdebias.config import LabelBudget, parse_label_budget
-from clipdebias.errors import UserError
-from clipdebias.splits import split_labeled
+from clipdebias.config.checks import LabelBudget, parse_label_budget
+from clipdebias.utils.errors import UserError
+from clipdebias.data.splits import split_labeled
 
 
 @pytest.mark.parametrize(
@@ -78,6 +78,6 @@ def test_split_with_too_few_images_is_a_user_error():
 
 
 def test_counts_are_written_with_their_noun_in_the_right_number():
-    from clipdebias.formatting import count_of
+    from clipdebias.utils.formatting import count_of
 
     assert [count_of(n, "image") for n in (0, 1, 2, 1500)] == ["0 images", "1 image", "2 images", "1,500 images"]

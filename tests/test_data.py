@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipdebias.data import UnreadableImage, open_dataset
-from clipdebias.errors import UserError
+from clipdebias.data.sources import UnreadableImage, open_dataset
+from clipdebias.utils.errors import UserError
 from fakes import make_cifar_root, make_image_folder
 
 

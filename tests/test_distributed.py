@@ -15,17 +15,17 @@ import pytest
 import torch
 from torch import nn
 
-from clipdebias import distributed
+from clipdebias.utils import distributed
 from clipdebias.cli import main
-from clipdebias.data import open_dataset
-from clipdebias.backbone import BackboneConfig, load_backbone
-from clipdebias.embeddings import encode_split, load_embeddings, open_entry, read_manifest
-from clipdebias.errors import UserError
-from clipdebias.loaders import GrayStream, Shard, StreamSpec, _PlanBatches, build_streams, epoch_plan
+from clipdebias.data.sources import open_dataset
+from clipdebias.clip.backbone import BackboneConfig, load_backbone
+from clipdebias.clip.cache import encode_split, load_embeddings, open_entry, read_manifest
+from clipdebias.utils.errors import UserError
+from clipdebias.data.streams import GrayStream, Shard, StreamSpec, _PlanBatches, build_streams, epoch_plan
 from clipdebias.metrics import PseudoLabelCounter, eval_counts, eval_result, eval_result_from_counts
-from clipdebias.runfolder import RunFolder
-from clipdebias.train import Runtime, TrainConfig, cosine_schedule, make_sgd, train
-from clipdebias.views import GrayAugment
+from clipdebias.training.run_folder import RunFolder
+from clipdebias.training.loop import Runtime, TrainConfig, cosine_schedule, make_sgd, train
+from clipdebias.data.augment import GrayAugment
 from fakes import StopTraining, make_image_folder, stop_after_first_epoch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -399,7 +399,7 @@ def test_speed_options_are_checked(tmp_path, capsys):
 def test_a_one_process_checkpoint_resumes_under_torchrun_with_two(tmp_path):
     """The other direction: a run started in one process, stopped after its first checkpoint,
     finishes under ``torchrun --nproc_per_node 2`` with ``--resume``."""
-    from clipdebias.ssl import resolve_ssl_config, run_ssl
+    from clipdebias.commands.ssl import resolve_ssl_config, run_ssl
 
     out = tmp_path / "run"
     config = resolve_ssl_config(  # the values of SSL_ARGS, which the resumed run is given

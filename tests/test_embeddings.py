@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipdebias.backbone import BackboneConfig, load_backbone
+from clipdebias.clip.backbone import BackboneConfig, load_backbone
 from clipdebias.cli import main
-from clipdebias.data import open_dataset
-from clipdebias.embeddings import (
+from clipdebias.data.sources import open_dataset
+from clipdebias.clip.cache import (
     LOCK_FILE,
     SHARDS_DIR,
     EmbeddingStore,
@@ -29,7 +29,7 @@ from clipdebias.embeddings import (
     read_manifest,
     search,
 )
-from clipdebias.errors import UserError
+from clipdebias.utils.errors import UserError
 from fakes import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,15 +7,15 @@ import json
 import pytest
 
 from clipdebias.cli import main
-from clipdebias.compare import compare_runs
+from clipdebias.reporting.compare import compare_runs
 from fakes import make_pseudolabel_csv, make_run_folder
 
 
 @pytest.mark.parametrize(
     "command, patched, hint",
     [
-        (["report", "anything"], "clipdebias.report.write_report", None),
-        (["ssl", "--dataset", "digits", "--out", "unused"], "clipdebias.ssl.run_ssl", "--resume"),
+        (["report", "anything"], "clipdebias.reporting.report.write_report", None),
+        (["ssl", "--dataset", "digits", "--out", "unused"], "clipdebias.commands.ssl.run_ssl", "--resume"),
     ],
 )
 def test_ctrl_c_in_a_command_says_interrupted_and_how_to_continue(capsys, monkeypatch, command, patched, hint):

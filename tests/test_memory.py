@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipdebias.data import ImageSource
+from clipdebias.data.sources import ImageSource
 
 MB = 1 << 20
 # What one more image may cost beyond its row of the matrix (its embedding, its logits): its file
@@ -114,9 +114,9 @@ def _logits_file(path: Path, rows: int, classes: int) -> Path:
 
 
 def _pseudolabel_growth(tmp_path: Path, rows: int, monkeypatch) -> int:
-    from clipdebias import data
-    from clipdebias.prompts import load_classnames
-    from clipdebias.pseudolabel_job import PseudoLabelConfig, run_pseudolabel
+    from clipdebias.data import sources as data
+    from clipdebias.clip.prompts import load_classnames
+    from clipdebias.commands.pseudolabel import PseudoLabelConfig, run_pseudolabel
 
     classes, _ = load_classnames("imagenet", [""] * 1000)
     monkeypatch.setattr(data, "open_dataset", lambda name, split, root: SyntheticImages(rows, classes))
@@ -163,7 +163,7 @@ class SyntheticEncoder:
 
 
 def _encode_growth(tmp_path: Path, rows: int, dim: int) -> int:
-    from clipdebias.embeddings import encode_split
+    from clipdebias.clip.cache import encode_split
 
     source, encoder = SyntheticImages(rows, [f"class {c}" for c in range(10)]), SyntheticEncoder(dim)
     growths = []

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdebias.errors import UserError
-from clipdebias.prompts import (
+from clipdebias.utils.errors import UserError
+from clipdebias.clip.prompts import (
     PromptSet,
     SIMPLE_TEMPLATE,
     encode_classifier,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from clipdebias.cli import main
-from clipdebias.errors import UserError
-from clipdebias.pseudolabels import (
+from clipdebias.utils.errors import UserError
+from clipdebias.pseudolabels.labels import (
     CSV_COLUMNS,
     ZeroShotLogits,
     debiased_pseudo_labels,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from clipdebias.cli import main
-from clipdebias.embeddings import META_FILE, SHARDS_DIR, load_embeddings, open_entry, read_manifest
+from clipdebias.clip.cache import META_FILE, SHARDS_DIR, load_embeddings, open_entry, read_manifest
 from fakes import make_image_folder
 from interrupt import Killer, run_to_end
 
@@ -146,7 +146,7 @@ def _slow_writes(monkeypatch, pause_s: float) -> None:
     group, and with a temporary file on disk, last long enough for a random kill to land in them."""
     import time
 
-    from clipdebias import atomic
+    from clipdebias.utils import atomic
 
     write_file = atomic.atomic_write
 
@@ -363,7 +363,7 @@ def uninterrupted(tmp_path_factory) -> dict:
 def test_a_nan_stops_the_run_keeps_the_last_good_checkpoint_and_resumes_from_it(
     tmp_path, monkeypatch, capsys, uninterrupted, poison, step, message
 ):
-    from clipdebias import train
+    from clipdebias.training import loop as train
 
     real_step, calls = train.fixmatch_step, []
 
@@ -395,7 +395,7 @@ def test_a_nan_stops_the_run_keeps_the_last_good_checkpoint_and_resumes_from_it(
 
 
 def test_a_nan_in_the_first_epoch_says_nothing_was_saved(tmp_path, monkeypatch, capsys):
-    from clipdebias import train
+    from clipdebias.training import loop as train
 
     real_step = train.fixmatch_step
     monkeypatch.setattr(

@@ -1,4 +1,4 @@
-"""`clipdebias report` and `clipdebias.report.write_report`: from a finished run, from a CSV alone,
+"""`clipdebias report` and `clipdebias.reporting.report.write_report`: from a finished run, from a CSV alone,
 defensive reading of optional fields, one-line errors for foreign input, readable 1000-class charts."""
 
 import json
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipdebias import plots
+from clipdebias.reporting import plots
 from clipdebias.cli import main
-from clipdebias.errors import UserError
-from clipdebias.report import TABLE_EXTREMES, write_report
+from clipdebias.utils.errors import UserError
+from clipdebias.reporting.report import TABLE_EXTREMES, write_report
 from fakes import make_pseudolabel_csv, make_run_folder
 
 
@@ -194,7 +194,7 @@ def test_resumed_run_keeps_one_record_per_epoch(tmp_path):
     lines = (run / "metrics.jsonl").read_text().splitlines()
     redo = json.loads(lines[1]) | {"top1": 12.5}
     (run / "metrics.jsonl").write_text("\n".join([lines[0], lines[1], json.dumps(redo), lines[2]]) + "\n")
-    from clipdebias.runfiles import read_run
+    from clipdebias.reporting.runs import read_run
 
     record = read_run(run)
     epochs, top1 = record.epoch_series("top1")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from clipdebias.cli import main
-from clipdebias.ssl import read_clip_pseudolabels, resolve_ssl_config
-from clipdebias.errors import UserError
+from clipdebias.commands.ssl import read_clip_pseudolabels, resolve_ssl_config
+from clipdebias.utils.errors import UserError
 from fakes import make_cifar_root, make_image_folder
 
 TINY_WITH_REPORT = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--device", "cpu"]
@@ -249,7 +249,7 @@ def test_unexpected_errors_are_not_masked(tmp_path, monkeypatch):
     def broken(config, progress=None):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("clipdebias.ssl.run_ssl", broken)
+    monkeypatch.setattr("clipdebias.commands.ssl.run_ssl", broken)
     with pytest.raises(RuntimeError, match="boom"):
         main(["ssl", "--dataset", "digits", "--out", str(tmp_path / "run")])
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
-from clipdebias.errors import UserError
-from clipdebias.loaders import epoch_plan
+from clipdebias.utils.errors import UserError
+from clipdebias.data.streams import epoch_plan
 from clipdebias.metrics import PseudoLabelCounter, eval_result, imbalance_ratio, per_class_accuracy
-from clipdebias.models import SmallCNN, build_model, load_init_weights
-from clipdebias.train import (
+from clipdebias.training.models import SmallCNN, build_model, load_init_weights
+from clipdebias.training.loop import (
     EMATeacher,
     LabeledBatch,
     TrainConfig,
@@ -23,7 +23,7 @@ from clipdebias.train import (
     fixmatch_step,
     make_sgd,
 )
-from clipdebias.views import GrayAugment, gray_to_tensor
+from clipdebias.data.augment import GrayAugment, gray_to_tensor
 
 
 def test_apply_fallback_truth_table():
@@ -140,7 +140,7 @@ def test_multiviews_average_every_pseudo_label_set_over_every_strong_view():
 
 
 def test_fallback_enters_the_loss_by_dataset_index():
-    from clipdebias.train import Fallback
+    from clipdebias.training.loop import Fallback
 
     weak = torch.tensor([[0.0, 0.0, 0.1], [0.0, 0.0, 0.1]])  # unsure: no row passes the threshold
     strong = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
@@ -253,7 +253,7 @@ def test_a_skipped_optimizer_step_advances_the_schedule_without_torchs_warning()
     advances, and the user sees no warning about the order (torch's own call would print one)."""
     import warnings
 
-    from clipdebias.train import _step_schedule, cosine_schedule
+    from clipdebias.training.loop import _step_schedule, cosine_schedule
 
     def schedule():
         optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)

@@ -14,13 +14,13 @@ from PIL import Image
 
 from clipdebias.cli import main
 from clipdebias.debias import ClassPrior, select_pseudo_labels
-from clipdebias.embedding_views import AugmentedView, EmbeddingStream, FeatureNoise
-from clipdebias.errors import UserError
-from clipdebias.loaders import UNLABELED_STREAM, epoch_plan
-from clipdebias.models import SmallCNN, build_head, load_init_weights, strip_wrapper_prefix
-from clipdebias.pseudolabels import CSV_COLUMNS, PseudoLabels
-from clipdebias.train import EMATeacher, LabeledBatch, TrainConfig, UnlabeledBatch, fixmatch_step
-from clipdebias.zeroshot_core import (
+from clipdebias.training.embedding_streams import AugmentedView, EmbeddingStream, FeatureNoise
+from clipdebias.utils.errors import UserError
+from clipdebias.data.streams import UNLABELED_STREAM, epoch_plan
+from clipdebias.training.models import SmallCNN, build_head, load_init_weights, strip_wrapper_prefix
+from clipdebias.pseudolabels.labels import CSV_COLUMNS, PseudoLabels
+from clipdebias.training.loop import EMATeacher, LabeledBatch, TrainConfig, UnlabeledBatch, fixmatch_step
+from clipdebias.commands.zeroshot.head import (
     Selection,
     ZeroShotArrays,
     fallback_table,
@@ -125,7 +125,7 @@ def test_the_head_starts_at_zero_shot_accuracy(kind):
 
 
 def test_head_learning_rate_is_relative_to_the_logit_scale():
-    from clipdebias.zeroshot_core import head_sgd
+    from clipdebias.commands.zeroshot.head import head_sgd
 
     arrays = _arrays()
     for kind, scale in (("linear", 20.0), ("mlp", 100.0)):
@@ -291,7 +291,7 @@ def test_head_run_writes_the_run_folder_and_follows_the_threshold(folder, cache,
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(folder, cache, tiny_clip, tmp_path):
-    from clipdebias.zeroshot import resolve_zeroshot_config, run_zeroshot
+    from clipdebias.commands.zeroshot.run import resolve_zeroshot_config, run_zeroshot
 
     extra = ["--views", "1", "--select-threshold", "0.9", "--epochs", "3", "--steps-per-epoch", "3"]
     full = _zeroshot(folder, cache, tiny_clip, tmp_path / "full", *extra)
@@ -359,7 +359,7 @@ def test_clip_student_fine_tunes_the_image_tower(folder, cache, tiny_clip, tmp_p
 
 
 def test_resnet50_student_from_moco_style_weights(folder, cache, tiny_clip, tmp_path):
-    from clipdebias.models import build_model
+    from clipdebias.training.models import build_model
 
     source = build_model("resnet50", 10, 3, image_size=8)
     weights = {f"module.encoder_q.{k}": v for k, v in source.state_dict().items() if not k.startswith("fc.")}
@@ -441,7 +441,7 @@ def test_ssl_takes_the_csv_pseudolabel_writes_as_fallback_labels(cache, tiny_cli
 
 def test_library_errors_are_user_errors():
     with pytest.raises(UserError, match="unknown dataset"):
-        from clipdebias.zeroshot import resolve_zeroshot_config
+        from clipdebias.commands.zeroshot.run import resolve_zeroshot_config
 
         resolve_zeroshot_config("mnist", "out")
 

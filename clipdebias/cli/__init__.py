@@ -1,7 +1,7 @@
 """The ``clipdebias`` command line: a Typer app whose commands live one per module in this package.
 
 Each command turns its options into a config and makes one call into the library. Errors a user
-can cause (:class:`clipdebias.errors.UserError`, bad option values) end with one line on stderr and
+can cause (:class:`clipdebias.utils.errors.UserError`, bad option values) end with one line on stderr and
 exit code 2; ``--debug`` adds the traceback.
 """
 
@@ -27,7 +27,7 @@ from clipdebias.cli.pseudolabel import pseudolabel_command
 from clipdebias.cli.report import report_command
 from clipdebias.cli.ssl import ssl_command
 from clipdebias.cli.zeroshot import zeroshot_command
-from clipdebias.errors import EXIT_USER_ERROR, UserError
+from clipdebias.utils.errors import EXIT_USER_ERROR, UserError
 
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C (128 + SIGINT), as shells report it."""

@@ -8,11 +8,11 @@ import typer
 from rich.console import Console
 
 from clipdebias.cli.render import column_table, print_written
-from clipdebias.formatting import count_of
+from clipdebias.utils.formatting import count_of
 
 DEFAULT_OUT = Path("compare")
 GROUP_KEYS_HELP = "method,command,student,arch,dataset,labels,tau,threshold,clip_pseudolabels"
-"""Shown in --help; equal to clipdebias.compare.DEFAULT_GROUP_KEYS (a test checks), which is not
+"""Shown in --help; equal to clipdebias.reporting.compare.DEFAULT_GROUP_KEYS (a test checks), which is not
 imported here so that ``clipdebias --help`` does not load numpy."""
 
 
@@ -31,7 +31,7 @@ def compare_command(
         show_default=False,
     ),
 ) -> None:
-    from clipdebias.compare import DEFAULT_GROUP_KEYS, compare_runs, group_rows
+    from clipdebias.reporting.compare import DEFAULT_GROUP_KEYS, compare_runs, group_rows
 
     keys = tuple(by.split(",")) if by is not None else DEFAULT_GROUP_KEYS
     console = Console()

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from clipdebias import __version__
-from clipdebias.paths import cache_dir
+from clipdebias.utils.paths import cache_dir
 
 
 def _version(distribution: str) -> str:

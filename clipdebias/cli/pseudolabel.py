@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer import Option
 
-from clipdebias import defaults
+from clipdebias.config import defaults
 from clipdebias.cli import options
 from clipdebias.cli.render import percent
 
@@ -60,11 +60,11 @@ def pseudolabel_command(
         bool, Option("--report/--no-report", help="Write FILE_report/ (charts, report.md) beside the CSV.")
     ] = True,
 ) -> None:
-    from clipdebias.backbone import BackboneConfig
+    from clipdebias.clip.backbone import BackboneConfig
     from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
-    from clipdebias.report import try_write_report
-    from clipdebias.pseudolabel_job import PseudoLabelConfig, run_pseudolabel
+    from clipdebias.reporting.report import try_write_report
+    from clipdebias.commands.pseudolabel import PseudoLabelConfig, run_pseudolabel
     from clipdebias.labelstats import imbalance_ratio
 
     config = PseudoLabelConfig(

@@ -65,7 +65,7 @@ def imbalance_text(value: float) -> str:
 
 def skipped_text(count: int) -> str:
     """The summary-table value for the unreadable images a run skipped."""
-    from clipdebias.runfolder import SKIPPED_IMAGES
+    from clipdebias.training.run_folder import SKIPPED_IMAGES
 
     return f"{count:,} (listed in {SKIPPED_IMAGES})" if count else "0"
 

@@ -22,7 +22,7 @@ def report_command(
         show_default=False,
     ),
 ) -> None:
-    from clipdebias.report import write_report
+    from clipdebias.reporting.report import write_report
 
     console = Console()
     with console.status("drawing the report charts…"):

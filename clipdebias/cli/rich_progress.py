@@ -1,4 +1,4 @@
-"""A :class:`clipdebias.progress.Progress` drawn with rich: one bar per stage, items per second."""
+"""A :class:`clipdebias.utils.progress.Progress` drawn with rich: one bar per stage, items per second."""
 
 from __future__ import annotations
 

@@ -77,9 +77,9 @@ def ssl_command(
     report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report/ (charts, report.md) at the end."),
 ) -> None:
     from clipdebias.cli.render import print_report_outcome
-    from clipdebias.distributed import is_main_process
-    from clipdebias.report import try_write_report
-    from clipdebias.ssl import resolve_ssl_config, run_ssl
+    from clipdebias.utils.distributed import is_main_process
+    from clipdebias.reporting.report import try_write_report
+    from clipdebias.commands.ssl import resolve_ssl_config, run_ssl
 
     config = resolve_ssl_config(
         dataset, out, data_root=data_root, labels=labels, labeled_index=labeled_index, holdout=holdout, tau=tau,

@@ -1,4 +1,4 @@
-"""The training loop's progress events (:mod:`clipdebias.train`) drawn as one rich progress bar,
+"""The training loop's progress events (:mod:`clipdebias.training.loop`) drawn as one rich progress bar,
 for ``ssl`` and ``zeroshot``."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TrainProgressView:
             self.progress.__exit__(*exc)
 
     def __call__(self, event: Any) -> None:
-        from clipdebias.train import EpochEnd, StepProgress, TrainStart
+        from clipdebias.training.loop import EpochEnd, StepProgress, TrainStart
 
         if isinstance(event, TrainStart):
             self.progress.__enter__()

@@ -192,9 +192,9 @@ def zeroshot_command(
     from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.cli.train_view import TrainProgressView
-    from clipdebias.distributed import is_main_process
-    from clipdebias.train import TrainStart
-    from clipdebias.zeroshot import resolve_zeroshot_config, run_zeroshot
+    from clipdebias.utils.distributed import is_main_process
+    from clipdebias.training.loop import TrainStart
+    from clipdebias.commands.zeroshot.run import resolve_zeroshot_config, run_zeroshot
 
     config = resolve_zeroshot_config(
         dataset, out, student=student, data_root=data_root, model=model, pretrained=pretrained, quick_gelu=quick_gelu,

@@ -1,0 +1,252 @@
+"""The ``clipdebias pseudolabel`` job: dataset → (cached CLIP embeddings + prompts, or a teacher's
+logits) → debiased pseudo-labels → CSV, JSON sidecar and, optionally, the reference code's CSVs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipdebias.utils.atomic import atomic_write_group
+from clipdebias.clip.backbone import BackboneConfig
+from clipdebias.config.checks import check_finite
+from clipdebias.clip.cache import DEFAULT_CHUNK_SIZE, EncodeResult
+from clipdebias.utils.errors import UserError
+from clipdebias.utils.formatting import count_of
+from clipdebias.utils.progress import NoProgress, Progress
+from clipdebias.pseudolabels.labels import (
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_TAU,
+    DEFAULT_THRESHOLD,
+    FiniteRows,
+    LogitRows,
+    PseudoLabelSummary,
+    ZeroShotLogits,
+    debiased_pseudo_labels,
+    pseudo_label_files,
+    pseudo_label_sidecar,
+    pseudo_label_table,
+    reference_format_files,
+    summarize,
+)
+
+if TYPE_CHECKING:
+    from clipdebias.data.sources import ImageSource
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Resolved options of ``clipdebias pseudolabel``."""
+
+    dataset: str
+    data_root: str | None
+    out: str
+    split: str = "train"
+    backbone: BackboneConfig = BackboneConfig()
+    classnames: str | None = None
+    templates: str | None = None
+    tau: float = DEFAULT_TAU
+    threshold: float = DEFAULT_THRESHOLD
+    logit_scale: float | None = None  # None: the model's own (100 for OpenAI CLIP)
+    logits: str | None = None  # a teacher's [N, C] logits (.npy) instead of CLIP
+    reference_dir: str | None = None
+    cache_dir: str | None = None
+    batch_size: int = 64
+    num_workers: int | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+
+@dataclass(frozen=True)
+class PseudoLabelRun:
+    """What :func:`run_pseudolabel` produced."""
+
+    csv: Path
+    sidecar: Path
+    reference: tuple[Path, Path] | None
+    summary: PseudoLabelSummary
+    classes: list[str]
+    teacher: str
+    tau: float
+    threshold: float
+    num_images: int
+    encode: EncodeResult | None
+    backbone_rows: list[tuple[str, str]]
+
+
+class ReportingRows:
+    """A :class:`LogitRows` that reports each pass over its rows as a progress stage."""
+
+    ndim = 2
+    STAGES = ("class prior (pass 1/2)", "pseudo-labels (pass 2/2)")
+
+    def __init__(self, rows: LogitRows, progress: Progress):
+        self.rows = rows
+        self.shape = tuple(rows.shape)
+        self.progress = progress
+        self.passes = 0
+
+    def __getitem__(self, rows: slice) -> Any:
+        chunk = self.rows[rows]  # first: a bad first chunk fails before a bar is drawn
+        if not rows.start:
+            self.progress.start(self.STAGES[min(self.passes, len(self.STAGES) - 1)], self.shape[0])
+            self.passes += 1
+        self.progress.advance(int(chunk.shape[0]))
+        return chunk
+
+
+def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
+    """Raise :class:`UserError` for the first bad option value, before any work is done."""
+    check_finite(config)
+    checks = [
+        (config.tau >= 0, "--tau must be >= 0 (0 gives plain zero-shot labels)"),
+        (0.0 <= config.threshold <= 1.0, "--threshold must be in [0, 1]"),
+        (config.logit_scale is None or config.logit_scale > 0, "--logit-scale must be > 0"),
+        (config.batch_size >= 1, "--batch-size must be >= 1"),
+        (config.num_workers is None or config.num_workers >= 0, "--num-workers must be >= 0"),
+        (config.chunk_size >= 1, "--chunk-size must be >= 1"),
+        (config.chunk_rows >= 1, "--chunk-rows must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def _check_out(out: str) -> Path:
+    path = Path(out).expanduser()
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"--out {out}: give a file name ending in .csv (a FILE.json sidecar is written beside it)")
+    if path.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name ending in .csv")
+    return path
+
+
+def load_logits_file(path: str, num_images: int, num_classes: int) -> FiniteRows:
+    """A teacher's ``[N, C]`` logits from ``.npy``, memory-mapped; its shape must match the dataset,
+    and a row with NaN or an infinity stops the job when it is read."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"--logits {path}: no such file")
+    try:
+        logits = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"--logits {path} is not a .npy array ({err})") from err
+    if logits.ndim != 2 or logits.shape != (num_images, num_classes):
+        raise UserError(
+            f"--logits {path} has shape {tuple(logits.shape)}, but the split has {num_images} images and {num_classes} classes "
+            f"(expected [{num_images}, {num_classes}], rows in dataset order)"
+        )
+    if not np.issubdtype(logits.dtype, np.floating):
+        raise UserError(f"--logits {path} holds {logits.dtype}, expected floating-point logits")
+    return FiniteRows(logits, f"--logits {path}")
+
+
+def _clip_logits(
+    config: PseudoLabelConfig, backbone: Any, source: ImageSource, progress: Progress
+) -> tuple[LogitRows, np.ndarray, EncodeResult, list[tuple[str, str]], float]:
+    """Zero-shot logits of cached CLIP embeddings: (logits, dataset indices, encode result, backbone rows, scale)."""
+    from clipdebias.clip.cache import EmbeddingStore, cached_embeddings
+    from clipdebias.utils.paths import cache_dir as resolve_cache_dir
+    from clipdebias.clip.prompts import load_prompts, text_classifier
+
+    prompts = load_prompts(config.dataset, source.classes, config.classnames, config.templates)
+    root = resolve_cache_dir(config.cache_dir)
+    backbone.warn_if_random(progress, "these pseudo-labels are")
+    encoded = cached_embeddings(
+        source,
+        backbone,
+        root,
+        config.data_root,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        chunk_size=config.chunk_size,
+        progress=progress,
+    )
+    classifier = text_classifier(backbone, prompts, root, batch_size=config.batch_size, progress=progress)
+    scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
+    if not (scale > 0 and math.isfinite(scale)):
+        raise UserError(f"--logit-scale must be a positive number, got {scale}")
+    store = EmbeddingStore(encoded.entry)
+    if len(store) == 0:
+        raise UserError(f"no image of the split could be read; the reasons are in {encoded.entry.manifest_path}")
+    rows = [
+        *backbone.describe(),
+        (
+            "prompts",
+            f"{count_of(len(prompts.templates), 'template')} from {prompts.templates_source}; class names from {prompts.classnames_source}",
+        ),
+        ("logit scale", f"{scale:g}"),
+    ]
+    return ZeroShotLogits(store.vectors, classifier, scale, backbone.device), store.ids, encoded, rows, scale
+
+
+def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None) -> PseudoLabelRun:
+    """The whole ``pseudolabel`` command; every file is written atomically."""
+    from clipdebias.utils.atomic import prepare_dir
+    from clipdebias.clip.backbone import load_backbone
+    from clipdebias.data.sources import check_dataset, open_dataset
+    from clipdebias.utils.paths import cache_dir as resolve_cache_dir
+    from clipdebias.utils.paths import prepare_cache_dir
+    from clipdebias.clip.prompts import load_classnames
+
+    progress = progress or NoProgress()
+    check_pseudolabel_config(config)
+    check_dataset(config.dataset, config.split, config.data_root)
+    out = _check_out(config.out)
+    prepare_dir(out.parent, "folder of --out")  # the checks that cost nothing come before the long work
+    if config.reference_dir is not None:
+        prepare_dir(config.reference_dir, "--reference-format")
+    if config.logits is None:
+        prepare_cache_dir(config.cache_dir)
+    backbone = None
+    if config.logits is None:  # the backbone first: missing weights fail before a long folder scan
+        backbone = load_backbone(config.backbone, digest_dir=resolve_cache_dir(config.cache_dir))
+    source = open_dataset(config.dataset, config.split, config.data_root)
+    classes, _ = load_classnames(config.dataset, source.classes, config.classnames)
+    encoded: EncodeResult | None = None
+    scale: float | None = None
+    if config.logits is not None:
+        logits: LogitRows = load_logits_file(config.logits, len(source), len(classes))
+        indices = np.arange(len(source), dtype=np.int64)
+        teacher, rows = f"logits file {config.logits}", [("teacher", f"logits file {config.logits}")]
+    else:
+        logits, indices, encoded, rows, scale = _clip_logits(config, backbone, source, progress)
+        teacher = "clip"
+    result = debiased_pseudo_labels(ReportingRows(logits, progress), config.tau, config.threshold, config.chunk_rows)
+    paths = [source.path(i) for i in range(len(source))]
+    table = pseudo_label_table(result, indices, paths, source.labels, classes)
+    summary = summarize(result, source.labels[indices], len(classes))
+    sidecar = pseudo_label_sidecar(
+        result,
+        summary,
+        classes,
+        teacher=teacher,
+        model=None if config.logits else config.backbone.model,
+        pretrained=None if config.logits else config.backbone.pretrained,
+        logit_scale=scale,
+        dataset=config.dataset,
+        data_root=config.data_root,
+        split=config.split,
+        num_images=len(source),
+    )
+    files = pseudo_label_files(table, out, sidecar)
+    if config.reference_dir:
+        files += reference_format_files(table, config.reference_dir, result.threshold)
+    csv, sidecar_path, *pair = atomic_write_group(files)  # a kill never leaves files of two runs side by side
+    reference = (pair[0], pair[1]) if pair else None
+    return PseudoLabelRun(
+        csv,
+        sidecar_path,
+        reference,
+        summary,
+        classes,
+        teacher,
+        result.tau,
+        result.threshold,
+        len(source),
+        encoded,
+        rows,
+    )

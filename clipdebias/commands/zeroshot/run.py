@@ -1,0 +1,579 @@
+"""``clipdebias zeroshot``: from unlabeled images to a debiased student that beats CLIP zero-shot.
+
+1. encode the train and evaluation splits through the embedding cache (and, for the ``head``
+   student, ``--views`` augmented views of the train split); build the text classifier;
+2. debiased zero-shot pseudo-labels of the train split (as ``pseudolabel``) -> ``OUT/pseudolabels.csv``;
+3. the confident set (debiased confidence >= ``--select-threshold``, or the ``--select-topk-per-class``
+   most confident per class) with CLIP's label as target, and the unlabeled rest;
+4. the one training loop (:mod:`clipdebias.training.loop`): FixMatch + DebiasPL on the rest, CLIP's label as
+   fallback where CLIP is confident enough and the student is not (``--clip-fallback``);
+5. metrics on the evaluation split -> ``OUT/metrics.json``, then ``OUT/report/``.
+
+Students: ``head`` (frozen embeddings, :mod:`clipdebias.commands.zeroshot.head`), ``clip`` (the image tower
+with the text-initialised head) and ``resnet50`` (the reference setting), the last two on the image
+streams of :mod:`clipdebias.data.streams`. Defaults are in :data:`SHARED_DEFAULTS` and
+:data:`STUDENT_DEFAULTS`, documented in docs/usage.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipdebias import __version__
+
+from clipdebias.config import defaults
+from clipdebias.config.checks import check_training_ranges
+from clipdebias.data.sources import DATASETS
+from clipdebias.utils.errors import UserError
+from clipdebias.utils.progress import NoProgress, Progress
+from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
+
+if TYPE_CHECKING:
+    import torch
+
+    from clipdebias.clip.backbone import Backbone
+    from clipdebias.data.sources import ImageSource
+    from clipdebias.data.skipped import SkippedImage
+    from clipdebias.commands.zeroshot.head import Selection, ZeroShotArrays
+
+STUDENTS = ("head", "clip", "resnet50")
+PSEUDOLABELS_FILE = "pseudolabels.csv"
+# Options that may differ between a run and its --resume.
+RESUME_MAY_CHANGE = (
+    "resume", "device", "workers", "threads", "eval_batch_size", "encode_batch_size", "cache_dir", "report",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SharedDefaults:
+    """Defaults of the options every student shares: the CVPR 2022 zero-shot recipe
+    (``scripts/zsl/train_DebiasPL_ImageNet.sh``: tau 0.4, threshold 0.8, prior momentum 0.99; the
+    confident set at CLIP confidence 0.95; CLIP's label where its confidence is >= 0.3)."""
+
+    tau: float = defaults.TAU
+    select_threshold: float = defaults.THRESHOLD
+    clip_fallback: float = 0.3
+    threshold: float = 0.8
+    prior_momentum: float = 0.99
+    head: str = "linear"
+    views: int = 2
+    feature_dropout: float = 0.1
+    feature_noise: float = 0.5
+    min_steps_per_epoch: int = 50
+
+
+@dataclass(frozen=True)
+class StudentDefaults:
+    """Per-student defaults (docs/usage.md explains where each comes from)."""
+
+    epochs: int
+    batch_size: int
+    mu: int
+    lambda_u: float
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    ema_momentum: float
+    multiviews: bool
+    image_size: int | None  # None: not an option (head) or CLIP's own input size (clip)
+
+
+SHARED_DEFAULTS = SharedDefaults()
+STUDENT_DEFAULTS: dict[str, StudentDefaults] = {
+    # Chosen on the digits proxy's holdout (benchmarks/zeroshot_head_digits.py, docs/results.md).
+    "head": StudentDefaults(
+        epochs=10, batch_size=256, mu=4, lambda_u=1.0, lr=0.15, weight_decay=0.0, warmup_epochs=0,
+        ema_momentum=0.99, multiviews=False, image_size=None,
+    ),
+    # Common practice for fine-tuning CLIP (AdamW, small lr, wd 0.1); not tuned here (no GPU, no weights).
+    "clip": StudentDefaults(
+        epochs=10, batch_size=64, mu=2, lambda_u=1.0, lr=1e-5, weight_decay=0.1, warmup_epochs=1,
+        ema_momentum=0.999, multiviews=False, image_size=None,
+    ),
+    # The reference zero-shot script: lr 0.003, cosine, 5 warm-up epochs, 50 epochs, batch 64,
+    # mu 5, lambda_u 10, wd 1e-4, EMA 0.999, multi-views, 224 px.
+    "resnet50": StudentDefaults(
+        epochs=50, batch_size=64, mu=5, lambda_u=10.0, lr=0.003, weight_decay=1e-4, warmup_epochs=5,
+        ema_momentum=0.999, multiviews=True, image_size=224,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """Every resolved option of a ``zeroshot`` run (written to ``config.json``)."""
+
+    dataset: str
+    out: str
+    data_root: str | None
+    model: str
+    pretrained: str
+    quick_gelu: bool | None
+    precision: str
+    classnames: str | None
+    templates: str | None
+    logit_scale: float | None
+    student: str
+    head: str
+    views: int
+    feature_dropout: float
+    feature_noise: float
+    select_threshold: float
+    select_topk_per_class: int | None
+    clip_fallback: float
+    tau: float
+    no_debias: bool
+    threshold: float
+    prior_momentum: float
+    lambda_u: float
+    mu: int
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int | None
+    min_steps_per_epoch: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    ema_momentum: float
+    init_weights: str | None
+    image_size: int | None
+    multiviews: bool
+    amp: bool | None
+    seed: int
+    device: str
+    workers: int | None
+    threads: int | None
+    encode_batch_size: int
+    eval_batch_size: int
+    cache_dir: str | None
+    report: bool
+    resume: bool
+
+    @property
+    def method(self) -> str:
+        return "debiaspl" if self.tau > 0 else "fixmatch"
+
+
+_HEAD_ONLY = ("views", "feature_dropout", "feature_noise")
+
+
+def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None = None, **given: Any) -> ZeroShotConfig:
+    """Fill every option left as ``None`` with the student's default and check values and combinations.
+
+    Raises :class:`UserError` for unknown names, bad values and options that do not apply to the student.
+    """
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    student = student or "head"
+    if student not in STUDENTS:
+        raise UserError(f"unknown --student {student!r}; choose one of: {', '.join(STUDENTS)}")
+    no_debias = bool(given.pop("no_debias", False))
+    if no_debias and given.get("tau") not in (None, 0, 0.0):
+        raise UserError(f"--no-debias means --tau 0; it cannot be combined with --tau {given['tau']}")
+    if no_debias:
+        given["tau"] = 0.0
+    for key in _HEAD_ONLY:
+        if student != "head" and given.get(key) is not None:
+            raise UserError(f"--{key.replace('_', '-')} applies to --student head only")
+    if student != "resnet50" and given.get("init_weights") is not None:
+        raise UserError("--init-weights applies to --student resnet50 only (head and clip start from CLIP)")
+    if student != "resnet50" and given.get("image_size") is not None:
+        raise UserError("--image-size applies to --student resnet50 only (head and clip use CLIP's input size)")
+    if student == "head" and given.get("multiviews") is not None:
+        raise UserError("--multiviews/--single-view apply to --student clip and resnet50 (the head uses --views)")
+    values: dict[str, Any] = {
+        "data_root": None, "model": "ViT-B-32", "pretrained": "openai", "quick_gelu": None, "precision": "fp32",
+        "classnames": None, "templates": None, "logit_scale": None, "select_topk_per_class": None,
+        "steps_per_epoch": None, "init_weights": None, "amp": None, "seed": 0, "device": "auto", "workers": None, "threads": None,
+        "encode_batch_size": 64, "eval_batch_size": 256, "cache_dir": None, "report": True, "resume": False,
+    }  # fmt: skip
+    values.update(dataclasses.asdict(SHARED_DEFAULTS))
+    values.update(dataclasses.asdict(STUDENT_DEFAULTS[student]))
+    values.update({k: v for k, v in given.items() if v is not None})
+    for key in ("data_root", "init_weights", "cache_dir", "classnames"):
+        if values[key] is not None:
+            values[key] = str(Path(values[key]).expanduser())
+    unknown = set(values) - {f.name for f in dataclasses.fields(ZeroShotConfig)}
+    if unknown:
+        raise TypeError(f"unknown zeroshot options: {sorted(unknown)}")
+    config = ZeroShotConfig(
+        dataset=dataset, out=str(Path(out).expanduser()), student=student, no_debias=no_debias, **values
+    )
+    _check_ranges(config)
+    return config
+
+
+def _check_ranges(c: ZeroShotConfig) -> None:
+    check_training_ranges(c)
+    checks = [
+        (0.0 <= c.select_threshold <= 1.0, "--select-threshold must be in [0, 1]"),
+        (c.select_topk_per_class is None or c.select_topk_per_class >= 1, "--select-topk-per-class must be >= 1"),
+        (c.views >= 0, "--views must be >= 0"),
+        (0.0 <= c.feature_dropout < 1.0, "--feature-dropout must be in [0, 1)"),
+        (c.feature_noise >= 0, "--feature-noise must be >= 0"),
+        (c.image_size is None or c.image_size >= 8, "--image-size must be >= 8"),
+        (c.logit_scale is None or (c.logit_scale > 0 and math.isfinite(c.logit_scale)), "--logit-scale must be > 0"),
+        (c.workers is None or c.workers >= 0, "--workers must be >= 0"),
+        (c.threads is None or c.threads >= 1, "--threads must be >= 1"),
+        (c.encode_batch_size >= 1, "--encode-batch-size must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    from clipdebias.training.models import HEADS
+
+    if c.head not in HEADS:
+        raise UserError(f"unknown --head {c.head!r}; choose one of: {', '.join(HEADS)}")
+
+
+# --- pieces -------------------------------------------------------------------------------------------
+
+
+class _Stage:
+    """A :class:`Progress` that names what is being encoded (``encoding images: train``)."""
+
+    def __init__(self, progress: Progress, what: str):
+        self.progress, self.what = progress, what
+
+    def start(self, label: str, total: int, completed: int = 0) -> None:
+        self.progress.start(f"{label}: {self.what}", total, completed)
+
+    def advance(self, count: int) -> None:
+        self.progress.advance(count)
+
+    def note(self, text: str, warning: bool = False) -> None:
+        self.progress.note(text, warning)
+
+
+def _encode(
+    config: ZeroShotConfig, backbone: Backbone, source: ImageSource, root: Path, progress: Progress, view: int | None
+) -> Any:
+    """The cached embeddings of ``source`` (an :class:`~clipdebias.clip.cache.EmbeddingStore`, memory-mapped),
+    plain (``view=None``) or augmented view ``view``; encoded first where the cache lacks them."""
+    from clipdebias.training.embedding_streams import AugmentedView, augmented_view_id
+    from clipdebias.clip.cache import EmbeddingStore, encode_split, resolve_num_workers
+
+    if view is None:
+        transform, transform_id, what = backbone.transform, backbone.transform_id, source.split
+    else:
+        transform = AugmentedView(view, backbone.preprocess_cfg)
+        transform_id, what = (
+            augmented_view_id(view, backbone.preprocess_cfg),
+            f"{source.split} view {view + 1}/{config.views}",
+        )
+    result = encode_split(
+        source, backbone, transform, transform_id, root, data_root=config.data_root,
+        batch_size=config.encode_batch_size, num_workers=resolve_num_workers(config.workers, backbone.device.type),
+        progress=_Stage(progress, what),
+    )  # fmt: skip
+    store = EmbeddingStore(result.entry)
+    if len(store) == 0:
+        raise UserError(
+            f"no image of the {source.split} split could be read; the reasons are in {result.entry.manifest_path}"
+        )
+    return store
+
+
+def _gather(store: Any, wanted: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The rows of ``store`` for the dataset indices ``wanted`` (all present), copied from the mapped
+    file into ``out`` (or a new array) without an intermediate copy when every row is wanted."""
+    out = np.empty((len(wanted), store.dim), dtype=np.float32) if out is None else out
+    if len(wanted) == len(store.ids):
+        out[...] = store.vectors
+    else:
+        out[...] = store.vectors[np.searchsorted(store.ids, wanted)]
+    return out
+
+
+def _embedding_arrays(
+    config: ZeroShotConfig,
+    backbone: Backbone,
+    train_split: ImageSource,
+    evaluation: ImageSource,
+    root: Path,
+    progress: Progress,
+    classifier: torch.Tensor,
+    scale: float,
+) -> tuple[ZeroShotArrays, list[SkippedImage]]:
+    """Encode (or read from the cache) what the student needs: train rows readable in every view, val
+    rows; and the images of both splits that could not be read."""
+    from clipdebias.commands.zeroshot.head import ZeroShotArrays
+
+    train = _encode(config, backbone, train_split, root, progress, None)
+    evaluation_store = _encode(config, backbone, evaluation, root, progress, None)
+    view_stores = (
+        [_encode(config, backbone, train_split, root, progress, k) for k in range(config.views)]
+        if config.student == "head"
+        else []
+    )
+    kept = train.ids
+    for store in view_stores:  # an image unreadable in one pass is unreadable in all; stay safe anyway
+        kept = np.intersect1d(kept, store.ids)
+    views = None
+    if view_stores:
+        views = np.empty((len(view_stores), len(kept), train.dim), dtype=np.float32)
+        for k, store in enumerate(view_stores):
+            _gather(store, kept, out=views[k])
+    arrays = ZeroShotArrays(
+        train_ids=kept, train_embeddings=_gather(train, kept), train_labels=train.labels[np.searchsorted(train.ids, kept)],
+        classifier=classifier, logit_scale=scale, eval_embeddings=np.array(evaluation_store.vectors),
+        eval_labels=evaluation_store.labels.copy(), views=views, num_train_images=len(train_split),
+        eval_ids=evaluation_store.ids.copy(),
+    )  # fmt: skip
+    return arrays, _skipped(train) + _skipped(evaluation_store)
+
+
+def _skipped(store: Any) -> list[SkippedImage]:
+    """The images of a cache entry that could not be read (from its manifest, read only if there are any)."""
+    from clipdebias.clip.cache import read_manifest
+    from clipdebias.data.skipped import skipped_from_manifest
+
+    if store.entry.num_failed == 0:
+        return []
+    return skipped_from_manifest(store.entry.meta["key"]["split"], read_manifest(store.entry))
+
+
+def _config_json(config: ZeroShotConfig, classes: list[str]) -> dict[str, Any]:
+    return {
+        "command": "zeroshot",
+        "version": __version__,
+        **dataclasses.asdict(config),
+        "method": config.method,
+        "classes": classes,
+    }
+
+
+def loop_settings(config: ZeroShotConfig) -> Any:
+    from clipdebias.commands.zeroshot.head import LoopSettings
+
+    return LoopSettings(
+        tau=config.tau, threshold=config.threshold, prior_momentum=config.prior_momentum, lambda_u=config.lambda_u,
+        ema_momentum=config.ema_momentum, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+        min_steps_per_epoch=config.min_steps_per_epoch, batch_size=config.batch_size, mu=config.mu, lr=config.lr,
+        weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, clip_fallback=config.clip_fallback,
+        seed=config.seed,
+    )  # fmt: skip
+
+
+# --- the run -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZeroShotRun:
+    """What :func:`run_zeroshot` did: the metrics (``metrics.json``), the backbone's description,
+    the report (``None``: not asked for, or it could not be written, then ``report_error`` says why)."""
+
+    metrics: dict[str, Any]
+    backbone_rows: list[tuple[str, str]]
+    pseudolabels: Path
+    report: Any
+    report_error: str | None
+
+
+def run_zeroshot(
+    config: ZeroShotConfig, progress: Progress | None = None, train_progress: Callable[[Any], None] | None = None
+) -> ZeroShotRun:
+    """Run ``zeroshot`` end to end (see the module docstring); every file is written atomically.
+
+    ``progress`` receives the encoding and pseudo-labelling stages, ``train_progress`` the training
+    loop's events (:class:`clipdebias.training.loop.ProgressEvent`). Under torchrun call it in every
+    process: the processes encode their parts of each split into the one cache entry, rank 0 makes
+    the pseudo-labels and the confident set and hands them to the others, every process trains on
+    its part of each global batch, and only rank 0 writes files and reports progress.
+    """
+    from clipdebias.utils import distributed
+    from clipdebias.utils.device import resolve_device
+
+    with _torch_threads(config.threads), distributed.session(resolve_device(config.device)):
+        shown = progress if progress is not None and distributed.is_main_process() else NoProgress()
+        return _run(config, shown, train_progress)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``count`` for the duration (``None``: left alone); see docs/performance.md."""
+    import torch
+
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[Any], None] | None) -> ZeroShotRun:
+    from clipdebias.utils import distributed
+    from clipdebias.utils.atomic import prepare_dir
+    from clipdebias.clip.backbone import BackboneConfig, load_backbone
+    from clipdebias.data.sources import ArraySource, check_dataset, open_dataset
+    from clipdebias.utils.paths import prepare_cache_dir
+    from clipdebias.clip.prompts import load_prompts, text_classifier
+    from clipdebias.commands.pseudolabel import ReportingRows
+    from clipdebias.reporting.report import try_write_report
+    from clipdebias.commands.zeroshot.head import HeadSettings, fit_head, pseudo_label_train_rows, train_logits, zero_shot_eval
+
+    check_dataset(config.dataset, "train", config.data_root)  # the checks that cost nothing come first
+    distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
+    root = prepare_cache_dir(config.cache_dir)
+    backbone_config = BackboneConfig(
+        config.model, config.pretrained, config.precision, config.device, config.quick_gelu
+    )
+    backbone = load_backbone(backbone_config, digest_dir=root)  # first: missing weights fail in seconds
+    device = backbone.device
+    train_split = open_dataset(config.dataset, "train", config.data_root)
+    evaluation = open_dataset(config.dataset, "val", config.data_root)
+    if config.student != "head" and isinstance(train_split, ArraySource) and train_split.images.ndim == 3:
+        raise UserError(
+            f"--student {config.student} needs RGB images; {config.dataset} is grayscale, use --student head"
+        )
+    prompts = load_prompts(config.dataset, train_split.classes, config.classnames, config.templates)
+    classes = list(prompts.classnames)
+    if config.init_weights is not None:  # a bad weights file fails now, before hours of encoding
+        from clipdebias.training.models import build_model
+
+        build_model(config.student, len(classes), 3, config.image_size or 224, config.init_weights)
+    run = RunFolder(config.out, writes=distributed.is_main_process())
+
+    def check_run_folder() -> None:
+        check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
+        run.remove_abandoned_temporaries()
+
+    distributed.on_main(check_run_folder)
+    backbone.warn_if_random(progress, "pseudo-labels and zero-shot numbers are")
+
+    classifier = distributed.on_main(
+        lambda: text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress).cpu()
+    )
+    scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
+    arrays, skipped = _embedding_arrays(config, backbone, train_split, evaluation, root, progress, classifier, scale)
+    kept = arrays.train_ids
+
+    def label_and_write() -> tuple[Selection, Path, Any, Any]:
+        """Rank 0's part: the pseudo-labels, the confident set and the files made of them."""
+        rows = ReportingRows(train_logits(arrays, device), progress)
+        selection = pseudo_label_train_rows(
+            arrays, config.tau, config.select_threshold, config.select_topk_per_class, device, logits=rows
+        )
+        csv = _write_pseudolabels(config, run, arrays, selection, train_split, classes, scale)
+        zeroshot, zeroshot_debiased = zero_shot_eval(arrays, selection.pseudo.prior, config.tau)
+        run.write_config(_config_json(config, classes))
+        if skipped:
+            run.write_skipped_images(skipped)
+        for name, positions in ((LABELED_INDEX, selection.confident), (UNLABELED_INDEX, selection.rest)):
+            run.write_index(
+                name, [(int(i), train_split.path(int(i)), int(train_split.labels[i])) for i in kept[positions]]
+            )
+        return selection, csv, zeroshot, zeroshot_debiased
+
+    selection, csv, zeroshot, zeroshot_debiased = distributed.on_main(label_and_write)
+
+    if config.student == "head":
+        head = HeadSettings(config.head, config.feature_dropout, config.feature_noise)
+        _, result = fit_head(
+            arrays, selection, loop_settings(config), head, device=device, eval_batch_size=config.eval_batch_size,
+            run=run, resume=config.resume, progress=train_progress,
+        )  # fmt: skip
+    else:
+        from clipdebias.commands.zeroshot.image_students import train_image_student
+
+        result = train_image_student(
+            config, backbone, arrays, selection, train_split, evaluation, device, run, train_progress
+        )
+
+    metrics = _metrics(config, classes, arrays, selection, zeroshot, zeroshot_debiased, result, scale)
+    metrics["skipped_images"] = len(skipped)
+    metrics["images_per_s"] = result.images_per_s
+    metrics["world_size"] = result.world_size
+    run.write_metrics(metrics)
+    wants_report = config.report and distributed.is_main_process()
+    report, report_error = try_write_report(run.path) if wants_report else (None, None)
+    return ZeroShotRun(metrics, backbone.describe(), csv, report, report_error)
+
+
+def _write_pseudolabels(
+    config: ZeroShotConfig,
+    run: RunFolder,
+    arrays: ZeroShotArrays,
+    selection: Selection,
+    train_split: ImageSource,
+    classes: list[str],
+    scale: float,
+) -> Path:
+    from clipdebias.pseudolabels.labels import pseudo_label_sidecar, pseudo_label_table, summarize, write_pseudo_labels
+
+    pseudo = selection.pseudo
+    paths = [train_split.path(i) for i in range(len(train_split))]
+    table = pseudo_label_table(pseudo, arrays.train_ids, paths, train_split.labels, classes)
+    summary = summarize(pseudo, train_split.labels[arrays.train_ids], len(classes))
+    sidecar = pseudo_label_sidecar(
+        pseudo, summary, classes, teacher="clip", model=config.model, pretrained=config.pretrained, logit_scale=scale,
+        dataset=config.dataset, data_root=config.data_root, split="train", num_images=len(train_split),
+    )  # fmt: skip
+    csv, _ = write_pseudo_labels(table, run.file(PSEUDOLABELS_FILE), sidecar)
+    return csv
+
+
+def _known_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float | None:
+    known = truth >= 0
+    return float(100.0 * np.mean(predicted[known] == truth[known])) if known.any() else None
+
+
+def _metrics(
+    config: ZeroShotConfig,
+    classes: list[str],
+    arrays: ZeroShotArrays,
+    selection: Selection,
+    zeroshot: Any,
+    zeroshot_debiased: Any,
+    result: Any,
+    scale: float,
+) -> dict[str, Any]:
+    truth = np.asarray(arrays.train_labels)
+    pseudo = selection.pseudo
+    return {
+        "method": config.method,
+        "student": config.student,
+        "dataset": config.dataset,
+        "num_classes": len(classes),
+        "classes": classes,
+        "top1": result.final_eval.top1,
+        "top5": result.final_eval.top5,
+        "per_class_top1": result.final_eval.per_class_top1,
+        "student_top1": result.final_eval.top1,
+        "zeroshot_top1": zeroshot.top1,
+        "zeroshot_top5": zeroshot.top5,
+        "zeroshot_debiased_top1": zeroshot_debiased.top1,
+        "zeroshot_per_class_top1": zeroshot.per_class_top1,
+        "pseudo_labels": result.pseudo_labels.as_dict(),
+        "prior": result.prior,
+        "train_pseudo_labels": {
+            "zeroshot_top1": _known_accuracy(pseudo.raw_label, truth),
+            "zeroshot_debiased_top1": _known_accuracy(pseudo.label, truth),
+            "confident_top1": _known_accuracy(pseudo.label[selection.confident], truth[selection.confident]),
+            "confident_class_counts": np.bincount(pseudo.label[selection.confident], minlength=len(classes)).tolist(),
+        },
+        "eval_split": "val",
+        "eval_images": result.final_eval.count,
+        "labeled_images": int(len(selection.confident)),
+        "unlabeled_images": int(len(selection.rest)),
+        "model": config.model,
+        "pretrained": config.pretrained,
+        "logit_scale": scale,
+        "epochs": config.epochs,
+        "steps": result.steps,
+        "seed": config.seed,
+        "elapsed_s": result.elapsed_s,
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
