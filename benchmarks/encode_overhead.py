@@ -81,14 +81,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from clipdebias.clip.backbone import BackboneConfig, load_backbone
+    from clipdebias.clip.cache import encode_split
     from clipdebias.data.sources import open_dataset
-    from clipdebias.clip.cache import encode_split, resolve_num_workers
+    from clipdebias.utils.device import encode_workers
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clipdebias-encode-bench-"))
     root = make_images(workdir / "data", args.images)
     backbone = load_backbone(BackboneConfig(model=args.model, pretrained="none", device=args.device))
     source = open_dataset("imagefolder", "train", root)
-    workers = resolve_num_workers(None, backbone.device.type)
+    workers = encode_workers(None, backbone.device.type)
     # Warm-up of both paths: first-call allocations, the file cache, and the one-off imports of
     # faiss and pandas (a fixed ~0.5 s per command that does not grow with the image count).
     bare_loop(source, backbone, args.batch_size)

@@ -69,14 +69,34 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(
-    encode_batch=256, encode_batches=30, encode_precisions=("fp32", "fp16", "bf16"), jpegs=2048, loader_steps=12,
-    digits_steps=250, train_arch="resnet50", train_image_size=224, train_batch=32, train_mu=5,
+    encode_batch=256,
+    encode_batches=30,
+    encode_precisions=("fp32", "fp16", "bf16"),
+    jpegs=2048,
+    loader_steps=12,
+    digits_steps=250,
+    train_arch="resnet50",
+    train_image_size=224,
+    train_batch=32,
+    train_mu=5,
     train_steps={"fp32": 40, "bf16": 150, "fp16": 80},
 )
 CPU_SIZES = Sizes(
-    encode_batch=4, encode_batches=2, encode_precisions=("fp32",), jpegs=16, loader_steps=2, digits_steps=30,
-    train_arch="resnet18", train_image_size=32, train_batch=2, train_mu=2, train_steps={"fp32": 3, "bf16": 3},
-    zeroshot_steps=2, zeroshot_batch=2, zeroshot_image_size=32, zeroshot_topk=2,
+    encode_batch=4,
+    encode_batches=2,
+    encode_precisions=("fp32",),
+    jpegs=16,
+    loader_steps=2,
+    digits_steps=30,
+    train_arch="resnet18",
+    train_image_size=32,
+    train_batch=2,
+    train_mu=2,
+    train_steps={"fp32": 3, "bf16": 3},
+    zeroshot_steps=2,
+    zeroshot_batch=2,
+    zeroshot_image_size=32,
+    zeroshot_topk=2,
 )
 
 
@@ -173,8 +193,11 @@ def make_jpegs(root: Path, count: int) -> Path:
     per_part = -(-count // parts)
     with ProcessPoolExecutor(parts) as pool:
         # Each part writes its own class folder, so file names never collide.
-        futures = [pool.submit(make_images, root / f"part{p}", min(per_part, count - p * per_part), 1, 256, p)
-                   for p in range(parts) if count - p * per_part > 0]
+        futures = [
+            pool.submit(make_images, root / f"part{p}", min(per_part, count - p * per_part), 1, 256, p)
+            for p in range(parts)
+            if count - p * per_part > 0
+        ]
         for future in futures:
             future.result()
     train = root / "folder" / "train"
@@ -186,20 +209,23 @@ def make_jpegs(root: Path, count: int) -> Path:
 
 def encode_jpegs(report: Report, device, folder: Path, sizes: Sizes, workdir: Path) -> None:
     from clipdebias.clip.backbone import BackboneConfig, load_backbone
+    from clipdebias.clip.cache import cached_embeddings
     from clipdebias.data.sources import open_dataset
-    from clipdebias.clip.cache import cached_embeddings, resolve_num_workers
+    from clipdebias.utils.device import encode_workers
 
     precision = "fp16" if device.type == "cuda" else "fp32"
     backbone = load_backbone(BackboneConfig("ViT-B-32", "none", precision, str(device)))
     source = open_dataset("imagefolder", "train", folder)
-    auto = resolve_num_workers(None, device.type)
+    auto = encode_workers(None, device.type)
     choices = [auto] if device.type == "cpu" else sorted({auto, os.cpu_count() or 1})
     for index, workers in enumerate(choices):
         cache = workdir / f"cache-{index}"
         result = cached_embeddings(source, backbone, cache, str(folder), batch_size=256, num_workers=workers)
         label = "auto" if workers == auto else "all cores"
         report.add(
-            "encode, JPEGs", f"ViT-B-32 {precision}, {workers} workers ({label})", result.encoded / result.elapsed_s,
+            "encode, JPEGs",
+            f"ViT-B-32 {precision}, {workers} workers ({label})",
+            result.encoded / result.elapsed_s,
             f"{result.encoded} images of 256 px, cache writes included",
         )
 
@@ -212,16 +238,22 @@ def training_loader(report: Report, device, folder: Path, sizes: Sizes) -> None:
 
     from clipdebias.data.sources import open_dataset
     from clipdebias.data.streams import StreamSpec, build_streams
-    from clipdebias.commands.ssl import default_workers
+    from clipdebias.utils.device import training_workers
 
     source = open_dataset("imagefolder", "train", folder)
     rows = np.arange(len(source))
-    auto = default_workers()
+    auto = training_workers()
     choices = [auto] if device.type == "cpu" else sorted({auto, os.cpu_count() or 1})
     for workers in choices:
         spec = StreamSpec(
-            dataset="imagenet", batch_size=sizes.train_batch, mu=sizes.train_mu, views=2, seed=0,
-            image_size=sizes.train_image_size, workers=workers, eval_batch_size=64,
+            dataset="imagenet",
+            batch_size=sizes.train_batch,
+            mu=sizes.train_mu,
+            views=2,
+            seed=0,
+            image_size=sizes.train_image_size,
+            workers=workers,
+            eval_batch_size=64,
         )
         streams = build_streams(source, rows[:8], rows[8:], source, rows[:8], spec, device)
         batches = iter(streams.unlabeled.batches(0, sizes.loader_steps + 1))
@@ -233,8 +265,10 @@ def training_loader(report: Report, device, folder: Path, sizes: Sizes) -> None:
         rate = images / (time.perf_counter() - started)
         label = "auto" if workers == auto else "all cores"
         report.add(
-            "training loader", f"{sizes.train_image_size} px, 2 weak + 2 strong views, {workers} workers ({label})",
-            rate, "unlabeled stream alone: the most the loop can be fed",
+            "training loader",
+            f"{sizes.train_image_size} px, 2 weak + 2 strong views, {workers} workers ({label})",
+            rate,
+            "unlabeled stream alone: the most the loop can be fed",
         )
         del streams, batches
 
@@ -253,9 +287,11 @@ class _SyntheticStream:
 def synthetic_training(report: Report, device, sizes: Sizes, compile_too: bool) -> None:
     import torch
 
+    from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
     from clipdebias.metrics import eval_result
+    from clipdebias.training.loop import Runtime, TrainConfig, train
     from clipdebias.training.models import build_model
-    from clipdebias.training.loop import LabeledBatch, Runtime, TrainConfig, UnlabeledBatch, cosine_schedule, make_sgd, train
+    from clipdebias.training.optim import cosine_schedule, make_sgd
 
     classes, size, batch, mu = 1000, sizes.train_image_size, sizes.train_batch, sizes.train_mu
 
@@ -267,7 +303,9 @@ def synthetic_training(report: Report, device, sizes: Sizes, compile_too: bool) 
 
     labeled = _SyntheticStream(lambda: LabeledBatch(images(batch), labels(batch), labels(batch)))
     unlabeled = _SyntheticStream(
-        lambda: UnlabeledBatch((images(mu * batch),) * 2, (images(mu * batch),) * 2, labels(mu * batch), labels(mu * batch))
+        lambda: UnlabeledBatch(
+            (images(mu * batch),) * 2, (images(mu * batch),) * 2, labels(mu * batch), labels(mu * batch)
+        )
     )
     eval_images, eval_labels = images(64), labels(64)
     settings = [(p, False) for p in sizes.train_steps] + ([("bf16", True)] if compile_too else [])
@@ -280,8 +318,15 @@ def synthetic_training(report: Report, device, sizes: Sizes, compile_too: bool) 
         runtime = Runtime(precision=precision, channels_last=device.type == "cuda", compile=compiled)
         started = time.perf_counter()
         result = train(
-            config, model, optimizer, cosine_schedule(optimizer, 2 * steps), labeled, unlabeled,
-            lambda m: eval_result(m(eval_images).float(), eval_labels), device=device, runtime=runtime,
+            config,
+            model,
+            optimizer,
+            cosine_schedule(optimizer, 2 * steps),
+            labeled,
+            unlabeled,
+            lambda m: eval_result(m(eval_images).float(), eval_labels),
+            device=device,
+            runtime=runtime,
         )
         total = time.perf_counter() - started
         # Epoch 1 is the warm-up (cuDNN autotuning, compilation); epoch 2 is measured.
@@ -296,17 +341,34 @@ def synthetic_training(report: Report, device, sizes: Sizes, compile_too: bool) 
 
 
 def _ssl_args(device, steps: int, out: Path) -> list[str]:
-    return ["ssl", "--dataset", "digits", "--epochs", "1", "--steps-per-epoch", str(steps), "--device",
-            device.type, "--out", str(out)]
+    return [
+        "ssl",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        str(steps),
+        "--device",
+        device.type,
+        "--out",
+        str(out),
+    ]
 
 
 def ssl_digits(report: Report, device, sizes: Sizes, workdir: Path) -> dict:
     from clipdebias.commands.ssl import resolve_ssl_config, run_ssl
 
-    config = resolve_ssl_config("digits", workdir / "digits-1", epochs=1, steps_per_epoch=sizes.digits_steps, device=device.type)
+    config = resolve_ssl_config(
+        "digits", workdir / "digits-1", epochs=1, steps_per_epoch=sizes.digits_steps, device=device.type
+    )
     metrics = run_ssl(config)
-    report.add("ssl digits", f"1 epoch, {sizes.digits_steps} steps, B 16 + 64, 1 process", metrics["images_per_s"],
-               f"top-1 {metrics['top1']:.1f}% after one epoch")
+    report.add(
+        "ssl digits",
+        f"1 epoch, {sizes.digits_steps} steps, B 16 + 64, 1 process",
+        metrics["images_per_s"],
+        f"top-1 {metrics['top1']:.1f}% after one epoch",
+    )
     return metrics
 
 
@@ -317,8 +379,17 @@ def ddp_digits(report: Report, device, sizes: Sizes, workdir: Path, single: dict
         report.add("ddp digits", "torchrun, 2 processes", None, f"skipped: {torch.cuda.device_count()} GPU(s)")
         return
     out = workdir / "digits-2"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "clipdebias", *_ssl_args(device, sizes.digits_steps, out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clipdebias",
+        *_ssl_args(device, sizes.digits_steps, out),
+    ]
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
@@ -328,7 +399,9 @@ def ddp_digits(report: Report, device, sizes: Sizes, workdir: Path, single: dict
     metrics = json.loads((out / "metrics.json").read_text())
     same = abs(metrics["top1"] - single["top1"]) <= 5.0 and metrics["world_size"] == 2
     report.add(
-        "ddp digits", f"1 epoch, {sizes.digits_steps} steps, 2 processes", metrics["images_per_s"],
+        "ddp digits",
+        f"1 epoch, {sizes.digits_steps} steps, 2 processes",
+        metrics["images_per_s"],
         f"top-1 {metrics['top1']:.1f}% vs {single['top1']:.1f}% in 1 process: {'ok' if same else 'MISMATCH'}",
     )
 
@@ -361,8 +434,10 @@ def zeroshot_students(report: Report, device, folder: Path, sizes: Sizes, workdi
         metrics = run_zeroshot(config).metrics
         images = metrics["steps"] * config.batch_size * (1 + config.mu)
         report.add(
-            "zeroshot", f"student {student}, {metrics['steps']} steps, B {config.batch_size} + {config.mu} x {config.batch_size}",
-            images / metrics["elapsed_s"], f"on {device.type}, random weights; the time includes evaluating both splits",
+            "zeroshot",
+            f"student {student}, {metrics['steps']} steps, B {config.batch_size} + {config.mu} x {config.batch_size}",
+            images / metrics["elapsed_s"],
+            f"on {device.type}, random weights; the time includes evaluating both splits",
         )
 
 
@@ -375,14 +450,21 @@ def _guarded(report: Report, what: str, step: Callable[[], object]) -> object:
         return step()
     except Exception as err:  # noqa: BLE001 - reported, not hidden
         traceback.print_exc()
-        report.add(what, "-", None, f"FAILED: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        report.add(
+            what,
+            "-",
+            None,
+            f"FAILED: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+        )
         return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_smoke.md"))
-    parser.add_argument("--compile", action="store_true", help="also time bf16 training under torch.compile (slow start)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time bf16 training under torch.compile (slow start)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where to put generated images and runs")
     args = parser.parse_args()
 

@@ -92,7 +92,12 @@ def run_streaming(workdir: Path, chunk_rows: int) -> dict:
     import torch
 
     from clipdebias.clip.cache import EmbeddingStore, open_entry
-    from clipdebias.pseudolabels.labels import ZeroShotLogits, debiased_pseudo_labels, pseudo_label_table, write_pseudo_labels
+    from clipdebias.pseudolabels.labels import (
+        ZeroShotLogits,
+        debiased_pseudo_labels,
+        pseudo_label_table,
+        write_pseudo_labels,
+    )
 
     began = time.perf_counter()
     store = EmbeddingStore(open_entry(workdir / "entry"))
@@ -119,10 +124,9 @@ NAIVE_CHECK_ROWS = 100_000  # rows whose labels must agree between the two varia
 
 def run_naive(workdir: Path, rows: int) -> dict:
     """Everything at once: [N, C] logits and probabilities in memory."""
+    import faiss
     import numpy as np
     import torch
-
-    import faiss
 
     began = time.perf_counter()
     index = faiss.read_index(str(workdir / "entry" / "index.faiss"))  # all vectors in RAM, read once

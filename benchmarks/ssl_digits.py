@@ -54,12 +54,25 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"k{self.per_class}-{self.method}-tau{self.tau:g}-thr{self.threshold:g}-h{self.holdout:g}-seed{self.seed}"
+        return (
+            f"k{self.per_class}-{self.method}-tau{self.tau:g}-thr{self.threshold:g}-h{self.holdout:g}-seed{self.seed}"
+        )
 
     def args(self, out: Path) -> list[str]:
         args = [
-            "ssl", "--dataset", "digits", "--labels", f"{self.per_class}-per-class", "--seed", str(self.seed),
-            "--threshold", str(self.threshold), "--device", "cpu", "--out", str(out),
+            "ssl",
+            "--dataset",
+            "digits",
+            "--labels",
+            f"{self.per_class}-per-class",
+            "--seed",
+            str(self.seed),
+            "--threshold",
+            str(self.threshold),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
         ]
         args += ["--no-debias"] if self.method != "debiaspl" else ["--tau", str(self.tau)]
         if self.method == "labeled-only":
@@ -76,7 +89,11 @@ def _matches(run: Run, folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return (config["tau"], config["threshold"], config["seed"], config["labels"], config["holdout"]) == (
-        run.tau if run.method == "debiaspl" else 0.0, run.threshold, run.seed, f"{run.per_class}-per-class", run.holdout
+        run.tau if run.method == "debiaspl" else 0.0,
+        run.threshold,
+        run.seed,
+        f"{run.per_class}-per-class",
+        run.holdout,
     )
 
 
@@ -95,10 +112,14 @@ def execute(runs: list[Run], out: Path, jobs: int, threads: int, log, executed: 
 
                 shutil.rmtree(folder)
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "clipdebias", *run.args(folder)], env=env, capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "clipdebias", *run.args(folder)], env=env, capture_output=True, text=True
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"{run.name} failed ({done.returncode}): {done.stderr[-2000:]}")
-            log(f"{run.phase:6} {run.name}: {json.loads((folder / 'metrics.json').read_text())['top1']:.1f}% in {time.perf_counter() - started:.0f} s")
+            log(
+                f"{run.phase:6} {run.name}: {json.loads((folder / 'metrics.json').read_text())['top1']:.1f}% in {time.perf_counter() - started:.0f} s"
+            )
             executed.append(run)
         metrics = json.loads((folder / "metrics.json").read_text())
         metrics["history"] = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -121,7 +142,10 @@ def _rows(results: dict[Run, dict], runs: list[Run]) -> list[str]:
     for run in runs:
         groups.setdefault((run.per_class, run.method, run.tau, run.threshold), []).append(run)
     lines = []
-    for (k, method, tau, threshold), members in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] != "labeled-only", item[0][1] != "fixmatch", item[0][2:])):
+    for (k, method, tau, threshold), members in sorted(
+        groups.items(),
+        key=lambda item: (item[0][0], item[0][1] != "labeled-only", item[0][1] != "fixmatch", item[0][2:]),
+    ):
         members = sorted(members, key=lambda r: r.seed)
         metrics = [results[r] for r in members]
         top1 = [m["top1"] for m in metrics]
@@ -186,7 +210,10 @@ def _best(results: dict[Run, dict], k: int, method: str) -> Run:
 
 
 def _tuning_table(results: dict[Run, dict], budgets: list[int]) -> list[str]:
-    lines = ["| labels per class | method | tau | threshold | holdout top-1 % (mean ± std over tuning seeds) |", "|---|---|---|---|---|"]
+    lines = [
+        "| labels per class | method | tau | threshold | holdout top-1 % (mean ± std over tuning seeds) |",
+        "|---|---|---|---|---|",
+    ]
     for k in budgets:
         for method in ("fixmatch", "debiaspl"):
             scores: dict[tuple[float, float], list[float]] = {}
@@ -209,10 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="final seeds per budget and method (0 .. N-1)")
     parser.add_argument("--budgets", default="1,2", help="labeled images per class, comma-separated")
-    parser.add_argument("--tune", action="store_true", help="tune on a held-out part of train, then rerun the best on val")
+    parser.add_argument(
+        "--tune", action="store_true", help="tune on a held-out part of train, then rerun the best on val"
+    )
     parser.add_argument("--tune-seeds", type=int, default=2, help="seeds per grid point when tuning")
     parser.add_argument("--holdout", type=float, default=0.25, help="fraction of train held out for tuning")
-    parser.add_argument("--labeled-only", action="store_true", help="also train on the labeled images only (lambda_u 0)")
+    parser.add_argument(
+        "--labeled-only", action="store_true", help="also train on the labeled images only (lambda_u 0)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (default: CPUs / jobs)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ssl-digits")
@@ -224,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda message: print(message, flush=True)  # noqa: E731
     started = time.perf_counter()
 
-    paper = [Run("paper", k, s, m, DEFAULT_TAU if m == "debiaspl" else 0.0, DEFAULT_THRESHOLD)
-             for k in budgets for s in seeds for m in ("fixmatch", "debiaspl")]
+    paper = [
+        Run("paper", k, s, m, DEFAULT_TAU if m == "debiaspl" else 0.0, DEFAULT_THRESHOLD)
+        for k in budgets
+        for s in seeds
+        for m in ("fixmatch", "debiaspl")
+    ]
     if args.labeled_only:
         paper += [Run("paper", k, s, "labeled-only", 0.0, DEFAULT_THRESHOLD) for k in budgets for s in seeds]
     tune: list[Run] = []
@@ -240,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         for k, method in itertools.product(budgets, ("fixmatch", "debiaspl")):
             best = _best(results, k, method)
-            phase = "paper" if (best.tau, best.threshold) == (DEFAULT_TAU if method == "debiaspl" else 0.0, DEFAULT_THRESHOLD) else "tuned"
+            phase = (
+                "paper"
+                if (best.tau, best.threshold) == (DEFAULT_TAU if method == "debiaspl" else 0.0, DEFAULT_THRESHOLD)
+                else "tuned"
+            )
             tuned += [replace(best, phase=phase, seed=s) for s in seeds]
         results.update(execute([r for r in tuned if r.phase == "tuned"], args.out, args.jobs, threads, log, executed))
     wall = time.perf_counter() - started
@@ -258,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{threads} torch thread(s) each; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}). Every run is `clipdebias ssl --dataset digits` with the digits defaults "
         "(docs/usage.md: 10 epochs x 250 steps, batch 16 labeled + 64 unlabeled, EMA teacher 0.99, prior "
-        "momentum 0.99), on 540 val images; seeds 0..{} pick the labeled images, paired between methods.".format(args.seeds - 1),
+        "momentum 0.99), on 540 val images; seeds 0..{} pick the labeled images, paired between methods.".format(
+            args.seeds - 1
+        ),
         "",
         "Columns: top-1 and worst-class top-1 of the EMA teacher on val (mean ± std over seeds); paired gain = "
         "DebiasPL - FixMatch on the same seed (same labeled images); pseudo-label accuracy, mask rate and "

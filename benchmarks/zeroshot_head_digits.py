@@ -41,10 +41,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clipdebias.data.sources import load_digits_split  # noqa: E402
-from clipdebias.commands.zeroshot.run import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
-from clipdebias.commands.zeroshot.head import HeadSettings, LoopSettings, ZeroShotArrays, zeroshot_head  # noqa: E402
 from results_block import write_block  # noqa: E402 - beside this script
+
+from clipdebias.commands.zeroshot.head import HeadSettings, LoopSettings, ZeroShotArrays, zeroshot_head  # noqa: E402
+from clipdebias.commands.zeroshot.run import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
+from clipdebias.data.sources import load_digits_split  # noqa: E402
 
 BEGIN, END = (
     "<!-- zeroshot_head_digits:begin (written by benchmarks/zeroshot_head_digits.py) -->",
@@ -75,7 +76,7 @@ class Extractor:
     projection: np.ndarray
 
     @classmethod
-    def fit(cls, train_images: np.ndarray) -> "Extractor":
+    def fit(cls, train_images: np.ndarray) -> Extractor:
         pixels = train_images.reshape(len(train_images), -1).astype(np.float32) / 255.0
         rng = np.random.default_rng(EXTRACTOR_SEED)
         projection = rng.normal(size=(FEATURE_DIM, pixels.shape[1])).astype(np.float32) / np.sqrt(pixels.shape[1])
@@ -105,7 +106,7 @@ class Proxy:
     val_labels: np.ndarray
 
     @classmethod
-    def build(cls, num_views: int) -> "Proxy":
+    def build(cls, num_views: int) -> Proxy:
         train, val = load_digits_split("train"), load_digits_split("val")
         extract = Extractor.fit(train.images)
         views = (

@@ -27,8 +27,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clipdebias.training.loop import DEFAULT_LOG_EVERY, StepProgress, TrainStart  # noqa: E402
-from clipdebias.commands.zeroshot.run import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
 from clipdebias.commands.zeroshot.head import (  # noqa: E402
     HeadSettings,
     LoopSettings,
@@ -36,6 +34,8 @@ from clipdebias.commands.zeroshot.head import (  # noqa: E402
     fit_head,
     pseudo_label_train_rows,
 )
+from clipdebias.commands.zeroshot.run import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
+from clipdebias.training.loop import DEFAULT_LOG_EVERY, StepProgress, TrainStart  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 IMAGENET_CONFIDENT_SHARE = 0.2  # assumed share of the confident set, for the projection only

@@ -71,7 +71,7 @@ class ClassPrior:
         new = self.momentum * self.probs + (1.0 - self.momentum) * batch_mean
         self.probs = new / new.sum()
 
-    def to(self, device: torch.device | str) -> "ClassPrior":
+    def to(self, device: torch.device | str) -> ClassPrior:
         self.probs = self.probs.to(device)
         return self
 

@@ -91,7 +91,9 @@ def eval_result_from_counts(counts: Tensor) -> EvalResult:
     if count == 0:
         raise ValueError("cannot evaluate on an empty split")
     per_class = [100.0 * c / t if t > 0 else None for c, t in zip(correct, totals)]
-    return EvalResult(top1=100.0 * sum(correct) / count, top5=100.0 * top5 / count, per_class_top1=per_class, count=count)
+    return EvalResult(
+        top1=100.0 * sum(correct) / count, top5=100.0 * top5 / count, per_class_top1=per_class, count=count
+    )
 
 
 def eval_result(logits: Tensor, targets: Tensor) -> EvalResult:

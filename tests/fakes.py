@@ -99,7 +99,9 @@ def make_pseudolabel_csv(
     truth = np.repeat(np.arange(num_classes), rows_per_class)
     bias = np.sort(rng.normal(0.0, 1.5, num_classes))[::-1]  # class 0 is favoured most
     signal = 1.0 + np.log(num_classes)  # the true class stands out about as much at 10 and 1000 classes
-    noisy = signal * np.eye(num_classes, dtype=np.float32)[truth] + bias + rng.normal(0.0, 1.0, (truth.size, num_classes))
+    noisy = (
+        signal * np.eye(num_classes, dtype=np.float32)[truth] + bias + rng.normal(0.0, 1.0, (truth.size, num_classes))
+    )
     logits = 2.0 * noisy  # a logit scale, so that a realistic share of rows passes a 0.95 threshold
     raw = _softmax(logits)
     prior = raw.mean(axis=0)
@@ -124,8 +126,15 @@ def make_pseudolabel_csv(
     frame.to_csv(path, index=False)
     if sidecar:
         meta = {
-            "classes": names, "tau": tau, "threshold": threshold, "prior": prior.tolist(), "model": "fake-clip",
-            "pretrained": "none", "dataset": "fake", "split": "train", "selected": int((confidence >= threshold).sum()),
+            "classes": names,
+            "tau": tau,
+            "threshold": threshold,
+            "prior": prior.tolist(),
+            "model": "fake-clip",
+            "pretrained": "none",
+            "dataset": "fake",
+            "split": "train",
+            "selected": int((confidence >= threshold).sum()),
         }
         if labels:
             meta["zeroshot_top1"] = float(100.0 * np.mean(raw.argmax(axis=1) == truth))
@@ -169,31 +178,57 @@ def make_run_folder(
             prior = 0.5 * prior + 0.5 * (skew / skew.sum())
         records.append(
             {
-                "epoch": epoch, "step": 100 * epoch, "lr": 0.03 * (1.0 - progress / 2), "loss": 2.0 / epoch,
-                "loss_x": 1.2 / epoch, "loss_u": 0.8 / epoch, "mask_rate": mask_rate,
-                "pseudo_label_accuracy": 60.0 + 30.0 * progress, "pseudo_label_counts": counts.tolist(),
+                "epoch": epoch,
+                "step": 100 * epoch,
+                "lr": 0.03 * (1.0 - progress / 2),
+                "loss": 2.0 / epoch,
+                "loss_x": 1.2 / epoch,
+                "loss_u": 0.8 / epoch,
+                "mask_rate": mask_rate,
+                "pseudo_label_accuracy": 60.0 + 30.0 * progress,
+                "pseudo_label_counts": counts.tolist(),
                 "imbalance_ratio": float(counts.max() / max(counts.min(), 1)),
                 "prior": prior.tolist() if debias else None,
                 "prior_entropy": float(-(prior * np.log(prior)).sum()) if debias else None,
-                "top1": final_top1 - 20.0 * (1.0 - progress), "top5": min(100.0, final_top1 + 15.0), "elapsed_s": 10.0 * epoch,
+                "top1": final_top1 - 20.0 * (1.0 - progress),
+                "top5": min(100.0, final_top1 + 15.0),
+                "elapsed_s": 10.0 * epoch,
             }
         )
     (root / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     last = records[-1]
     per_class = np.clip(final_top1 + rng.normal(0.0, 15.0, num_classes), 0.0, 100.0)
     metrics = {
-        "method": method, "dataset": dataset, "num_classes": num_classes, "classes": classes, "top1": final_top1,
-        "top5": last["top5"], "per_class_top1": per_class.tolist(),
+        "method": method,
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "classes": classes,
+        "top1": final_top1,
+        "top5": last["top5"],
+        "per_class_top1": per_class.tolist(),
         "pseudo_labels": {
-            "mask_rate": last["mask_rate"], "accuracy": last["pseudo_label_accuracy"],
-            "class_counts": last["pseudo_label_counts"], "imbalance_ratio": last["imbalance_ratio"],
+            "mask_rate": last["mask_rate"],
+            "accuracy": last["pseudo_label_accuracy"],
+            "class_counts": last["pseudo_label_counts"],
+            "imbalance_ratio": last["imbalance_ratio"],
         },
-        "epochs": epochs, "steps": last["step"], "seed": seed, "elapsed_s": last["elapsed_s"],
+        "epochs": epochs,
+        "steps": last["step"],
+        "seed": seed,
+        "elapsed_s": last["elapsed_s"],
     }
     config = {
-        "command": "zeroshot" if with_pseudolabels_csv else "ssl", "version": "0.1.0", "classes": classes,
-        "dataset": dataset, "labels": "1-per-class", "method": method, "tau": tau,
-        "threshold": 0.95, "seed": seed, "epochs": epochs, "out": str(root),
+        "command": "zeroshot" if with_pseudolabels_csv else "ssl",
+        "version": "0.1.0",
+        "classes": classes,
+        "dataset": dataset,
+        "labels": "1-per-class",
+        "method": method,
+        "tau": tau,
+        "threshold": 0.95,
+        "seed": seed,
+        "epochs": epochs,
+        "out": str(root),
     }
     if with_pseudolabels_csv:
         table = make_pseudolabel_csv(root / "pseudolabels.csv", num_classes=num_classes, rows_per_class=20, seed=seed)
@@ -206,7 +241,10 @@ def make_run_folder(
     (root / "metrics.json").write_text(json.dumps(metrics))
     (root / "config.json").write_text(json.dumps(config))
     labeled = [(c, f"digits:train/{c}", c) for c in range(num_classes)]
-    unlabeled = [(num_classes + i, f"digits:train/{num_classes + i}", i % num_classes) for i in range(unlabeled_per_class * num_classes)]
+    unlabeled = [
+        (num_classes + i, f"digits:train/{num_classes + i}", i % num_classes)
+        for i in range(unlabeled_per_class * num_classes)
+    ]
     for name, rows in (("labeled_index.csv", labeled), ("unlabeled_index.csv", unlabeled)):
         (root / name).write_text("index,path,label\n" + "".join(f"{i},{p},{y}\n" for i, p, y in rows))
     return root
@@ -238,7 +276,9 @@ def huge_png_header(width: int = 20_000, height: int = 10_000) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\x00"))
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00"))
         + _png_chunk(b"IEND", b"")
     )
 

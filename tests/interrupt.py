@@ -76,7 +76,7 @@ class Killer:
         self.rng = random.Random(self.seed)
 
     @classmethod
-    def from_environment(cls) -> "Killer":
+    def from_environment(cls) -> Killer:
         seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(2**31))
         print(f"kill seed: {seed} (replay with {SEED_ENV}={seed})")
         return cls(seed)

@@ -10,11 +10,6 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
-
-from clipdebias.cli import main
-from clipdebias.data.sources import open_dataset
-from clipdebias.data.image_files import UnreadableImage, read_image
 from fakes import (
     BAD_IMAGES,
     ODD_IMAGES,
@@ -24,6 +19,11 @@ from fakes import (
     write_bad_images,
     write_odd_images,
 )
+from PIL import Image, ImageFile
+
+from clipdebias.cli import main
+from clipdebias.data.image_files import UnreadableImage, read_image
+from clipdebias.data.sources import open_dataset
 
 # JPEG may move a colour by a level or two; every other kind must be exact.
 JPEG_TOLERANCE = 3
@@ -90,7 +90,14 @@ def test_odd_images_load_as_the_rgb_image_a_viewer_shows(images, name):
 def test_pillows_own_conversion_would_get_them_wrong(images):
     """The expected pixels are not what a plain ``convert("RGB")`` gives (so the test above can fail)."""
     folder, expected = images
-    for name in ("gray16.png", "gray16.pgm", "palette_transparent.png", "rgba.png", "gray_alpha.png", "exif_rotated.jpg"):
+    for name in (
+        "gray16.png",
+        "gray16.pgm",
+        "palette_transparent.png",
+        "rgba.png",
+        "gray_alpha.png",
+        "exif_rotated.jpg",
+    ):
         with Image.open(folder / name) as image:
             naive = np.asarray(image.convert("RGB")).astype(int)
         assert np.abs(naive - expected[name].astype(int)).max() > 100, name
@@ -146,7 +153,9 @@ def test_ssl_completes_on_every_kind_and_lists_the_skipped_images(mixed, tmp_pat
     rows = _skipped(out)
     assert list(rows[0]) == ["split", "index", "path", "reason"]
     found = {(row["split"], row["path"]) for row in rows}
-    expected = {("train", p) for p in _bad_paths(mixed, "train", "dog")} | {("val", p) for p in _bad_paths(mixed, "val", "cat")}
+    expected = {("train", p) for p in _bad_paths(mixed, "train", "dog")} | {
+        ("val", p) for p in _bad_paths(mixed, "val", "cat")
+    }
     assert found == expected and len(rows) == len(expected)  # each once, however often it was drawn
     train, val = open_dataset("imagefolder", "train", mixed), open_dataset("imagefolder", "val", mixed)
     for row in rows:

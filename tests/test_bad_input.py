@@ -11,9 +11,9 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+from fakes import make_image_folder, make_run_folder
 
 from clipdebias.cli import main
-from fakes import make_image_folder, make_run_folder
 
 MODEL = ["--model", "{tiny}", "--pretrained", "none", "--device", "cpu", "--cache-dir", "{cache}"]
 DATA = ["--dataset", "imagefolder", "--data-root", "{root}"]
@@ -51,7 +51,7 @@ CASES = [
     ("ssl --labels 0pct", [*SSL, "--labels", "0pct"], "--labels '0pct'"),
     ("ssl --labels 50-per-class", [*SSL, "--labels", "50-per-class"], "fewer than the 50 labeled images"),
     ("ssl --mu 0", [*SSL, "--mu", "0"], "--mu must be >= 1"),
-    ("ssl --warmup-epochs 5", [*SSL, "--warmup-epochs", "5"], "--warmup-epochs must be in [0, --epochs]"),
+    ("ssl --warmup-epochs 5", [*SSL, "--warmup-epochs", "5"], "--warmup-epochs must be in [0, epochs]"),
     ("ssl --seed -1", [*SSL, "--seed", "-1"], "--seed must be in [0, 2**63)"),
     ("ssl --prefetch-factor 0", [*SSL, "--prefetch-factor", "0"], "--prefetch-factor must be >= 1"),
     ("ssl --clip-fallback 2", [*SSL, "--clip-fallback", "2"], "--clip-fallback must be in [0, 1]"),
@@ -70,7 +70,11 @@ CASES = [
     ("pseudolabel --logit-scale nan", [*PSEUDOLABEL, "--logit-scale", "nan"], "--logit-scale must be a finite number"),
     ("pseudolabel --logit-scale -1", [*PSEUDOLABEL, "--logit-scale", "-1"], "--logit-scale must be > 0"),
     ("encode --chunk-size 0", [*ENCODE, "--chunk-size", "0"], "Invalid value for '--chunk-size'"),
-    ("compare --by unknown", ["compare", "{run}", "--by", "metod", "--out", "{out}"], "--by metod: no run has this key"),
+    (
+        "compare --by unknown",
+        ["compare", "{run}", "--by", "metod", "--out", "{out}"],
+        "--by metod: no run has this key",
+    ),
     # unknown names
     *_each(["--dataset", "nope"], "unknown dataset 'nope'"),
     *_each(["--device", "gpu"], "unknown --device 'gpu'"),
@@ -119,7 +123,11 @@ CASES = [
     *_each(["--cache-dir", "{inside_file}"], "cache directory (--cache-dir)", ("zeroshot", "pseudolabel", "encode")),
     ("report --out inside a file", ["report", "{run}", "--out", "{inside_file}"], "is a file, not a folder"),
     ("compare --out inside a file", ["compare", "{run}", "--out", "{inside_file}"], "is a file, not a folder"),
-    ("ssl every train image unreadable", [*SSL, "--data-root", "{all_broken}"], "none of the 3 labeled images can be read"),
+    (
+        "ssl every train image unreadable",
+        [*SSL, "--data-root", "{all_broken}"],
+        "none of the 3 labeled images can be read",
+    ),
 ]
 
 
@@ -168,7 +176,12 @@ def tiny_clip_path():
 
 
 def _fill(args, files, tmp_path):
-    values = {**files, "out": str(tmp_path / "out"), "csv": str(tmp_path / "labels.csv"), "cache": str(tmp_path / "cache")}
+    values = {
+        **files,
+        "out": str(tmp_path / "out"),
+        "csv": str(tmp_path / "labels.csv"),
+        "cache": str(tmp_path / "cache"),
+    }
     return [arg.format(**values) if "{" in arg and arg != "{}" else arg for arg in args]
 
 

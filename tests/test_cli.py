@@ -50,7 +50,9 @@ def test_under_torchrun_the_first_process_of_a_node_prints_the_error_line(capsys
     assert (err.startswith("error: ") and "--tau" in err and err.count("\n") == 1) if shown else err == ""
 
 
-@pytest.mark.parametrize("entry", [[sys.executable, "-m", "clipdebias"], [os.path.join(os.path.dirname(sys.executable), "clipdebias")]])
+@pytest.mark.parametrize(
+    "entry", [[sys.executable, "-m", "clipdebias"], [os.path.join(os.path.dirname(sys.executable), "clipdebias")]]
+)
 def test_entry_points_run_as_processes(entry):
     done = subprocess.run([*entry, "--version"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -88,4 +90,3 @@ def test_help_shows_the_defaults_written_in_the_help_texts(capsys, monkeypatch):
     out = " ".join(capsys.readouterr().out.split())
     assert "Image decoding processes [default: 0 on CPU, up to 8 with a GPU]." in out
     assert "[default: $CLIPDEBIAS_CACHE or ~/.cache/clipdebias]" in out
-

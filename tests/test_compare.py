@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
+from fakes import make_run_folder
 from PIL import Image
 
 from clipdebias.cli import main
 from clipdebias.cli.compare import GROUP_KEYS_HELP
 from clipdebias.reporting.compare import DEFAULT_GROUP_KEYS, compare_runs
 from clipdebias.utils.errors import UserError
-from fakes import make_run_folder
 
 
 def top1(run):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from clipdebias.config.checks import LabelBudget, parse_label_budget
-from clipdebias.utils.errors import UserError
+from clipdebias.config.budgets import LabelBudget, parse_label_budget
 from clipdebias.data.splits import split_labeled
+from clipdebias.utils.errors import OptionError, UserError
 
 
 @pytest.mark.parametrize(
@@ -28,11 +28,11 @@ def test_parse_label_budget_accepts(text, kind, value):
 
 @pytest.mark.parametrize("text", ["abc", "0pct", "150pct", "0-per-class", "-1pct", "", "1%", "1.5-per-class", "pct"])
 def test_parse_label_budget_rejects_with_one_line(text):
-    with pytest.raises(UserError) as info:
+    with pytest.raises(OptionError) as info:
         parse_label_budget(text)
     message = str(info.value)
     assert "\n" not in message
-    assert "--labels" in message and "4-per-class" in message
+    assert info.value.option == "labels" and "4-per-class" in message
 
 
 def test_fraction_budget_counts_at_least_one_per_class():

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from fakes import make_cifar_root, make_image_folder
 from PIL import Image
 
 from clipdebias.data.sources import UnreadableImage, open_dataset
 from clipdebias.utils.errors import UserError
-from fakes import make_cifar_root, make_image_folder
 
 
 def test_digits_fixed_split():

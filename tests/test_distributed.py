@@ -13,20 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import StopTraining, make_image_folder, stop_after_first_epoch
 from torch import nn
 
-from clipdebias.utils import distributed
 from clipdebias.cli import main
-from clipdebias.data.sources import open_dataset
 from clipdebias.clip.backbone import BackboneConfig, load_backbone
 from clipdebias.clip.cache import encode_split, load_embeddings, open_entry, read_manifest
-from clipdebias.utils.errors import UserError
+from clipdebias.data.augment import GrayAugment
+from clipdebias.data.sources import open_dataset
 from clipdebias.data.streams import GrayStream, Shard, StreamSpec, _PlanBatches, build_streams, epoch_plan
 from clipdebias.metrics import PseudoLabelCounter, eval_counts, eval_result, eval_result_from_counts
+from clipdebias.training.loop import Runtime, TrainConfig, train
+from clipdebias.training.optim import cosine_schedule, make_sgd
 from clipdebias.training.run_folder import RunFolder
-from clipdebias.training.loop import Runtime, TrainConfig, cosine_schedule, make_sgd, train
-from clipdebias.data.augment import GrayAugment
-from fakes import StopTraining, make_image_folder, stop_after_first_epoch
+from clipdebias.utils import distributed
+from clipdebias.utils.errors import UserError
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -88,8 +89,10 @@ def test_eval_counts_of_parts_add_up_to_the_whole():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(50, 7, generator=generator)
     targets = torch.randint(0, 7, (50,), generator=generator)
-    parts = eval_counts(logits[0::3], targets[0::3]) + eval_counts(logits[1::3], targets[1::3]) + eval_counts(
-        logits[2::3], targets[2::3]
+    parts = (
+        eval_counts(logits[0::3], targets[0::3])
+        + eval_counts(logits[1::3], targets[1::3])
+        + eval_counts(logits[2::3], targets[2::3])
     )
     assert eval_result_from_counts(parts) == eval_result(logits, targets)
     with pytest.raises(ValueError, match="empty"):
@@ -120,7 +123,9 @@ def test_single_process_helpers_are_identities(monkeypatch):
 
 # --- two processes on CPU (gloo) --------------------------------------------------------------------
 
-_TINY_LOOP = TrainConfig(num_classes=10, epochs=2, steps_per_epoch=4, tau=0.4, threshold=0.3, prior_momentum=0.9, ema_momentum=0.8)
+_TINY_LOOP = TrainConfig(
+    num_classes=10, epochs=2, steps_per_epoch=4, tau=0.4, threshold=0.3, prior_momentum=0.9, ema_momentum=0.8
+)
 
 
 class _PoisonedOnRankOne(nn.Module):
@@ -145,14 +150,20 @@ def _tiny_training(out: str, poison_step: int | None = None) -> dict:
     with distributed.session("cpu"):
         train_split, val = open_dataset("digits", "train"), open_dataset("digits", "val")
         rows = np.arange(400)
-        spec = StreamSpec(dataset="digits", batch_size=8, mu=2, views=1, seed=0, image_size=8, workers=0, eval_batch_size=64)
+        spec = StreamSpec(
+            dataset="digits", batch_size=8, mu=2, views=1, seed=0, image_size=8, workers=0, eval_batch_size=64
+        )
         streams = build_streams(train_split, rows[:40], rows[40:], val, np.arange(150), spec, torch.device("cpu"))
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)) if poison_step is None else _PoisonedOnRankOne(poison_step)
+        model = (
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 10)) if poison_step is None else _PoisonedOnRankOne(poison_step)
+        )
         optimizer = make_sgd(model, lr=0.5, weight_decay=0.0, momentum=0.9)
         scheduler = cosine_schedule(optimizer, _TINY_LOOP.epochs * _TINY_LOOP.steps_per_epoch)
         run = RunFolder(out, writes=distributed.is_main_process())
-        result = train(_TINY_LOOP, model, optimizer, scheduler, streams.labeled, streams.unlabeled, streams.evaluate, run=run)
+        result = train(
+            _TINY_LOOP, model, optimizer, scheduler, streams.labeled, streams.unlabeled, streams.evaluate, run=run
+        )
         return {
             "history": [{k: v for k, v in r.items() if k != "elapsed_s"} for r in result.history],
             "prior": result.prior,
@@ -163,8 +174,12 @@ def _tiny_training(out: str, poison_step: int | None = None) -> dict:
 
 def _train_rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(1)
     summary = _tiny_training(out)
@@ -189,8 +204,12 @@ def _start_two(function, *args) -> None:
 
 def _diverging_rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(1)
     try:
@@ -244,8 +263,26 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
 
 
 SSL_ARGS = [
-    "--dataset", "digits", "--epochs", "4", "--steps-per-epoch", "6", "--batch-size", "8", "--mu", "2",
-    "--threshold", "0.2", "--ema-momentum", "0.8", "--prior-momentum", "0.9", "--lr", "0.1", "--device", "cpu",
+    "--dataset",
+    "digits",
+    "--epochs",
+    "4",
+    "--steps-per-epoch",
+    "6",
+    "--batch-size",
+    "8",
+    "--mu",
+    "2",
+    "--threshold",
+    "0.2",
+    "--ema-momentum",
+    "0.8",
+    "--prior-momentum",
+    "0.9",
+    "--lr",
+    "0.1",
+    "--device",
+    "cpu",
 ]
 
 
@@ -253,7 +290,9 @@ def test_torchrun_ssl_ranks_agree_match_one_process_and_resume_in_one(tmp_path):
     out, dumps = tmp_path / "two", tmp_path / "dumps"
     process = subprocess.Popen(
         [*TORCHRUN, "-m", "clipdebias", "ssl", *SSL_ARGS, "--out", str(out)],
-        env=_env(CLIPDEBIAS_RANK_DUMP=str(dumps)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=_env(CLIPDEBIAS_RANK_DUMP=str(dumps)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     first_epoch = [out / "metrics.jsonl", dumps / "rank-0-epoch-1.json", dumps / "rank-1-epoch-1.json"]
     deadline = time.monotonic() + 120
@@ -315,16 +354,29 @@ class _Recorder:
 
 def _encode_rank(rank: int, world: int, port: int, folder: str, cache: str, model: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(1)
     backbone = load_backbone(BackboneConfig(model=model, pretrained="none", device="cpu"))
     recorder = _Recorder()
     with distributed.session("cpu"):
         source = open_dataset("imagefolder", "train", folder)
-        result = encode_split(source, backbone, backbone.transform, backbone.transform_id, cache, data_root=folder,
-                              batch_size=3, chunk_size=4, progress=recorder)
+        result = encode_split(
+            source,
+            backbone,
+            backbone.transform,
+            backbone.transform_id,
+            cache,
+            data_root=folder,
+            batch_size=3,
+            chunk_size=4,
+            progress=recorder,
+        )
     summary = {"encoded": result.encoded, "path": str(result.entry.path), "stages": recorder.stages}
     Path(cache, f"rank{rank}.json").write_text(json.dumps(summary))
 
@@ -333,8 +385,16 @@ def test_two_processes_encode_their_chunks_into_one_entry(tmp_path, tiny_clip):
     backbone = load_backbone(BackboneConfig(model=tiny_clip, pretrained="none", device="cpu"))
     folder = make_image_folder(tmp_path / "data", per_class=7, val_per_class=1)
     source = open_dataset("imagefolder", "train", folder)
-    one = encode_split(source, backbone, backbone.transform, backbone.transform_id, tmp_path / "one", data_root=folder,
-                       batch_size=3, chunk_size=4)
+    one = encode_split(
+        source,
+        backbone,
+        backbone.transform,
+        backbone.transform_id,
+        tmp_path / "one",
+        data_root=folder,
+        batch_size=3,
+        chunk_size=4,
+    )
     _start_two(_encode_rank, str(folder), str(tmp_path / "two"), tiny_clip)
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in range(2)]
     # 21 images in chunks of 4: rank 0 encodes chunks 0, 2, 4 (12 images), rank 1 the other 9; both
@@ -351,7 +411,20 @@ def test_two_processes_encode_their_chunks_into_one_entry(tmp_path, tiny_clip):
 
 # --- precision and compilation ---------------------------------------------------------------------
 
-TINY = ["--dataset", "digits", "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--device", "cpu"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--epochs",
+    "1",
+    "--steps-per-epoch",
+    "3",
+    "--batch-size",
+    "4",
+    "--mu",
+    "2",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -370,15 +443,26 @@ def test_autocast_precisions_run_on_cpu(tmp_path, precision):
 def test_compiled_loop_saves_plain_state_dicts(tmp_path):
     train_split, val = open_dataset("digits", "train"), open_dataset("digits", "val")
     rows = np.arange(200)
-    spec = StreamSpec(dataset="digits", batch_size=4, mu=1, views=1, seed=0, image_size=8, workers=0, eval_batch_size=64)
+    spec = StreamSpec(
+        dataset="digits", batch_size=4, mu=1, views=1, seed=0, image_size=8, workers=0, eval_batch_size=64
+    )
     streams = build_streams(train_split, rows[:20], rows[20:], val, np.arange(40), spec, torch.device("cpu"))
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     optimizer = make_sgd(model, lr=0.1, weight_decay=0.0, momentum=0.9)
     config = TrainConfig(num_classes=10, epochs=1, steps_per_epoch=2)
     run = RunFolder(tmp_path / "run")
     runtime = Runtime(compile=True, compile_backend="eager", channels_last=True)
-    result = train(config, model, optimizer, cosine_schedule(optimizer, 2), streams.labeled, streams.unlabeled,
-                   streams.evaluate, run=run, runtime=runtime)
+    result = train(
+        config,
+        model,
+        optimizer,
+        cosine_schedule(optimizer, 2),
+        streams.labeled,
+        streams.unlabeled,
+        streams.evaluate,
+        run=run,
+        runtime=runtime,
+    )
     assert result.steps == 2 and np.isfinite(result.history[0]["loss"])
     checkpoint = run.load_checkpoint()
     assert set(checkpoint["model"]) == set(model.state_dict()) == set(checkpoint["teacher"])
@@ -413,7 +497,10 @@ def test_a_one_process_checkpoint_resumes_under_torchrun_with_two(tmp_path):
 
     done = subprocess.run(
         [*TORCHRUN, "-m", "clipdebias", "ssl", *SSL_ARGS, "--out", str(out), "--resume", "--no-report"],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -446,7 +533,10 @@ def test_torchrun_zeroshot_makes_the_same_labels_once_and_trains_like_one_proces
     assert main(args(one, tmp_path / "cache-one")) == 0
     done = subprocess.run(
         [*TORCHRUN, "-m", "clipdebias", *args(two, tmp_path / "cache-two")],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("student top-1") == 1  # one summary table, rank 0's

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import make_image_folder
 
-from clipdebias.clip.backbone import BackboneConfig, load_backbone
 from clipdebias.cli import main
-from clipdebias.data.sources import open_dataset
+from clipdebias.clip.backbone import BackboneConfig, load_backbone
 from clipdebias.clip.cache import (
     LOCK_FILE,
     SHARDS_DIR,
@@ -29,8 +29,8 @@ from clipdebias.clip.cache import (
     read_manifest,
     search,
 )
+from clipdebias.data.sources import open_dataset
 from clipdebias.utils.errors import UserError
-from fakes import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

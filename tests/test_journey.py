@@ -5,10 +5,10 @@ come before a run folder is started."""
 import json
 
 import pytest
+from fakes import make_pseudolabel_csv, make_run_folder
 
 from clipdebias.cli import main
 from clipdebias.reporting.compare import compare_runs
-from fakes import make_pseudolabel_csv, make_run_folder
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,9 @@ def test_a_run_without_confident_pseudo_labels_shows_no_imbalance_ratio(tmp_path
     assert pseudo_labels["mask_rate"] == 0.0 and pseudo_labels["imbalance_ratio"] == 0.0
     assert main(["report", str(out)]) == 0
     assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
-    rows = [line.split("│") for line in capsys.readouterr().out.splitlines() if "imbalance" in line or "debiaspl │" in line]
+    rows = [
+        line.split("│") for line in capsys.readouterr().out.splitlines() if "imbalance" in line or "debiaspl │" in line
+    ]
     ssl_row, report_row = ([cell.strip() for cell in row if cell.strip()] for row in rows[:2])
     assert ssl_row == ["pseudo-labels: imbalance ratio", "-"] and report_row == ["imbalance ratio", "–"]
     assert "0.0×" not in (tmp_path / "cmp" / "compare.md").read_text()
@@ -152,7 +154,22 @@ def test_a_bad_init_weights_file_does_not_leave_a_run_that_blocks_the_corrected_
 def test_a_short_imagenet_run_says_the_default_warm_up_is_what_is_too_long(tmp_path, capsys):
     """--epochs 2 with imagenet's default 5-epoch warm-up: the user never typed --warmup-epochs,
     so the message must say its value and where it comes from."""
-    assert main(["ssl", "--dataset", "imagenet", "--data-root", str(tmp_path), "--epochs", "2", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "ssl",
+                "--dataset",
+                "imagenet",
+                "--data-root",
+                str(tmp_path),
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "it is 5 (given, or the default" in err and "--epochs is 2" in err
     assert not (tmp_path / "r").exists()  # refused before anything is written

@@ -114,9 +114,9 @@ def _logits_file(path: Path, rows: int, classes: int) -> Path:
 
 
 def _pseudolabel_growth(tmp_path: Path, rows: int, monkeypatch) -> int:
-    from clipdebias.data import sources as data
     from clipdebias.clip.prompts import load_classnames
     from clipdebias.commands.pseudolabel import PseudoLabelConfig, run_pseudolabel
+    from clipdebias.data import sources as data
 
     classes, _ = load_classnames("imagenet", [""] * 1000)
     monkeypatch.setattr(data, "open_dataset", lambda name, split, root: SyntheticImages(rows, classes))
@@ -138,8 +138,10 @@ def test_pseudolabel_memory_grows_by_the_logits_and_a_few_bytes_per_row(tmp_path
     rows = 16384
     small = _pseudolabel_growth(tmp_path, rows, monkeypatch)
     large = _pseudolabel_growth(tmp_path, 4 * rows, monkeypatch)
-    print(f"pseudolabel peak growth: {small / MB:.1f} MB at {rows} rows, {large / MB:.1f} MB at {4 * rows} rows; "
-          f"per added row {(large - small) / (3 * rows):.0f} B, logits {1000 * 4} B")
+    print(
+        f"pseudolabel peak growth: {small / MB:.1f} MB at {rows} rows, {large / MB:.1f} MB at {4 * rows} rows; "
+        f"per added row {(large - small) / (3 * rows):.0f} B, logits {1000 * 4} B"
+    )
     assert large - small <= _allowed(3 * rows, 1000 * 4), f"{(large - small) / MB:.1f} MB for {3 * rows} more rows"
 
 
@@ -183,6 +185,8 @@ def test_encode_memory_grows_by_the_embeddings_and_a_few_bytes_per_image(tmp_pat
     rows, dim = 16384, 512
     small = _encode_growth(tmp_path, rows, dim)
     large = _encode_growth(tmp_path, 4 * rows, dim)
-    print(f"encode peak growth: {small / MB:.1f} MB at {rows} images, {large / MB:.1f} MB at {4 * rows} images; "
-          f"per added image {(large - small) / (3 * rows):.0f} B, embedding {dim * 4} B")
+    print(
+        f"encode peak growth: {small / MB:.1f} MB at {rows} images, {large / MB:.1f} MB at {4 * rows} images; "
+        f"per added image {(large - small) / (3 * rows):.0f} B, embedding {dim * 4} B"
+    )
     assert large - small <= _allowed(3 * rows, dim * 4), f"{(large - small) / MB:.1f} MB for {3 * rows} more images"

@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdebias.utils.errors import UserError
 from clipdebias.clip.prompts import (
-    PromptSet,
     SIMPLE_TEMPLATE,
+    PromptSet,
     encode_classifier,
     load_classnames,
     load_prompts,
@@ -15,6 +14,7 @@ from clipdebias.clip.prompts import (
     read_lines,
     shipped_file,
 )
+from clipdebias.utils.errors import UserError
 
 
 def test_shipped_imagenet_prompts_are_open_clips_lists():

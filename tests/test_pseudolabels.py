@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fakes import make_image_folder
 
 from clipdebias.cli import main
-from clipdebias.utils.errors import UserError
 from clipdebias.pseudolabels.labels import (
     CSV_COLUMNS,
     ZeroShotLogits,
@@ -17,7 +17,7 @@ from clipdebias.pseudolabels.labels import (
     reference_file_names,
     write_reference_format,
 )
-from fakes import make_image_folder
+from clipdebias.utils.errors import UserError
 
 
 def _biased_logits(rows=301, classes=7, seed=0) -> np.ndarray:

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fakes import make_image_folder
+from interrupt import Killer, run_to_end
 
 from clipdebias.cli import main
 from clipdebias.clip.cache import META_FILE, SHARDS_DIR, load_embeddings, open_entry, read_manifest
-from fakes import make_image_folder
-from interrupt import Killer, run_to_end
 
 KILLS = 3
 IMAGES = 48  # 3 classes
@@ -86,7 +86,9 @@ def _check_cache_entry(cache: Path) -> str:
             with np.load(shard) as content:
                 assert len(content["ids"]) + len(content["failed_ids"]) == 4
         temporaries = len(list(entry.glob(".*.tmp")) + list(entry.glob(f"{SHARDS_DIR}/.*.tmp")))
-        found.append(f"{'complete' if meta['complete'] else 'unfinished'}, {len(shards)} shards, {temporaries} temporary files")
+        found.append(
+            f"{'complete' if meta['complete'] else 'unfinished'}, {len(shards)} shards, {temporaries} temporary files"
+        )
     return "; ".join(found) or "no cache entry yet"
 
 
@@ -200,7 +202,9 @@ def test_pseudolabel_killed_at_random_moments_never_leaves_a_partial_or_mixed_ou
         kills, rounds = kills + killed, rounds + 1
         present = [content is not None for content in _contents(files)]
         temporaries = len(list(cut.glob("**/.*.tmp")))
-        killer.note(f"present: {present}, new: {[a == b for a, b in zip(_contents(files), new)]}, {temporaries} temporary files")
+        killer.note(
+            f"present: {present}, new: {[a == b for a, b in zip(_contents(files), new)]}, {temporaries} temporary files"
+        )
         # The files present are the first few in write order, and all come from the same run.
         assert present == sorted(present, reverse=True), str(killer)
         assert any(
@@ -325,7 +329,9 @@ def test_zeroshot_killed_at_random_moments_resumes_to_the_same_result(images, sl
     resumed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert {k: resumed[k] for k in ZEROSHOT_STABLE} == {k: whole[k] for k in ZEROSHOT_STABLE}, str(killer)
     assert _history(tmp_path / "cut") == _history(tmp_path / "whole"), str(killer)
-    assert (tmp_path / "cut" / "pseudolabels.csv").read_bytes() == (tmp_path / "whole" / "pseudolabels.csv").read_bytes()
+    assert (tmp_path / "cut" / "pseudolabels.csv").read_bytes() == (
+        tmp_path / "whole" / "pseudolabels.csv"
+    ).read_bytes()
 
 
 # --- a loss that turns NaN ------------------------------------------------------------------------
@@ -399,7 +405,9 @@ def test_a_nan_in_the_first_epoch_says_nothing_was_saved(tmp_path, monkeypatch, 
 
     real_step = train.fixmatch_step
     monkeypatch.setattr(
-        train, "fixmatch_step", lambda *a, **k: dataclasses.replace(out := real_step(*a, **k), loss=out.loss * float("inf"))
+        train,
+        "fixmatch_step",
+        lambda *a, **k: dataclasses.replace(out := real_step(*a, **k), loss=out.loss * float("inf")),
     )
     assert main([*NAN_ARGS, "--out", str(tmp_path / "run"), "--precision", "bf16"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]

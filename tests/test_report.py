@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import make_pseudolabel_csv, make_run_folder
 from PIL import Image
 
-from clipdebias.reporting import plots
 from clipdebias.cli import main
-from clipdebias.utils.errors import UserError
+from clipdebias.reporting import plots
 from clipdebias.reporting.report import TABLE_EXTREMES, write_report
-from fakes import make_pseudolabel_csv, make_run_folder
+from clipdebias.utils.errors import UserError
 
 
 def assert_sane_png(path):

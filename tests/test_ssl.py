@@ -12,17 +12,30 @@ import time
 import numpy as np
 import pytest
 import torch
+from fakes import make_cifar_root, make_image_folder
 
 from clipdebias.cli import main
 from clipdebias.commands.ssl import read_clip_pseudolabels, resolve_ssl_config
 from clipdebias.utils.errors import UserError
-from fakes import make_cifar_root, make_image_folder
 
 TINY_WITH_REPORT = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--device", "cpu"]
 TINY = [*TINY_WITH_REPORT, "--no-report"]
 EPOCH_KEYS = {
-    "epoch", "step", "lr", "loss", "loss_x", "loss_u", "mask_rate", "pseudo_label_accuracy", "pseudo_label_counts",
-    "imbalance_ratio", "prior", "prior_entropy", "top1", "top5", "elapsed_s",
+    "epoch",
+    "step",
+    "lr",
+    "loss",
+    "loss_x",
+    "loss_u",
+    "mask_rate",
+    "pseudo_label_accuracy",
+    "pseudo_label_counts",
+    "imbalance_ratio",
+    "prior",
+    "prior_entropy",
+    "top1",
+    "top5",
+    "elapsed_s",
 }
 # Everything of metrics.json that does not depend on the clock or on how the run was started.
 STABLE = ("method", "top1", "top5", "per_class_top1", "pseudo_labels", "prior", "steps", "labeled_images")
@@ -46,16 +59,30 @@ def _history(out):
 def test_digits_run_folder_follows_the_format(tmp_path, capsys):
     out, metrics = _ssl(["--dataset", "digits", "--labels", "2-per-class", *TINY_WITH_REPORT], tmp_path)
     assert {p.name for p in out.iterdir()} == {
-        "config.json", "labeled_index.csv", "unlabeled_index.csv", "metrics.jsonl", "metrics.json", "checkpoint.pt",
+        "config.json",
+        "labeled_index.csv",
+        "unlabeled_index.csv",
+        "metrics.jsonl",
+        "metrics.json",
+        "checkpoint.pt",
         "report",
     }
     # The report is written automatically at the end of the run, and the terminal says where.
     assert (out / "report" / "report.md").is_file()
     assert any(p.suffix == ".png" for p in (out / "report").iterdir())
     config = json.loads((out / "config.json").read_text())
-    assert config["command"] == "ssl" and config["method"] == "debiaspl" and config["classes"] == [str(c) for c in range(10)]
+    assert (
+        config["command"] == "ssl"
+        and config["method"] == "debiaspl"
+        and config["classes"] == [str(c) for c in range(10)]
+    )
     # Given options win, the rest are the digits defaults.
-    assert (config["tau"], config["threshold"], config["prior_momentum"], config["ema_momentum"]) == (0.4, 0.95, 0.99, 0.99)
+    assert (config["tau"], config["threshold"], config["prior_momentum"], config["ema_momentum"]) == (
+        0.4,
+        0.95,
+        0.99,
+        0.99,
+    )
     assert (config["batch_size"], config["mu"], config["steps_per_epoch"], config["arch"]) == (4, 2, 3, "cnn")
     labeled, unlabeled = _index(out / "labeled_index.csv"), _index(out / "unlabeled_index.csv")
     assert list(labeled[0]) == ["index", "path", "label"]
@@ -82,9 +109,31 @@ def test_digits_run_folder_follows_the_format(tmp_path, capsys):
 def test_image_folder_run_with_resnet18(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=5, val_per_class=2, size=16)
     out, metrics = _ssl(
-        ["--dataset", "imagefolder", "--data-root", str(root), "--labels", "1-per-class", "--arch", "resnet18",
-         "--image-size", "16", "--workers", "0", "--multiviews", "--epochs", "1", "--steps-per-epoch", "2",
-         "--batch-size", "2", "--mu", "1", "--device", "cpu"],
+        [
+            "--dataset",
+            "imagefolder",
+            "--data-root",
+            str(root),
+            "--labels",
+            "1-per-class",
+            "--arch",
+            "resnet18",
+            "--image-size",
+            "16",
+            "--workers",
+            "0",
+            "--multiviews",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "2",
+            "--mu",
+            "1",
+            "--device",
+            "cpu",
+        ],
         tmp_path,
     )
     assert metrics["num_classes"] == 3 and metrics["classes"] == ["cat", "dog", "red_fox"]
@@ -96,8 +145,21 @@ def test_image_folder_run_with_resnet18(tmp_path):
 def test_cifar_run(tmp_path):
     root = make_cifar_root(tmp_path / "data", "cifar10", per_class_train=2, per_class_val=1)
     out, metrics = _ssl(
-        ["--dataset", "cifar10", "--data-root", str(root), "--labels", "1-per-class", "--arch", "cnn",
-         "--image-size", "16", "--workers", "0", *TINY],
+        [
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            str(root),
+            "--labels",
+            "1-per-class",
+            "--arch",
+            "cnn",
+            "--image-size",
+            "16",
+            "--workers",
+            "0",
+            *TINY,
+        ],
         tmp_path,
     )
     assert metrics["labeled_images"] == 10 and metrics["unlabeled_images"] == 90 and metrics["eval_images"] == 10
@@ -126,12 +188,31 @@ def test_same_seed_same_metrics_other_seed_other_split(tmp_path):
 
 
 def test_killed_run_resumes_with_prior_and_teacher(tmp_path):
-    args = ["ssl", "--dataset", "digits", "--epochs", "10", "--steps-per-epoch", "8", "--batch-size", "8", "--mu", "2",
-            "--device", "cpu", "--seed", "1"]
+    args = [
+        "ssl",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "10",
+        "--steps-per-epoch",
+        "8",
+        "--batch-size",
+        "8",
+        "--mu",
+        "2",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+    ]
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    process = subprocess.Popen([sys.executable, "-m", "clipdebias", *args, "--out", str(out)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipdebias", *args, "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     lines = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (lines.is_file() and lines.read_text().strip()):
@@ -165,7 +246,9 @@ def test_killed_run_resumes_with_prior_and_teacher(tmp_path):
 def test_labeled_index_is_reused(tmp_path):
     first, _ = _ssl(["--dataset", "digits", "--labels", "1-per-class", "--seed", "5", *TINY], tmp_path, "first")
     second, metrics = _ssl(
-        ["--dataset", "digits", "--labeled-index", str(first / "labeled_index.csv"), "--seed", "9", *TINY], tmp_path, "second"
+        ["--dataset", "digits", "--labeled-index", str(first / "labeled_index.csv"), "--seed", "9", *TINY],
+        tmp_path,
+        "second",
     )
     assert _index(second / "labeled_index.csv") == _index(first / "labeled_index.csv")
     assert metrics["labeled_images"] == 10
@@ -181,7 +264,9 @@ def test_holdout_evaluates_on_train_rows_outside_both_streams(tmp_path):
 def test_clip_pseudolabels_fallback_run_and_validation(tmp_path, capsys):
     table = tmp_path / "clip.csv"
     table.write_text("index,pseudo_label,confidence\n" + "".join(f"{i},{i % 10},0.5\n" for i in range(1257)))
-    out, metrics = _ssl(["--dataset", "digits", "--clip-pseudolabels", str(table), "--threshold", "1.0", *TINY], tmp_path)
+    out, metrics = _ssl(
+        ["--dataset", "digits", "--clip-pseudolabels", str(table), "--threshold", "1.0", *TINY], tmp_path
+    )
     # No student row reaches threshold 1.0; every unlabeled row falls back to its CLIP label (0.5 >= 0.3).
     assert metrics["pseudo_labels"]["mask_rate"] == 1.0
     assert json.loads((out / "config.json").read_text())["clip_fallback"] == 0.3
@@ -197,7 +282,10 @@ def test_clip_pseudolabels_fallback_run_and_validation(tmp_path, capsys):
         with pytest.raises(UserError, match=message):
             read_clip_pseudolabels(table, 1257, 10)
     capsys.readouterr()
-    assert main(["ssl", "--dataset", "digits", "--clip-pseudolabels", str(table), "--out", str(tmp_path / "bad"), *TINY]) == 2
+    assert (
+        main(["ssl", "--dataset", "digits", "--clip-pseudolabels", str(table), "--out", str(tmp_path / "bad"), *TINY])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "'confidence'" in err
 
@@ -238,10 +326,22 @@ def test_cifar_root_missing_files(tmp_path, capsys):
 
 def test_resolved_defaults_per_dataset():
     imagenet = resolve_ssl_config("imagenet", "out", data_root="/x")
-    assert (imagenet.threshold, imagenet.lambda_u, imagenet.mu, imagenet.tau, imagenet.multiviews) == (0.7, 10.0, 5, 0.4, True)
+    assert (imagenet.threshold, imagenet.lambda_u, imagenet.mu, imagenet.tau, imagenet.multiviews) == (
+        0.7,
+        10.0,
+        5,
+        0.4,
+        True,
+    )
     assert imagenet.steps_per_epoch is None and imagenet.arch == "resnet50" and imagenet.labels == "0.2pct"
     cifar = resolve_ssl_config("cifar10", "out", threshold=0.9, workers=1)
-    assert (cifar.threshold, cifar.mu, cifar.steps_per_epoch, cifar.workers, cifar.method) == (0.9, 7, 1024, 1, "debiaspl")
+    assert (cifar.threshold, cifar.mu, cifar.steps_per_epoch, cifar.workers, cifar.method) == (
+        0.9,
+        7,
+        1024,
+        1,
+        "debiaspl",
+    )
     assert resolve_ssl_config("digits", "out", no_debias=True).method == "fixmatch"
 
 
@@ -259,12 +359,17 @@ def test_clip_pseudolabels_of_another_dataset_are_refused(tmp_path):
     with the train split's, the file belongs to another dataset."""
     truth = np.array([0, 1, 2, 0, 1, 2])
     table = tmp_path / "clip.csv"
-    table.write_text("index,label,pseudo_label,confidence\n" + "".join(f"{i},{t},{t},0.9\n" for i, t in enumerate(truth)))
+    table.write_text(
+        "index,label,pseudo_label,confidence\n" + "".join(f"{i},{t},{t},0.9\n" for i, t in enumerate(truth))
+    )
     targets, _ = read_clip_pseudolabels(table, 6, 3, truth)
     assert targets.tolist() == truth.tolist()
     unknown = truth.copy()
     unknown[:3] = -1  # rows whose label the dataset does not know are not compared
     read_clip_pseudolabels(table, 6, 3, unknown)
     table.write_text("index,label,pseudo_label,confidence\n0,,1,0.9\n1,2,1,0.9\n2,2,1,0.9\n")  # row 1: 2, not 1
-    with pytest.raises(UserError, match=r"row 1 says index 1 has label 2, the dataset says 1 \(1 such row; was the file written for another"):
+    with pytest.raises(
+        UserError,
+        match=r"row 1 says index 1 has label 2, the dataset says 1 \(1 such row; was the file written for another",
+    ):
         read_clip_pseudolabels(table, 6, 3, truth)

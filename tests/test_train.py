@@ -8,22 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
-from clipdebias.utils.errors import UserError
+from clipdebias.data.augment import GrayAugment, gray_to_tensor
+from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import epoch_plan
+from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
 from clipdebias.metrics import PseudoLabelCounter, eval_result, imbalance_ratio, per_class_accuracy
-from clipdebias.training.models import SmallCNN, build_model, load_init_weights
 from clipdebias.training.loop import (
     EMATeacher,
-    LabeledBatch,
     TrainConfig,
-    UnlabeledBatch,
     apply_fallback,
-    cosine_factor,
     fixmatch_step,
-    make_sgd,
 )
-from clipdebias.data.augment import GrayAugment, gray_to_tensor
+from clipdebias.training.models import SmallCNN, build_model, load_init_weights
+from clipdebias.training.optim import cosine_factor, make_sgd
+from clipdebias.utils.errors import UserError
 
 
 def test_apply_fallback_truth_table():
@@ -74,7 +72,10 @@ def _batches(weak_views, strong_views, labels=None):
     count = weak_views[0].shape[0]
     labeled = LabeledBatch(torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([0]), torch.tensor([0]))
     unlabeled = UnlabeledBatch(
-        tuple(weak_views), tuple(strong_views), torch.arange(count), labels if labels is not None else -torch.ones(count, dtype=torch.long)
+        tuple(weak_views),
+        tuple(strong_views),
+        torch.arange(count),
+        labels if labels is not None else -torch.ones(count, dtype=torch.long),
     )
     return labeled, unlabeled
 
@@ -82,7 +83,9 @@ def _batches(weak_views, strong_views, labels=None):
 def test_step_selects_with_the_prior_before_its_update_and_margins_with_the_updated_prior():
     weak = torch.tensor([[2.0, 1.4, 0.0], [0.0, 0.0, 5.0], [0.0, 0.0, 4.0], [2.5, 0.0, 0.0]])
     strong = torch.tensor([[1.0, 0.5, 0.0], [0.2, 0.1, 0.0], [0.0, 0.3, 1.0], [0.5, 0.0, 0.0]])
-    config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=1.0, threshold=0.57, prior_momentum=0.5, lambda_u=2.0)
+    config = TrainConfig(
+        num_classes=3, epochs=1, steps_per_epoch=1, tau=1.0, threshold=0.57, prior_momentum=0.5, lambda_u=2.0
+    )
     model = _Fixed()
     prior = ClassPrior(3, momentum=0.5)
     prior.probs = torch.tensor([0.6, 0.2, 0.2])
@@ -204,7 +207,10 @@ def test_gray_augment_views():
     shifted = augment.weak(centre, torch.Generator().manual_seed(3))
     assert shifted.sum().item() == pytest.approx(1.0) and shifted.max().item() == pytest.approx(1.0)
     # The strong view zeroes a cutout square on every image.
-    assert all((view == 0).sum() >= augment.cutout for view in augment.strong(torch.ones(4, 1, 16, 16), torch.Generator().manual_seed(0)))
+    assert all(
+        (view == 0).sum() >= augment.cutout
+        for view in augment.strong(torch.ones(4, 1, 16, 16), torch.Generator().manual_seed(0))
+    )
 
 
 def test_metrics():
@@ -253,7 +259,8 @@ def test_a_skipped_optimizer_step_advances_the_schedule_without_torchs_warning()
     advances, and the user sees no warning about the order (torch's own call would print one)."""
     import warnings
 
-    from clipdebias.training.loop import _step_schedule, cosine_schedule
+    from clipdebias.training.loop import _step_schedule
+    from clipdebias.training.optim import cosine_schedule
 
     def schedule():
         optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)

@@ -10,16 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fakes import StopTraining, make_image_folder, stop_after_first_epoch
 from PIL import Image
 
 from clipdebias.cli import main
-from clipdebias.debias import ClassPrior, select_pseudo_labels
-from clipdebias.training.embedding_streams import AugmentedView, EmbeddingStream, FeatureNoise
-from clipdebias.utils.errors import UserError
-from clipdebias.data.streams import UNLABELED_STREAM, epoch_plan
-from clipdebias.training.models import SmallCNN, build_head, load_init_weights, strip_wrapper_prefix
-from clipdebias.pseudolabels.labels import CSV_COLUMNS, PseudoLabels
-from clipdebias.training.loop import EMATeacher, LabeledBatch, TrainConfig, UnlabeledBatch, fixmatch_step
 from clipdebias.commands.zeroshot.head import (
     Selection,
     ZeroShotArrays,
@@ -27,7 +21,14 @@ from clipdebias.commands.zeroshot.head import (
     select_confident,
     zero_shot_eval,
 )
-from fakes import StopTraining, make_image_folder, stop_after_first_epoch
+from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
+from clipdebias.data.streams import UNLABELED_STREAM, epoch_plan
+from clipdebias.debias import ClassPrior, select_pseudo_labels
+from clipdebias.pseudolabels.labels import CSV_COLUMNS, PseudoLabels
+from clipdebias.training.embedding_streams import AugmentedView, EmbeddingStream, FeatureNoise
+from clipdebias.training.loop import EMATeacher, TrainConfig, fixmatch_step
+from clipdebias.training.models import SmallCNN, build_head, load_init_weights, strip_wrapper_prefix
+from clipdebias.utils.errors import UserError
 
 TINY_TRAINING = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--mu", "2"]
 # Everything of metrics.json that does not depend on the clock.

@@ -27,7 +27,7 @@ from clipdebias.cli.pseudolabel import pseudolabel_command
 from clipdebias.cli.report import report_command
 from clipdebias.cli.ssl import ssl_command
 from clipdebias.cli.zeroshot import zeroshot_command
-from clipdebias.utils.errors import EXIT_USER_ERROR, UserError
+from clipdebias.utils.errors import EXIT_USER_ERROR, OptionError, UserError, flag_name
 
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=args, prog_name="clipdebias", standalone_mode=False)
     except UserError as err:
         return _fail(str(err), debug)
+    except OptionError as err:  # a library's plain words, given the flag's name here
+        return _fail(f"{flag_name(err.option)} {err.problem}", debug)
     except click_exceptions.NoArgsIsHelpError as err:
         print(err.ctx.get_help() if err.ctx else str(err))
         return 0

@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 from typer import Option
 
-from clipdebias.config import defaults
 from clipdebias.cli import options
+from clipdebias.config import defaults
 
 
 def encode_command(
@@ -28,10 +28,10 @@ def encode_command(
     chunk_size: options.ChunkSize = defaults.CHUNK_SIZE,
     rebuild: Annotated[bool, Option("--rebuild", help="Discard this split's cache entry and encode it again.")] = False,
 ) -> None:
-    from clipdebias.clip.backbone import BackboneConfig
     from clipdebias.cli.rich_progress import RichProgress
-    from clipdebias.utils.distributed import is_main_process
+    from clipdebias.clip.backbone import BackboneConfig
     from clipdebias.clip.cache import EncodeConfig, run_encode
+    from clipdebias.utils.distributed import is_main_process
 
     config = EncodeConfig(
         dataset=dataset,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from typer import Option
 
-from clipdebias.config import defaults
 from clipdebias.cli import options
 from clipdebias.cli.render import percent
+from clipdebias.config import defaults
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,11 +41,11 @@ def pseudolabel_command(
     ] = defaults.THRESHOLD,
     logit_scale: options.LogitScale = None,
     logits: Annotated[
-        Optional[str],
+        str | None,
         Option("--logits", help="Use a teacher's [N, C] logits (.npy, rows in dataset order) instead of CLIP."),
     ] = None,
     reference_format: Annotated[
-        Optional[str], Option("--reference-format", help="Also write the CVPR 2022 code's two CSVs into this folder.")
+        str | None, Option("--reference-format", help="Also write the CVPR 2022 code's two CSVs into this folder.")
     ] = None,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
@@ -60,12 +60,12 @@ def pseudolabel_command(
         bool, Option("--report/--no-report", help="Write FILE_report/ (charts, report.md) beside the CSV.")
     ] = True,
 ) -> None:
-    from clipdebias.clip.backbone import BackboneConfig
     from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
-    from clipdebias.reporting.report import try_write_report
+    from clipdebias.clip.backbone import BackboneConfig
     from clipdebias.commands.pseudolabel import PseudoLabelConfig, run_pseudolabel
     from clipdebias.labelstats import imbalance_ratio
+    from clipdebias.reporting.report import try_write_report
 
     config = PseudoLabelConfig(
         dataset=dataset,
@@ -111,9 +111,7 @@ def pseudolabel_command(
     table.add_column("plain zero-shot (tau 0)", justify="right")
     table.add_column(f"debiased (tau {run.tau:g})", justify="right")
     if summary.zeroshot_top1 is not None:
-        table.add_row(
-            "top-1 vs ground truth", percent(summary.zeroshot_top1), percent(summary.zeroshot_debiased_top1)
-        )
+        table.add_row("top-1 vs ground truth", percent(summary.zeroshot_top1), percent(summary.zeroshot_debiased_top1))
     table.add_row(
         "largest class", _extreme(summary.raw_counts, run.classes, True), _extreme(summary.counts, run.classes, True)
     )

@@ -12,7 +12,10 @@ from clipdebias.cli.render import key_value_table, print_written
 
 def report_command(
     path: Path = typer.Argument(
-        ..., metavar="RUN_OR_CSV", help="A run folder (the --out of ssl or zeroshot) or a pseudo-label CSV.", show_default=False
+        ...,
+        metavar="RUN_OR_CSV",
+        help="A run folder (the --out of ssl or zeroshot) or a pseudo-label CSV.",
+        show_default=False,
     ),
     out: Path | None = typer.Option(
         None,

@@ -27,7 +27,7 @@ class TrainProgressView:
         self.top1 = ""
         self.step_stats = ""
 
-    def __enter__(self) -> "TrainProgressView":
+    def __enter__(self) -> TrainProgressView:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -45,7 +45,9 @@ class TrainProgressView:
                 self.progress.console.print(f"resuming after epoch {event.start_epoch} of {event.epochs}")
             self.task = self.progress.add_task(
                 f"epoch {min(event.start_epoch + 1, event.epochs)}/{event.epochs}",
-                total=event.epochs * event.steps_per_epoch, completed=done, stats="",
+                total=event.epochs * event.steps_per_epoch,
+                completed=done,
+                stats="",
             )
         elif isinstance(event, StepProgress):
             accuracy = "" if event.pseudo_label_accuracy is None else f" pl-acc {event.pseudo_label_accuracy:.1f}%"

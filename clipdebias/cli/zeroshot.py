@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -61,108 +61,104 @@ def zeroshot_command(
     templates: options.Templates = None,
     logit_scale: options.LogitScale = None,
     student: Annotated[
-        Optional[str],
+        str | None,
         Option(
             "--student",
             help="head (on frozen embeddings), clip (fine-tune the image tower) or resnet50 (default: head).",
         ),
     ] = None,
     head: Annotated[
-        Optional[str],
+        str | None,
         Option("--head", help="Text-initialised head of the head/clip students: linear or mlp (default: linear)."),
     ] = None,
     views: Annotated[
-        Optional[int],
+        int | None,
         Option(
             "--views",
             help="head: augmented-view embeddings cached per train image for strong views; 0 = feature noise only (default: 2).",
         ),
     ] = None,
     feature_dropout: Annotated[
-        Optional[float],
+        float | None,
         Option("--feature-dropout", help="head: dropout on the strong view's embedding (default: 0.1)."),
     ] = None,
     feature_noise: Annotated[
-        Optional[float],
+        float | None,
         Option("--feature-noise", help="head: Gaussian noise on the strong view, relative to its norm (default: 0.5)."),
     ] = None,
     select_threshold: Annotated[
-        Optional[float],
+        float | None,
         Option(
             "--select-threshold",
             help="Debiased CLIP confidence at which a train image joins the confident set (default: 0.95).",
         ),
     ] = None,
     select_topk_per_class: Annotated[
-        Optional[int],
+        int | None,
         Option(
             "--select-topk-per-class",
             help="Instead: the K most confident images of each CLIP class form the confident set.",
         ),
     ] = None,
     clip_fallback: Annotated[
-        Optional[float],
+        float | None,
         Option(
             "--clip-fallback",
             help="CLIP confidence at which CLIP's label replaces an unsure student pseudo-label (default: 0.3).",
         ),
     ] = None,
     tau: Annotated[
-        Optional[float],
+        float | None,
         Option("--tau", help="DebiasPL strength for CLIP's labels and the training; 0 = no debiasing (default: 0.4)."),
     ] = None,
     no_debias: Annotated[
         bool, Option("--no-debias", help="The same pipeline without DebiasPL (--tau 0), for comparison.")
     ] = False,
     threshold: Annotated[
-        Optional[float], Option("--threshold", help="Student pseudo-label confidence threshold (default: 0.8).")
+        float | None, Option("--threshold", help="Student pseudo-label confidence threshold (default: 0.8).")
     ] = None,
     prior_momentum: Annotated[
-        Optional[float], Option("--prior-momentum", help="EMA momentum of the class prior (default: 0.99).")
+        float | None, Option("--prior-momentum", help="EMA momentum of the class prior (default: 0.99).")
     ] = None,
-    lambda_u: Annotated[
-        Optional[float], Option("--lambda-u", help=f"Weight of the unlabeled loss ({_DEFAULT}).")
-    ] = None,
-    mu: Annotated[Optional[int], Option("--mu", help=f"Unlabeled / confident batch size ratio ({_DEFAULT}).")] = None,
-    batch_size: Annotated[Optional[int], Option("--batch-size", help=f"Confident-set batch size ({_DEFAULT}).")] = None,
-    epochs: Annotated[Optional[int], Option("--epochs", help=f"Number of epochs ({_DEFAULT}).")] = None,
+    lambda_u: Annotated[float | None, Option("--lambda-u", help=f"Weight of the unlabeled loss ({_DEFAULT}).")] = None,
+    mu: Annotated[int | None, Option("--mu", help=f"Unlabeled / confident batch size ratio ({_DEFAULT}).")] = None,
+    batch_size: Annotated[int | None, Option("--batch-size", help=f"Confident-set batch size ({_DEFAULT}).")] = None,
+    epochs: Annotated[int | None, Option("--epochs", help=f"Number of epochs ({_DEFAULT}).")] = None,
     steps_per_epoch: Annotated[
-        Optional[int],
+        int | None,
         Option("--steps-per-epoch", help="Steps per epoch (default: one pass over the unlabeled images, at least 50)."),
     ] = None,
     lr: Annotated[
-        Optional[float],
+        float | None,
         Option("--lr", help=f"Peak learning rate, cosine schedule; head: relative to the logit scale ({_DEFAULT})."),
     ] = None,
-    weight_decay: Annotated[Optional[float], Option("--weight-decay", help=f"Weight decay ({_DEFAULT}).")] = None,
+    weight_decay: Annotated[float | None, Option("--weight-decay", help=f"Weight decay ({_DEFAULT}).")] = None,
     warmup_epochs: Annotated[
-        Optional[int], Option("--warmup-epochs", help=f"Linear LR warm-up epochs ({_DEFAULT}).")
+        int | None, Option("--warmup-epochs", help=f"Linear LR warm-up epochs ({_DEFAULT}).")
     ] = None,
-    ema_momentum: Annotated[
-        Optional[float], Option("--ema-momentum", help=f"EMA teacher momentum ({_DEFAULT}).")
-    ] = None,
+    ema_momentum: Annotated[float | None, Option("--ema-momentum", help=f"EMA teacher momentum ({_DEFAULT}).")] = None,
     init_weights: Annotated[
-        Optional[Path],
+        Path | None,
         Option("--init-weights", help="resnet50: start from this state dict (e.g. MoCo v2 / MoCo-EMAN)."),
     ] = None,
     image_size: Annotated[
-        Optional[int], Option("--image-size", help="resnet50: training image side in pixels (default: 224).")
+        int | None, Option("--image-size", help="resnet50: training image side in pixels (default: 224).")
     ] = None,
     multiviews: Annotated[
-        Optional[bool],
+        bool | None,
         Option(
             "--multiviews/--single-view",
             help="clip/resnet50: two weak + two strong views per unlabeled image (default: resnet50 on, clip off).",
         ),
     ] = None,
     amp: Annotated[
-        Optional[bool], Option("--amp/--no-amp", help="clip/resnet50: bf16 mixed precision (default: on with a GPU).")
+        bool | None, Option("--amp/--no-amp", help="clip/resnet50: bf16 mixed precision (default: on with a GPU).")
     ] = None,
     seed: Annotated[int, Option("--seed", help="Seed of the initialisation, the batches and the views.")] = 0,
     device: options.Device = "auto",
     precision: options.Precision = "fp32",
     workers: Annotated[
-        Optional[int],
+        int | None,
         Option(
             "--workers",
             min=0,
@@ -170,7 +166,7 @@ def zeroshot_command(
         ),
     ] = None,
     threads: Annotated[
-        Optional[int],
+        int | None,
         Option(
             "--threads",
             min=1,
@@ -192,9 +188,9 @@ def zeroshot_command(
     from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.cli.train_view import TrainProgressView
-    from clipdebias.utils.distributed import is_main_process
-    from clipdebias.training.loop import TrainStart
     from clipdebias.commands.zeroshot.run import resolve_zeroshot_config, run_zeroshot
+    from clipdebias.training.loop import TrainStart
+    from clipdebias.utils.distributed import is_main_process
 
     config = resolve_zeroshot_config(
         dataset, out, student=student, data_root=data_root, model=model, pretrained=pretrained, quick_gelu=quick_gelu,

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipdebias.clip.weights import LOCAL_DIR_PREFIX, Weights, file_sha256, resolve_weights
 from clipdebias.config.defaults import PRECISIONS
 from clipdebias.utils.errors import UserError
-from clipdebias.clip.weights import LOCAL_DIR_PREFIX, Weights, file_sha256, resolve_weights
 
 if TYPE_CHECKING:
     import torch

@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clipdebias import __version__
-
 from clipdebias.config import defaults
-from clipdebias.utils.atomic import atomic_write, atomic_write_json, prepare_dir
 from clipdebias.data.sources import ArraySource, ImageSource, UnreadableImage
+from clipdebias.utils.atomic import atomic_write, atomic_write_json, prepare_dir
+from clipdebias.utils.device import encode_workers
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import NoProgress, Progress
 
@@ -491,8 +491,12 @@ def encode_split(
             entry = CacheEntry(path, plan.meta)
             return EncodeResult(entry, 0, entry.num_encoded, entry.num_failed, time.perf_counter() - began, True)
         mine = plan.todo[distributed.rank() :: distributed.world_size()]
-        progress.start("encoding images", plan.reused + sum(stop - start for start, stop in mine), completed=plan.reused)
-        encoded_here = _encode_chunks(source, encoder, transform, path, mine, batch_size, num_workers, progress) if mine else 0
+        progress.start(
+            "encoding images", plan.reused + sum(stop - start for start, stop in mine), completed=plan.reused
+        )
+        encoded_here = (
+            _encode_chunks(source, encoder, transform, path, mine, batch_size, num_workers, progress) if mine else 0
+        )
         encoded = _sum_over_ranks(encoded_here)  # also waits until every rank has written its shards
         meta, num_encoded, failed = distributed.on_main(lambda: _finish_entry(source, path, plan.meta, began))
     elapsed = time.perf_counter() - began
@@ -610,24 +614,9 @@ class EncodeConfig:
     backbone: Any  # clipdebias.clip.backbone.BackboneConfig
     cache_dir: str | None = None
     batch_size: int = 64
-    num_workers: int | None = None  # None: 0 on CPU, up to MAX_AUTO_WORKERS on a GPU
+    num_workers: int | None = None  # None: see clipdebias.utils.device.encode_workers
     chunk_size: int = DEFAULT_CHUNK_SIZE
     rebuild: bool = False
-
-
-MAX_AUTO_WORKERS = 8
-
-
-def resolve_num_workers(requested: int | None, device_type: str) -> int:
-    """``--num-workers``: as given, else 0 on CPU (decoding would compete with the model for the
-    cores) and ``min(MAX_AUTO_WORKERS, cores)`` when a GPU runs the model, where ``cores`` is this
-    process's share of the node's cores under torchrun (one process per GPU)."""
-    from clipdebias.utils.distributed import launch_info
-
-    if requested is not None:
-        return requested
-    cores = (os.cpu_count() or 1) // max(1, launch_info().local_world_size)
-    return 0 if device_type == "cpu" else min(MAX_AUTO_WORKERS, max(1, cores))
 
 
 def cached_embeddings(
@@ -651,7 +640,7 @@ def cached_embeddings(
         cache_dir,
         data_root=data_root,
         batch_size=batch_size,
-        num_workers=resolve_num_workers(num_workers, backbone.device.type),
+        num_workers=encode_workers(num_workers, backbone.device.type),
         chunk_size=chunk_size,
         rebuild=rebuild,
         progress=progress,
@@ -672,9 +661,9 @@ def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[
 
 
 def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[EncodeResult, Any]:
-    from clipdebias.utils import distributed
     from clipdebias.clip.backbone import load_backbone
     from clipdebias.data.sources import check_dataset, open_dataset
+    from clipdebias.utils import distributed
     from clipdebias.utils.paths import prepare_cache_dir
 
     progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()

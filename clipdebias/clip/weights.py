@@ -277,8 +277,8 @@ def _resolve_hub(spec: str) -> Weights:
         )
         how = _how_to_supply(spec, None)
         _network_or_fail(hub_endpoint(), looked_for, how)
-        from huggingface_hub import hf_hub_download
         import open_clip
+        from huggingface_hub import hf_hub_download
 
         try:
             config = Path(hf_hub_download(repo_id, OPEN_CLIP_CONFIG))

@@ -10,13 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdebias.utils.atomic import atomic_write_group
 from clipdebias.clip.backbone import BackboneConfig
-from clipdebias.config.checks import check_finite
 from clipdebias.clip.cache import DEFAULT_CHUNK_SIZE, EncodeResult
-from clipdebias.utils.errors import UserError
-from clipdebias.utils.formatting import count_of
-from clipdebias.utils.progress import NoProgress, Progress
+from clipdebias.config.checks import check_finite
 from clipdebias.pseudolabels.labels import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_TAU,
@@ -32,6 +28,10 @@ from clipdebias.pseudolabels.labels import (
     reference_format_files,
     summarize,
 )
+from clipdebias.utils.atomic import atomic_write_group
+from clipdebias.utils.errors import UserError
+from clipdebias.utils.formatting import count_of
+from clipdebias.utils.progress import NoProgress, Progress
 
 if TYPE_CHECKING:
     from clipdebias.data.sources import ImageSource
@@ -149,8 +149,8 @@ def _clip_logits(
 ) -> tuple[LogitRows, np.ndarray, EncodeResult, list[tuple[str, str]], float]:
     """Zero-shot logits of cached CLIP embeddings: (logits, dataset indices, encode result, backbone rows, scale)."""
     from clipdebias.clip.cache import EmbeddingStore, cached_embeddings
-    from clipdebias.utils.paths import cache_dir as resolve_cache_dir
     from clipdebias.clip.prompts import load_prompts, text_classifier
+    from clipdebias.utils.paths import cache_dir as resolve_cache_dir
 
     prompts = load_prompts(config.dataset, source.classes, config.classnames, config.templates)
     root = resolve_cache_dir(config.cache_dir)
@@ -185,12 +185,12 @@ def _clip_logits(
 
 def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None) -> PseudoLabelRun:
     """The whole ``pseudolabel`` command; every file is written atomically."""
-    from clipdebias.utils.atomic import prepare_dir
     from clipdebias.clip.backbone import load_backbone
+    from clipdebias.clip.prompts import load_classnames
     from clipdebias.data.sources import check_dataset, open_dataset
+    from clipdebias.utils.atomic import prepare_dir
     from clipdebias.utils.paths import cache_dir as resolve_cache_dir
     from clipdebias.utils.paths import prepare_cache_dir
-    from clipdebias.clip.prompts import load_classnames
 
     progress = progress or NoProgress()
     check_pseudolabel_config(config)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +17,18 @@ from typing import Any
 import numpy as np
 
 from clipdebias import __version__
-from clipdebias.config.checks import check_training_ranges, parse_label_budget
-from clipdebias.data.sources import DATASETS, ImageSource, open_dataset
+from clipdebias.config.budgets import parse_label_budget
+from clipdebias.config.checks import check_training_ranges
 from clipdebias.config.defaults import PRECISIONS, PREFETCH_FACTOR
+from clipdebias.data.skipped import SkippedImages
+from clipdebias.data.sources import DATASETS, ImageSource, open_dataset
+from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
+from clipdebias.utils.device import training_workers
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import count_of
-from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
-from clipdebias.data.skipped import SkippedImages
 
 # Fixed seed of the --holdout split (independent of --seed, so every seed is tuned on the same rows).
 HOLDOUT_SEED = 12345
-SGD_MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -60,29 +60,94 @@ class SSLDefaults:
 # prototype (docs/usage.md). DebiasPL: tau 0.4 and prior momentum 0.999 from the reference code.
 DEFAULTS: dict[str, SSLDefaults] = {
     "digits": SSLDefaults(
-        labels="2-per-class", tau=0.4, threshold=0.95, prior_momentum=0.99, lambda_u=1.0, mu=4, batch_size=16,
-        epochs=10, steps_per_epoch=250, lr=0.03, weight_decay=5e-4, warmup_epochs=0, ema_momentum=0.99,
-        arch="cnn", image_size=16, multiviews=False,
+        labels="2-per-class",
+        tau=0.4,
+        threshold=0.95,
+        prior_momentum=0.99,
+        lambda_u=1.0,
+        mu=4,
+        batch_size=16,
+        epochs=10,
+        steps_per_epoch=250,
+        lr=0.03,
+        weight_decay=5e-4,
+        warmup_epochs=0,
+        ema_momentum=0.99,
+        arch="cnn",
+        image_size=16,
+        multiviews=False,
     ),
     "cifar10": SSLDefaults(
-        labels="4-per-class", tau=0.4, threshold=0.95, prior_momentum=0.999, lambda_u=1.0, mu=7, batch_size=64,
-        epochs=1024, steps_per_epoch=1024, lr=0.03, weight_decay=5e-4, warmup_epochs=0, ema_momentum=0.999,
-        arch="resnet18", image_size=32, multiviews=False,
+        labels="4-per-class",
+        tau=0.4,
+        threshold=0.95,
+        prior_momentum=0.999,
+        lambda_u=1.0,
+        mu=7,
+        batch_size=64,
+        epochs=1024,
+        steps_per_epoch=1024,
+        lr=0.03,
+        weight_decay=5e-4,
+        warmup_epochs=0,
+        ema_momentum=0.999,
+        arch="resnet18",
+        image_size=32,
+        multiviews=False,
     ),
     "cifar100": SSLDefaults(
-        labels="4-per-class", tau=0.4, threshold=0.95, prior_momentum=0.999, lambda_u=1.0, mu=7, batch_size=64,
-        epochs=1024, steps_per_epoch=1024, lr=0.03, weight_decay=1e-3, warmup_epochs=0, ema_momentum=0.999,
-        arch="resnet18", image_size=32, multiviews=False,
+        labels="4-per-class",
+        tau=0.4,
+        threshold=0.95,
+        prior_momentum=0.999,
+        lambda_u=1.0,
+        mu=7,
+        batch_size=64,
+        epochs=1024,
+        steps_per_epoch=1024,
+        lr=0.03,
+        weight_decay=1e-3,
+        warmup_epochs=0,
+        ema_momentum=0.999,
+        arch="resnet18",
+        image_size=32,
+        multiviews=False,
     ),
     "imagenet": SSLDefaults(
-        labels="0.2pct", tau=0.4, threshold=0.7, prior_momentum=0.999, lambda_u=10.0, mu=5, batch_size=64,
-        epochs=50, steps_per_epoch=None, lr=0.003, weight_decay=1e-4, warmup_epochs=5, ema_momentum=0.999,
-        arch="resnet50", image_size=224, multiviews=True,
+        labels="0.2pct",
+        tau=0.4,
+        threshold=0.7,
+        prior_momentum=0.999,
+        lambda_u=10.0,
+        mu=5,
+        batch_size=64,
+        epochs=50,
+        steps_per_epoch=None,
+        lr=0.003,
+        weight_decay=1e-4,
+        warmup_epochs=5,
+        ema_momentum=0.999,
+        arch="resnet50",
+        image_size=224,
+        multiviews=True,
     ),
     "imagefolder": SSLDefaults(
-        labels="1pct", tau=0.4, threshold=0.95, prior_momentum=0.999, lambda_u=1.0, mu=7, batch_size=64,
-        epochs=50, steps_per_epoch=None, lr=0.03, weight_decay=5e-4, warmup_epochs=0, ema_momentum=0.999,
-        arch="resnet18", image_size=224, multiviews=False,
+        labels="1pct",
+        tau=0.4,
+        threshold=0.95,
+        prior_momentum=0.999,
+        lambda_u=1.0,
+        mu=7,
+        batch_size=64,
+        epochs=50,
+        steps_per_epoch=None,
+        lr=0.03,
+        weight_decay=5e-4,
+        warmup_epochs=0,
+        ema_momentum=0.999,
+        arch="resnet18",
+        image_size=224,
+        multiviews=False,
     ),
 }
 
@@ -133,17 +198,6 @@ class SSLConfig:
 
 # Options that may differ between a run and its --resume (how it runs, not what it computes).
 RESUME_MAY_CHANGE = ("resume", "device", "workers", "eval_batch_size", "precision", "compile", "prefetch_factor")
-# Most DataLoader workers per process that --workers picks by itself.
-MAX_AUTO_WORKERS = 8
-
-
-def default_workers() -> int:
-    """The CPU cores this process may use (all, or its share of the node under torchrun), less one
-    for the training process itself, at most :data:`MAX_AUTO_WORKERS`."""
-    from clipdebias.utils.distributed import launch_info
-
-    cores = (os.cpu_count() or 1) // max(1, launch_info().local_world_size)
-    return min(MAX_AUTO_WORKERS, max(0, cores - 1))
 
 
 def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig:
@@ -161,14 +215,24 @@ def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig
     if no_debias:
         given["tau"] = 0.0
     values: dict[str, Any] = {
-        "data_root": None, "labeled_index": None, "holdout": 0.0, "init_weights": None, "clip_pseudolabels": None,
-        "seed": 0, "device": "auto", "workers": None, "resume": False, "precision": "fp32", "compile": False,
-        "sync_bn": False, "prefetch_factor": PREFETCH_FACTOR,
+        "data_root": None,
+        "labeled_index": None,
+        "holdout": 0.0,
+        "init_weights": None,
+        "clip_pseudolabels": None,
+        "seed": 0,
+        "device": "auto",
+        "workers": None,
+        "resume": False,
+        "precision": "fp32",
+        "compile": False,
+        "sync_bn": False,
+        "prefetch_factor": PREFETCH_FACTOR,
     }
     values.update(defaults)
     values.update({k: v for k, v in given.items() if v is not None})
     if values["workers"] is None:
-        values["workers"] = 0 if dataset == "digits" else default_workers()
+        values["workers"] = 0 if dataset == "digits" else training_workers()
     for key in ("data_root", "labeled_index", "init_weights", "clip_pseudolabels"):
         if values[key] is not None:
             values[key] = str(Path(values[key]).expanduser())
@@ -224,7 +288,9 @@ def read_labeled_index(path: str | Path, train: ImageSource) -> np.ndarray:
         raise UserError(f"cannot read --labeled-index {str(path)!r}: {err}") from err
     missing = [c for c in ("index", "label") if c not in table.columns]
     if missing:
-        raise UserError(f"--labeled-index {str(path)!r} lacks the column(s) {', '.join(missing)} (expected index,path,label)")
+        raise UserError(
+            f"--labeled-index {str(path)!r} lacks the column(s) {', '.join(missing)} (expected index,path,label)"
+        )
     if len(table) == 0:
         raise UserError(f"--labeled-index {str(path)!r} has no rows")
     index = pd.to_numeric(table["index"], errors="coerce")
@@ -242,7 +308,9 @@ def read_labeled_index(path: str | Path, train: ImageSource) -> np.ndarray:
             f"{train.labels[rows[i]]} (was the file written for another dataset?)"
         )
     if "path" in table.columns and train.path(int(rows[0])) != str(table["path"].iloc[0]):
-        raise UserError(f"--labeled-index {str(path)!r}: index {rows[0]} is {train.path(int(rows[0]))!r} here, not {table['path'].iloc[0]!r}")
+        raise UserError(
+            f"--labeled-index {str(path)!r}: index {rows[0]} is {train.path(int(rows[0]))!r} here, not {table['path'].iloc[0]!r}"
+        )
     return np.sort(rows)
 
 
@@ -250,7 +318,11 @@ def choose_rows(config: SSLConfig, train: ImageSource) -> tuple[np.ndarray, np.n
     """``(labeled, unlabeled, holdout)`` positions in the train split."""
     from clipdebias.data.splits import split_labeled
 
-    pool, holdout = holdout_split(train.labels, config.holdout) if config.holdout > 0 else (np.arange(len(train)), np.zeros(0, dtype=np.int64))
+    pool, holdout = (
+        holdout_split(train.labels, config.holdout)
+        if config.holdout > 0
+        else (np.arange(len(train)), np.zeros(0, dtype=np.int64))
+    )
     if config.labeled_index is not None:
         labeled = read_labeled_index(config.labeled_index, train)
         if np.intersect1d(labeled, holdout).size:
@@ -277,12 +349,16 @@ def read_clip_pseudolabels(
         raise UserError(f"cannot read --clip-pseudolabels {str(path)!r}: {err}") from err
     missing = [c for c in ("index", "pseudo_label", "confidence") if c not in table.columns]
     if missing:
-        raise UserError(f"--clip-pseudolabels {str(path)!r} lacks the column(s) {', '.join(missing)} (see docs/formats.md)")
+        raise UserError(
+            f"--clip-pseudolabels {str(path)!r} lacks the column(s) {', '.join(missing)} (see docs/formats.md)"
+        )
     index = pd.to_numeric(table["index"], errors="coerce")
     label = pd.to_numeric(table["pseudo_label"], errors="coerce")
     confidence = pd.to_numeric(table["confidence"], errors="coerce")
     if index.isna().any() or (index % 1 != 0).any() or (len(index) and (index.min() < 0 or index.max() >= num_rows)):
-        raise UserError(f"--clip-pseudolabels {str(path)!r}: 'index' must hold integers in [0, {num_rows}) (positions in the train split)")
+        raise UserError(
+            f"--clip-pseudolabels {str(path)!r}: 'index' must hold integers in [0, {num_rows}) (positions in the train split)"
+        )
     if label.isna().any() or (label % 1 != 0).any() or (len(label) and (label.min() < 0 or label.max() >= num_classes)):
         raise UserError(f"--clip-pseudolabels {str(path)!r}: 'pseudo_label' must hold class ids in [0, {num_classes})")
     if confidence.isna().any() or (len(confidence) and (confidence.min() < 0 or confidence.max() > 1)):
@@ -310,7 +386,13 @@ def read_clip_pseudolabels(
 
 
 def _config_json(config: SSLConfig, classes: list[str]) -> dict[str, Any]:
-    return {"command": "ssl", "version": __version__, **dataclasses.asdict(config), "method": config.method, "classes": classes}
+    return {
+        "command": "ssl",
+        "version": __version__,
+        **dataclasses.asdict(config),
+        "method": config.method,
+        "classes": classes,
+    }
 
 
 def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None:
@@ -335,11 +417,12 @@ def run_ssl(config: SSLConfig, progress: Callable[[Any], None] | None = None) ->
 def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | None) -> dict[str, Any]:
     import torch
 
+    from clipdebias.data.streams import StreamSpec, build_streams
+    from clipdebias.training.loop import Fallback, Runtime, TrainConfig, train
+    from clipdebias.training.models import build_model
+    from clipdebias.training.optim import cosine_schedule, make_sgd
     from clipdebias.utils import distributed
     from clipdebias.utils.atomic import prepare_dir
-    from clipdebias.data.streams import StreamSpec, build_streams
-    from clipdebias.training.models import build_model
-    from clipdebias.training.loop import Fallback, Runtime, TrainConfig, cosine_schedule, make_sgd, train
 
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # before the folder scan; rank 0 writes
     train_split = open_dataset(config.dataset, "train", config.data_root)
@@ -350,7 +433,9 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
         evaluation = open_dataset(config.dataset, "val", config.data_root)
         eval_rows = np.arange(len(evaluation))
     if config.steps_per_epoch is None:
-        config = dataclasses.replace(config, steps_per_epoch=max(1, math.ceil(len(unlabeled) / (config.mu * config.batch_size))))
+        config = dataclasses.replace(
+            config, steps_per_epoch=max(1, math.ceil(len(unlabeled) / (config.mu * config.batch_size)))
+        )
     fallback = None
     if config.clip_pseudolabels is not None:
         targets, confidence = read_clip_pseudolabels(
@@ -373,29 +458,56 @@ def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | N
 
     torch.manual_seed(config.seed)
     spec = StreamSpec(
-        dataset=config.dataset, batch_size=config.batch_size, mu=config.mu, views=2 if config.multiviews else 1,
-        seed=config.seed, image_size=config.image_size, workers=config.workers, eval_batch_size=config.eval_batch_size,
+        dataset=config.dataset,
+        batch_size=config.batch_size,
+        mu=config.mu,
+        views=2 if config.multiviews else 1,
+        seed=config.seed,
+        image_size=config.image_size,
+        workers=config.workers,
+        eval_batch_size=config.eval_batch_size,
         prefetch_factor=config.prefetch_factor,
     )
     streams = build_streams(train_split, labeled, unlabeled, evaluation, eval_rows, spec, device, skipped)
-    model = build_model(config.arch, train_split.num_classes, streams.in_channels, config.image_size, config.init_weights).to(device)
+    model = build_model(
+        config.arch, train_split.num_classes, streams.in_channels, config.image_size, config.init_weights
+    ).to(device)
     # only now, with --init-weights read: a run that fails before it starts must not leave a folder
     # that "already holds a run" and refuses the corrected command
     distributed.on_main(start_run_folder)
-    optimizer = make_sgd(model, config.lr, config.weight_decay, SGD_MOMENTUM)
+    optimizer = make_sgd(model, config.lr, config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     scheduler = cosine_schedule(optimizer, total_steps, config.warmup_epochs * config.steps_per_epoch)
     loop_config = TrainConfig(
-        num_classes=train_split.num_classes, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-        tau=config.tau, threshold=config.threshold, prior_momentum=config.prior_momentum,
-        lambda_u=config.lambda_u, ema_momentum=config.ema_momentum,
+        num_classes=train_split.num_classes,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        tau=config.tau,
+        threshold=config.threshold,
+        prior_momentum=config.prior_momentum,
+        lambda_u=config.lambda_u,
+        ema_momentum=config.ema_momentum,
     )
     runtime = Runtime(
-        precision=config.precision, channels_last=device.type == "cuda", compile=config.compile, sync_batchnorm=config.sync_bn
+        precision=config.precision,
+        channels_last=device.type == "cuda",
+        compile=config.compile,
+        sync_batchnorm=config.sync_bn,
     )
     result = train(
-        loop_config, model, optimizer, scheduler, streams.labeled, streams.unlabeled, streams.evaluate,
-        device=device, run=run, resume=config.resume, fallback=fallback, progress=progress, runtime=runtime,
+        loop_config,
+        model,
+        optimizer,
+        scheduler,
+        streams.labeled,
+        streams.unlabeled,
+        streams.evaluate,
+        device=device,
+        run=run,
+        resume=config.resume,
+        fallback=fallback,
+        progress=progress,
+        runtime=runtime,
     )
     for found in distributed.all_gather_objects(list(skipped)):  # each rank met the unreadable images of its part
         skipped.extend(found)

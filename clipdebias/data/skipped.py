@@ -31,9 +31,7 @@ class SkippedImages:
     its list then, so a killed run keeps what it found).
     """
 
-    def __init__(
-        self, found: Iterable[SkippedImage] = (), on_new: Callable[[SkippedImages], None] | None = None
-    ):
+    def __init__(self, found: Iterable[SkippedImage] = (), on_new: Callable[[SkippedImages], None] | None = None):
         self._images: dict[tuple[str, int], SkippedImage] = {}
         for image in found:
             self._images.setdefault((image.split, image.index), image)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipdebias.utils.errors import UserError
 from clipdebias.data.image_files import UnreadableImage, read_image  # noqa: F401 - UnreadableImage is raised by load()
+from clipdebias.utils.errors import UserError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder")
 SPLITS = ("train", "val")
@@ -204,7 +204,9 @@ def load_folder_split(name: str, split: str, root: Path) -> FolderSource:
         raise UserError(f"{name}: {str(split_dir)!r} does not exist; expected DATA_ROOT/{split}/<class>/<image files>")
     classes = _class_folders(split_dir)
     if not classes:
-        raise UserError(f"{name}: {str(split_dir)!r} has no class folders; expected DATA_ROOT/{split}/<class>/<image files>")
+        raise UserError(
+            f"{name}: {str(split_dir)!r} has no class folders; expected DATA_ROOT/{split}/<class>/<image files>"
+        )
     train_dir = root / "train"
     if split != "train" and train_dir.is_dir():
         train_classes = _class_folders(train_dir)
@@ -220,7 +222,9 @@ def load_folder_split(name: str, split: str, root: Path) -> FolderSource:
     for label, cls in enumerate(classes):
         files = _image_files(split_dir / cls)
         if not files:
-            raise UserError(f"{name}: class folder {str(split_dir / cls)!r} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise UserError(
+                f"{name}: class folder {str(split_dir / cls)!r} has no image files ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         paths.extend(files)
         labels.extend([label] * len(files))
     return FolderSource(name, split, classes, paths, np.asarray(labels))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipdebias.config.checks import LabelBudget
+from clipdebias.config.budgets import LabelBudget
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import count_of
 

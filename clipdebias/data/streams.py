@@ -34,14 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from clipdebias.config import defaults
-
-from clipdebias.utils import distributed
-from clipdebias.data.sources import ArraySource, ImageSource, UnreadableImage
-from clipdebias.utils.errors import UserError
-from clipdebias.metrics import EvalResult, eval_counts, eval_result_from_counts
-from clipdebias.data.skipped import SkippedImage, SkippedImages
-from clipdebias.training.loop import Evaluator, LabeledBatch, UnlabeledBatch
 from clipdebias.data.augment import GrayAugment, gray_to_tensor, natural_transforms
+from clipdebias.data.batches import Evaluator, LabeledBatch, UnlabeledBatch
+from clipdebias.data.skipped import SkippedImage, SkippedImages
+from clipdebias.data.sources import ArraySource, ImageSource, UnreadableImage
+from clipdebias.metrics import EvalResult, eval_counts, eval_result_from_counts
+from clipdebias.utils import distributed
+from clipdebias.utils.errors import UserError
 
 # Stream identifiers mixed into the plan seeds, so the labeled and unlabeled streams differ.
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
@@ -49,7 +48,9 @@ _SEED_LIMIT = 2**63 - 1
 DEFAULT_PREFETCH_FACTOR = defaults.PREFETCH_FACTOR
 
 
-def epoch_plan(num_rows: int, batch_size: int, steps: int, seed: int, stream: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+def epoch_plan(
+    num_rows: int, batch_size: int, steps: int, seed: int, stream: int, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``(positions, seeds)``, both ``[steps, batch_size]``: which of the ``num_rows`` rows each batch
     holds (random permutations laid end to end, so every row appears before any repeats) and a seed
     for each drawn image's augmentation. A pure function of its arguments."""
@@ -89,7 +90,7 @@ class Shard:
     world: int = 1
 
     @classmethod
-    def current(cls) -> "Shard":
+    def current(cls) -> Shard:
         """The part of the initialised process group (the whole batch without one)."""
         return cls(distributed.rank() if distributed.is_distributed() else 0, distributed.world_size())
 
@@ -103,8 +104,8 @@ class Shard:
 
 @dataclass(frozen=True)
 class Streams:
-    labeled: "GrayStream | LoaderStream"
-    unlabeled: "GrayStream | LoaderStream"
+    labeled: GrayStream | LoaderStream
+    unlabeled: GrayStream | LoaderStream
     evaluate: Evaluator
     in_channels: int
     skipped: SkippedImages = dataclasses.field(default_factory=SkippedImages)
@@ -167,8 +168,14 @@ def global_eval_result(logits: list[Tensor], labels: list[Tensor], num_classes: 
 
 
 def _gray_streams(
-    train: ArraySource, labeled: np.ndarray, unlabeled: np.ndarray, evaluation: ImageSource, eval_rows: np.ndarray,
-    spec: StreamSpec, device: torch.device, shard: Shard,
+    train: ArraySource,
+    labeled: np.ndarray,
+    unlabeled: np.ndarray,
+    evaluation: ImageSource,
+    eval_rows: np.ndarray,
+    spec: StreamSpec,
+    device: torch.device,
+    shard: Shard,
 ) -> Streams:
     augment = GrayAugment()
     images = gray_to_tensor(train.images, spec.image_size).to(device)
@@ -249,7 +256,9 @@ class _ViewDataset(torch.utils.data.Dataset):
 
     def _readable(self, position: int) -> tuple[int, Any, Unreadable]:
         count = len(self.rows)
-        index, image, unreadable = _first_readable(self.source, (self.rows[(position + k) % count] for k in range(count)))
+        index, image, unreadable = _first_readable(
+            self.source, (self.rows[(position + k) % count] for k in range(count))
+        )
         if index is None:
             raise _none_readable(self.source, self.name, unreadable)
         return index, image, tuple(unreadable)
@@ -269,9 +278,7 @@ def _first_readable(source: ImageSource, indices: Iterable[Any]) -> tuple[int | 
 
 def _none_readable(source: ImageSource, name: str, unreadable: Sequence[tuple[int, str]]) -> UserError:
     first, reason = unreadable[0]
-    return UserError(
-        f"none of the {len(unreadable)} {name} images can be read (first: {source.path(first)}: {reason})"
-    )
+    return UserError(f"none of the {len(unreadable)} {name} images can be read (first: {source.path(first)}: {reason})")
 
 
 def check_some_readable(source: ImageSource, rows: np.ndarray, name: str) -> None:
@@ -355,7 +362,9 @@ class LoaderStream:
                 if self.labeled:
                     yield LabeledBatch(views[0], labels, indices)
                 else:
-                    yield UnlabeledBatch(tuple(views[: self.weak_views]), tuple(views[self.weak_views :]), indices, labels)
+                    yield UnlabeledBatch(
+                        tuple(views[: self.weak_views]), tuple(views[self.weak_views :]), indices, labels
+                    )
         except UserError as err:
             raise UserError(_one_line(err)) from err
 
@@ -370,18 +379,33 @@ def _loader_options(workers: int, device: torch.device, prefetch_factor: int) ->
 
 
 def _natural_streams(
-    train: ImageSource, labeled: np.ndarray, unlabeled: np.ndarray, evaluation: ImageSource, eval_rows: np.ndarray,
-    spec: StreamSpec, device: torch.device, shard: Shard, skipped: SkippedImages,
+    train: ImageSource,
+    labeled: np.ndarray,
+    unlabeled: np.ndarray,
+    evaluation: ImageSource,
+    eval_rows: np.ndarray,
+    spec: StreamSpec,
+    device: torch.device,
+    shard: Shard,
+    skipped: SkippedImages,
 ) -> Streams:
     transforms = natural_transforms(spec.dataset, spec.image_size, small_images=isinstance(train, ArraySource))
 
-    def stream(rows: np.ndarray, batch_size: int, tag: int, views: tuple[Callable, ...], weak_views: int) -> LoaderStream:
+    def stream(
+        rows: np.ndarray, batch_size: int, tag: int, views: tuple[Callable, ...], weak_views: int
+    ) -> LoaderStream:
         name = "labeled" if tag == LABELED_STREAM else "unlabeled"
         check_some_readable(train, rows, name)
         sampler = _PlanBatches(len(rows), batch_size, spec.seed, tag, shard)
         return LoaderStream(
-            _ViewDataset(train, rows, views, name), sampler, weak_views, tag == LABELED_STREAM, spec.workers, device,
-            spec.prefetch_factor, skipped,
+            _ViewDataset(train, rows, views, name),
+            sampler,
+            weak_views,
+            tag == LABELED_STREAM,
+            spec.workers,
+            device,
+            spec.prefetch_factor,
+            skipped,
         )
 
     check_some_readable(evaluation, eval_rows, "evaluation")
@@ -441,7 +465,9 @@ def build_streams(
     the global labeled batch and must be divisible by the number of processes.
     """
     if len(labeled) == 0 or len(unlabeled) == 0:
-        raise UserError(f"training needs labeled and unlabeled images; got {len(labeled)} labeled and {len(unlabeled)} unlabeled")
+        raise UserError(
+            f"training needs labeled and unlabeled images; got {len(labeled)} labeled and {len(unlabeled)} unlabeled"
+        )
     if len(eval_rows) == 0:
         raise UserError("the evaluation split is empty")
     shard = Shard.current()

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clipdebias.config import defaults
-from clipdebias.utils.errors import UserError
 from clipdebias.labelstats import imbalance_ratio
+from clipdebias.utils.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,7 +102,9 @@ class FiniteRows:
         bad = ~np.isfinite(chunk).all(axis=1)
         if bad.any():
             first = int(np.flatnonzero(bad)[0]) + (rows.start or 0)
-            raise UserError(f"{self.name}: row {first} holds NaN or infinite values; every logit must be a finite number")
+            raise UserError(
+                f"{self.name}: row {first} holds NaN or infinite values; every logit must be a finite number"
+            )
         return chunk
 
 

@@ -21,12 +21,22 @@ import numpy as np
 from clipdebias import __version__
 from clipdebias import labelstats as stats
 from clipdebias.reporting import plots
+from clipdebias.reporting.runs import METRICS_FILE, RunRecord, as_imbalance, as_number, read_run
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import MISSING, count_of, fmt, fmt_mean_std, markdown_table
-from clipdebias.reporting.runs import METRICS_FILE, RunRecord, as_imbalance, as_number, read_run
 
-DEFAULT_GROUP_KEYS = ("method", "command", "student", "arch", "dataset", "labels", "tau", "threshold", "clip_pseudolabels")
+DEFAULT_GROUP_KEYS = (
+    "method",
+    "command",
+    "student",
+    "arch",
+    "dataset",
+    "labels",
+    "tau",
+    "threshold",
+    "clip_pseudolabels",
+)
 """What splits runs into groups: besides the method and its main options, what was trained
 (``ssl`` or ``zeroshot``, the ``zeroshot`` student, the ``ssl`` network) and whether CLIP's labels
 were a fallback (``ssl --clip-pseudolabels``), so that "DebiasPL w/ CLIP" is never pooled with
@@ -170,9 +180,8 @@ def _mixed_settings(group: GroupSummary) -> str | None:
     keys = sorted({key for config in configs for key in config} - SETTING_KEYS_IGNORED)
     differ = [key for key in keys if len({_value_text(config.get(key)) for config in configs}) > 1]
     repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    return (
-        f"{group.name}: seed {', '.join(f'{seed:g}' for seed in repeated)} appears more than once"
-        + (f"; its runs differ in {', '.join(differ)}: add them to --by to split the group" if differ else "")
+    return f"{group.name}: seed {', '.join(f'{seed:g}' for seed in repeated)} appears more than once" + (
+        f"; its runs differ in {', '.join(differ)}: add them to --by to split the group" if differ else ""
     )
 
 

@@ -26,10 +26,10 @@ import numpy as np
 from clipdebias import __version__
 from clipdebias import labelstats as stats
 from clipdebias.reporting import plots
+from clipdebias.reporting.runs import PseudoLabelTable, RunRecord, as_imbalance, as_vector, read_pseudolabels, read_run
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import fmt, fmt_change, markdown_table
-from clipdebias.reporting.runs import PseudoLabelTable, RunRecord, as_imbalance, as_vector, read_pseudolabels, read_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -381,7 +381,10 @@ def _run_summary(run: RunRecord, per_class: np.ndarray | None) -> list[Row]:
     final_imbalance = as_imbalance(run.pseudo_label_number("imbalance_ratio", "imbalance_ratio"))
     if imbalance.size > 1:
         rows.append(
-            ("imbalance ratio (first → last epoch)", fmt_change(as_imbalance(float(imbalance[0])), final_imbalance, 1, "×"))
+            (
+                "imbalance ratio (first → last epoch)",
+                fmt_change(as_imbalance(float(imbalance[0])), final_imbalance, 1, "×"),
+            )
         )
     else:
         rows.append(("imbalance ratio", fmt(final_imbalance, 1, "×")))

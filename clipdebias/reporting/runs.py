@@ -240,7 +240,10 @@ def read_pseudolabels(path: str | Path) -> PseudoLabelTable:
     wanted = set(REQUIRED_CSV_COLUMNS) | set(OPTIONAL_CSV_COLUMNS)
     try:
         frame = pd.read_csv(
-            path, usecols=lambda name: name in wanted, keep_default_na=True, low_memory=False,
+            path,
+            usecols=lambda name: name in wanted,
+            keep_default_na=True,
+            low_memory=False,
             encoding_errors="surrogateescape",
         )
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as err:

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipdebias.data.batches import Evaluator, LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import LABELED_STREAM, UNLABELED_STREAM, Shard, epoch_plan, global_eval_result
 from clipdebias.metrics import EvalResult
-from clipdebias.training.loop import Evaluator, LabeledBatch, UnlabeledBatch
 
 # AugmentedView: the share of the image a random crop keeps, and the colour changes (SimCLR-style
 # strengths, lighter on hue). Documented in docs/usage.md (zeroshot, head student).

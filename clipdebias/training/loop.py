@@ -48,55 +48,24 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipdebias.utils import distributed
 from clipdebias.config.defaults import PRECISIONS
+from clipdebias.data.batches import BatchStream, Evaluator, LabeledBatch, UnlabeledBatch
 from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
-from clipdebias.utils.errors import UserError
 from clipdebias.metrics import EvalResult, PseudoLabelCounter, PseudoLabelStats, entropy
 from clipdebias.training.run_folder import CHECKPOINT, RunFolder
+from clipdebias.utils import distributed
+from clipdebias.utils.errors import UserError
 
 CHECKPOINT_FORMAT = 1
 # Steps between two progress reports (and the host syncs they cost on a GPU).
 DEFAULT_LOG_EVERY = 10
-
-
-@dataclass(frozen=True)
-class LabeledBatch:
-    """Labeled inputs (already augmented, weak view), their targets and dataset indices."""
-
-    inputs: Tensor
-    targets: Tensor
-    indices: Tensor
-
-
-@dataclass(frozen=True)
-class UnlabeledBatch:
-    """Weak and strong views of the same unlabeled rows, their dataset indices, and their
-    ground-truth labels (``-1`` when unknown; used only for statistics, never for training)."""
-
-    weak: tuple[Tensor, ...]
-    strong: tuple[Tensor, ...]
-    indices: Tensor
-    labels: Tensor
-
-
-BatchT = TypeVar("BatchT", covariant=True)
-
-
-class BatchStream(Protocol[BatchT]):
-    """Yields ``steps`` batches for ``epoch``; the same epoch always yields the same batches."""
-
-    def batches(self, epoch: int, steps: int) -> Iterator[BatchT]: ...
-
-
-Evaluator = Callable[[nn.Module], EvalResult]
 
 
 @dataclass(frozen=True)
@@ -179,7 +148,7 @@ class Fallback:
     confidence: Tensor
     threshold: float
 
-    def to(self, device: torch.device | str) -> "Fallback":
+    def to(self, device: torch.device | str) -> Fallback:
         return Fallback(self.targets.to(device), self.confidence.to(device), self.threshold)
 
 
@@ -288,28 +257,7 @@ def fixmatch_step(
     return StepOutput(loss, loss_x.detach(), loss_u.detach(), selections[0][0], selections[0][1])
 
 
-# --- optimizer and schedule -------------------------------------------------------------------
-
-
-def make_sgd(model: nn.Module, lr: float, weight_decay: float, momentum: float, nesterov: bool = True) -> torch.optim.SGD:
-    """SGD whose weight decay skips biases and normalisation weights (tensors of one dimension)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
-
-
-def cosine_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
-    """LR multiplier: linear warm-up over ``warmup_steps``, then a half cosine from 1 to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(total_steps - warmup_steps, 1)
-    return 0.5 * (1.0 + float(np.cos(np.pi * min(step - warmup_steps, span) / span)))
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step schedule for :func:`cosine_factor` (call ``scheduler.step()`` after each step)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps, warmup_steps))
+# --- schedule ----------------------------------------------------------------------------------
 
 
 def _step_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
@@ -402,7 +350,9 @@ def _restore(
     scaler: torch.amp.GradScaler,
 ) -> _Progress:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"the checkpoint has format {checkpoint.get('format')!r}, this clipdebias reads {CHECKPOINT_FORMAT}")
+        raise UserError(
+            f"the checkpoint has format {checkpoint.get('format')!r}, this clipdebias reads {CHECKPOINT_FORMAT}"
+        )
     current = asdict(config)
     saved = checkpoint["train_config"]
     changed = sorted(k for k in set(saved) | set(current) if k != "log_every" and saved.get(k) != current.get(k))
@@ -466,7 +416,13 @@ def _checkpoint(
 
 
 def _epoch_record(
-    done: _Progress, lr: float, sums: Tensor, steps: int, stats: PseudoLabelStats, prior: ClassPrior | None, result: EvalResult
+    done: _Progress,
+    lr: float,
+    sums: Tensor,
+    steps: int,
+    stats: PseudoLabelStats,
+    prior: ClassPrior | None,
+    result: EvalResult,
 ) -> dict[str, Any]:
     loss, loss_x, loss_u = (v / steps for v in sums[:3].tolist())
     return {
@@ -637,7 +593,9 @@ def train(
             sums = torch.zeros(4, device=device)  # loss, loss_x, loss_u, images
             watch = _LossWatch(config.steps_per_epoch, device)
             steps = 0
-            batches = zip(labeled.batches(epoch, config.steps_per_epoch), unlabeled.batches(epoch, config.steps_per_epoch))
+            batches = zip(
+                labeled.batches(epoch, config.steps_per_epoch), unlabeled.batches(epoch, config.steps_per_epoch)
+            )
             for lab, unl in batches:
                 with runtime.autocast(device):
                     out = fixmatch_step(student, teacher, prior, lab, unl, config, fallback)

@@ -1,4 +1,4 @@
-"""Choosing the torch device from ``--device auto|cpu|cuda``.
+"""Choosing the torch device from ``--device auto|cpu|cuda``, and how many worker processes to start.
 
 Under torchrun (several processes, ``LOCAL_RANK`` set) ``auto`` and ``cuda`` mean this process's
 own GPU, ``cuda:LOCAL_RANK``: one process per GPU.
@@ -6,11 +6,16 @@ own GPU, ``cuda:LOCAL_RANK``: one process per GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from clipdebias.utils.distributed import launch_info
 from clipdebias.utils.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")
+# Most worker processes (image decoding) per process that ``--workers`` picks by itself.
+MAX_AUTO_WORKERS = 8
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,8 +35,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _local_gpu() -> torch.device:
-    from clipdebias.utils.distributed import launch_info
-
     info = launch_info()
     if not info.launched:
         return torch.device("cuda")
@@ -42,3 +45,22 @@ def _local_gpu() -> torch.device:
             f"use --nproc_per_node {count} or fewer"
         )
     return torch.device("cuda", info.local_rank)
+
+
+def cores_per_process() -> int:
+    """The CPU cores this process may use: all of the node's, or its share under torchrun."""
+    return max(1, (os.cpu_count() or 1) // max(1, launch_info().local_world_size))
+
+
+def training_workers() -> int:
+    """Loader workers of a training run: this process's cores less one for the training process
+    itself, at most :data:`MAX_AUTO_WORKERS`."""
+    return min(MAX_AUTO_WORKERS, max(0, cores_per_process() - 1))
+
+
+def encode_workers(requested: int | None, device_type: str) -> int:
+    """Decoding workers of ``encode``: as given, else 0 on CPU (decoding would compete with the
+    model for the cores) and ``min(MAX_AUTO_WORKERS, cores)`` when a GPU runs the model."""
+    if requested is not None:
+        return requested
+    return 0 if device_type == "cpu" else min(MAX_AUTO_WORKERS, cores_per_process())

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.errors import OptionError, UserError
 
 RANK_DUMP_ENV = "CLIPDEBIAS_RANK_DUMP"
 T = TypeVar("T")
@@ -190,7 +190,7 @@ def all_gather_objects(value: Any) -> list[Any]:
 def on_main(function: Callable[[], T]) -> T:
     """``function()`` run on rank 0 alone, its value handed to every rank.
 
-    If it raises a :class:`UserError` on rank 0, every rank raises the same error, so all processes
+    If it raises a :class:`UserError` or :class:`OptionError` on rank 0, every rank raises the same error, so all processes
     end with the same one-line message instead of the others waiting for rank 0 forever. Any other
     exception is raised on rank 0 and reported as a failure of rank 0 on the others.
     """
@@ -203,6 +203,8 @@ def on_main(function: Callable[[], T]) -> T:
             outcome = ("ok", function())
         except UserError as err:
             outcome, error = ("user", str(err)), err
+        except OptionError as err:
+            outcome, error = ("option", (err.option, err.problem)), err
         except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
             outcome, error = ("failed", f"{type(err).__name__}: {err}"), err
     kind, value = broadcast_object(outcome)
@@ -210,6 +212,8 @@ def on_main(function: Callable[[], T]) -> T:
         raise error
     if kind == "user":
         raise UserError(value)
+    if kind == "option":
+        raise OptionError(*value)
     if kind == "failed":
         raise RuntimeError(f"rank 0 failed: {value}")
     return value

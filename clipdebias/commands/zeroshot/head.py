@@ -19,13 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipdebias.utils.errors import UserError
 from clipdebias.metrics import EvalResult, eval_result
 from clipdebias.pseudolabels.labels import PseudoLabels, ZeroShotLogits, debiased_pseudo_labels
-from clipdebias.training.run_folder import RunFolder
 from clipdebias.training.loop import Fallback, ProgressEvent, TrainConfig, TrainResult
-
-SGD_MOMENTUM = 0.9
+from clipdebias.training.optim import SGD_MOMENTUM, param_groups_weight_decay
+from clipdebias.training.run_folder import RunFolder
+from clipdebias.utils.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -215,18 +214,12 @@ def head_sgd(model: nn.Module, lr: float, weight_decay: float, logit_scale: floa
     are proportional to ``s``; a plain SGD step moves them by an amount that does not depend on ``s``.
     The classifier's step is therefore ``lr * s`` and the MLP adapter's (whose gradient passes through
     that classifier) ``lr / s``: the same ``lr`` changes the predictions by the same relative amount at
-    CLIP's scale of 100 as at any other. Weight decay skips biases, as in :func:`clipdebias.training.loop.make_sgd`.
+    CLIP's scale of 100 as at any other. Weight decay skips biases, as in :func:`clipdebias.training.optim.make_sgd`.
     """
     groups = []
     for module, step in ((model.fc, lr * logit_scale), (model.adapter, lr / logit_scale)):
-        if module is None:
-            continue
-        weights = [p for p in module.parameters() if p.ndim > 1]
-        others = [p for p in module.parameters() if p.ndim <= 1]
-        groups += [
-            {"params": weights, "lr": step, "weight_decay": weight_decay},
-            {"params": others, "lr": step, "weight_decay": 0.0},
-        ]
+        if module is not None:
+            groups += param_groups_weight_decay(module, weight_decay, lr=step)
     return torch.optim.SGD(groups, lr=lr * logit_scale, momentum=SGD_MOMENTUM, nesterov=True)
 
 
@@ -244,10 +237,16 @@ def fit_head(
 ) -> tuple[nn.Module, TrainResult]:
     """Train a :class:`clipdebias.training.models.TextHead` (initialised from the classifier) with the one
     training loop; returns the student and the loop's result (the EMA teacher is evaluated)."""
-    from clipdebias.training.embedding_streams import EmbeddingStream, FeatureNoise, as_device_tensor, embedding_evaluator
     from clipdebias.data.streams import Shard
+    from clipdebias.training.embedding_streams import (
+        EmbeddingStream,
+        FeatureNoise,
+        as_device_tensor,
+        embedding_evaluator,
+    )
+    from clipdebias.training.loop import train
     from clipdebias.training.models import build_head
-    from clipdebias.training.loop import cosine_schedule, train
+    from clipdebias.training.optim import cosine_schedule
 
     device = torch.device(device)
     torch.manual_seed(loop.seed)

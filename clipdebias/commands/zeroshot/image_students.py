@@ -10,24 +10,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdebias.utils.errors import UserError
 from clipdebias.training.run_folder import RunFolder
+from clipdebias.utils.device import training_workers
+from clipdebias.utils.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
     from clipdebias.clip.backbone import Backbone
-    from clipdebias.data.sources import ImageSource
-    from clipdebias.training.loop import LabeledBatch, TrainResult
-    from clipdebias.commands.zeroshot.run import ZeroShotConfig
     from clipdebias.commands.zeroshot.head import Selection, ZeroShotArrays
+    from clipdebias.commands.zeroshot.run import ZeroShotConfig
+    from clipdebias.data.batches import LabeledBatch
+    from clipdebias.data.sources import ImageSource
+    from clipdebias.training.loop import TrainResult
 
 # Mixed precision of the clip / resnet50 students on a GPU (bf16 needs no loss scaling).
 AMP_DTYPE = "bfloat16"
-SGD_MOMENTUM = 0.9
 # The reference code's SGD has no Nesterov momentum (its scripts do not pass --nesterov).
 RESNET_NESTEROV = False
-ADAMW_BETAS = (0.9, 0.999)
 
 
 class RelabeledStream:
@@ -37,7 +37,7 @@ class RelabeledStream:
         self.inner, self.targets = inner, targets
 
     def batches(self, epoch: int, steps: int) -> Iterator[LabeledBatch]:
-        from clipdebias.training.loop import LabeledBatch
+        from clipdebias.data.batches import LabeledBatch
 
         for batch in self.inner.batches(epoch, steps):
             targets = self.targets[batch.indices.to(self.targets.device)].to(batch.targets.device)
@@ -51,16 +51,6 @@ def _amp_dtype(config: ZeroShotConfig, device: torch.device) -> torch.dtype | No
     return getattr(torch, AMP_DTYPE) if use else None
 
 
-def make_adamw(model: Any, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW whose weight decay skips biases, normalisation weights and other 1-d tensors."""
-    import torch
-
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS)
-
-
 def _image_student(
     config: ZeroShotConfig,
     backbone: Backbone,
@@ -71,9 +61,9 @@ def _image_student(
 ) -> tuple[Any, Any, int]:
     """``(model, optimizer, image size)`` of the ``clip`` or ``resnet50`` student."""
     from clipdebias.clip.backbone import load_backbone
-    from clipdebias.training.models import Autocast, CLIPStudent, build_head, build_model
-    from clipdebias.training.loop import make_sgd
     from clipdebias.data.augment import normalisation_for
+    from clipdebias.training.models import Autocast, CLIPStudent, build_head, build_model
+    from clipdebias.training.optim import make_adamw, make_sgd
 
     amp = _amp_dtype(config, device)
     if config.student == "resnet50":
@@ -82,7 +72,7 @@ def _image_student(
         model = Autocast(model, amp) if amp is not None else model
         return (
             model,
-            make_sgd(model.to(device), config.lr, config.weight_decay, SGD_MOMENTUM, RESNET_NESTEROV),
+            make_sgd(model.to(device), config.lr, config.weight_decay, nesterov=RESNET_NESTEROV),
             config.image_size,
         )
     if backbone.config.precision != "fp32":  # the tower is fine-tuned from float32 weights, whatever encoded
@@ -116,10 +106,11 @@ def train_image_student(
     """Train the ``clip`` / ``resnet50`` student on the image streams; returns the loop's result."""
     import torch
 
-    from clipdebias.data.streams import StreamSpec, build_streams
-    from clipdebias.training.loop import cosine_schedule, train
-    from clipdebias.commands.zeroshot.run import loop_settings
     from clipdebias.commands.zeroshot.head import fallback_table
+    from clipdebias.commands.zeroshot.run import loop_settings
+    from clipdebias.data.streams import StreamSpec, build_streams
+    from clipdebias.training.loop import train
+    from clipdebias.training.optim import cosine_schedule
 
     torch.manual_seed(config.seed)
     model, optimizer, image_size = _image_student(
@@ -127,7 +118,7 @@ def train_image_student(
     )
     spec = StreamSpec(
         dataset=config.dataset, batch_size=config.batch_size, mu=config.mu, views=2 if config.multiviews else 1,
-        seed=config.seed, image_size=image_size, workers=config.workers if config.workers is not None else _loader_workers(),
+        seed=config.seed, image_size=image_size, workers=config.workers if config.workers is not None else training_workers(),
         eval_batch_size=config.eval_batch_size,
     )  # fmt: skip
     eval_ids = arrays.eval_ids if arrays.eval_ids is not None else np.arange(len(evaluation))
@@ -150,9 +141,3 @@ def train_image_student(
         loop_config, model, optimizer, scheduler, labeled, streams.unlabeled, streams.evaluate,
         device=device, run=run, resume=config.resume, fallback=fallback, progress=progress,
     )  # fmt: skip
-
-
-def _loader_workers() -> int:
-    from clipdebias.commands.ssl import default_workers
-
-    return default_workers()

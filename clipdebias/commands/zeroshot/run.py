@@ -28,21 +28,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdebias import __version__
-
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_training_ranges
 from clipdebias.data.sources import DATASETS
+from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import NoProgress, Progress
-from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
 
 if TYPE_CHECKING:
     import torch
 
     from clipdebias.clip.backbone import Backbone
-    from clipdebias.data.sources import ImageSource
-    from clipdebias.data.skipped import SkippedImage
     from clipdebias.commands.zeroshot.head import Selection, ZeroShotArrays
+    from clipdebias.data.skipped import SkippedImage
+    from clipdebias.data.sources import ImageSource
 
 STUDENTS = ("head", "clip", "resnet50")
 PSEUDOLABELS_FILE = "pseudolabels.csv"
@@ -258,8 +257,9 @@ def _encode(
 ) -> Any:
     """The cached embeddings of ``source`` (an :class:`~clipdebias.clip.cache.EmbeddingStore`, memory-mapped),
     plain (``view=None``) or augmented view ``view``; encoded first where the cache lacks them."""
+    from clipdebias.clip.cache import EmbeddingStore, encode_split
     from clipdebias.training.embedding_streams import AugmentedView, augmented_view_id
-    from clipdebias.clip.cache import EmbeddingStore, encode_split, resolve_num_workers
+    from clipdebias.utils.device import encode_workers
 
     if view is None:
         transform, transform_id, what = backbone.transform, backbone.transform_id, source.split
@@ -271,7 +271,7 @@ def _encode(
         )
     result = encode_split(
         source, backbone, transform, transform_id, root, data_root=config.data_root,
-        batch_size=config.encode_batch_size, num_workers=resolve_num_workers(config.workers, backbone.device.type),
+        batch_size=config.encode_batch_size, num_workers=encode_workers(config.workers, backbone.device.type),
         progress=_Stage(progress, what),
     )  # fmt: skip
     store = EmbeddingStore(result.entry)
@@ -414,15 +414,21 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 
 
 def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[Any], None] | None) -> ZeroShotRun:
-    from clipdebias.utils import distributed
-    from clipdebias.utils.atomic import prepare_dir
     from clipdebias.clip.backbone import BackboneConfig, load_backbone
-    from clipdebias.data.sources import ArraySource, check_dataset, open_dataset
-    from clipdebias.utils.paths import prepare_cache_dir
     from clipdebias.clip.prompts import load_prompts, text_classifier
     from clipdebias.commands.pseudolabel import ReportingRows
+    from clipdebias.commands.zeroshot.head import (
+        HeadSettings,
+        fit_head,
+        pseudo_label_train_rows,
+        train_logits,
+        zero_shot_eval,
+    )
+    from clipdebias.data.sources import ArraySource, check_dataset, open_dataset
     from clipdebias.reporting.report import try_write_report
-    from clipdebias.commands.zeroshot.head import HeadSettings, fit_head, pseudo_label_train_rows, train_logits, zero_shot_eval
+    from clipdebias.utils import distributed
+    from clipdebias.utils.atomic import prepare_dir
+    from clipdebias.utils.paths import prepare_cache_dir
 
     check_dataset(config.dataset, "train", config.data_root)  # the checks that cost nothing come first
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
