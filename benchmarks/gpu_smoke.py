@@ -420,7 +420,8 @@ def _with_val_split(folder: Path, per_class: int = 8) -> Path:
 
 
 def zeroshot_students(report: Report, device, folder: Path, sizes: Sizes, workdir: Path) -> None:
-    from clipdebias.commands.zeroshot.run import STUDENTS, resolve_zeroshot_config, run_zeroshot
+    from clipdebias.commands.zeroshot.config import STUDENTS, resolve_zeroshot_config
+    from clipdebias.commands.zeroshot.run import run_zeroshot
 
     for student in STUDENTS:
         options = dict(

@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from results_block import write_block  # noqa: E402 - beside this script
 
-from clipdebias.commands.zeroshot.head import HeadSettings, LoopSettings, ZeroShotArrays, zeroshot_head  # noqa: E402
-from clipdebias.commands.zeroshot.run import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
+from clipdebias.commands.zeroshot.config import SHARED_DEFAULTS, STUDENT_DEFAULTS, HeadSettings, LoopSettings  # noqa: E402
+from clipdebias.commands.zeroshot.head import ZeroShotArrays, zeroshot_head  # noqa: E402
 from clipdebias.data.sources import load_digits_split  # noqa: E402
 
 BEGIN, END = (

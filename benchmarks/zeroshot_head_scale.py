@@ -27,14 +27,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clipdebias.commands.zeroshot.head import (  # noqa: E402
+from clipdebias.commands.zeroshot.config import (  # noqa: E402
+    SHARED_DEFAULTS,
+    STUDENT_DEFAULTS,
     HeadSettings,
     LoopSettings,
-    ZeroShotArrays,
-    fit_head,
-    pseudo_label_train_rows,
 )
-from clipdebias.commands.zeroshot.run import SHARED_DEFAULTS, STUDENT_DEFAULTS  # noqa: E402
+from clipdebias.commands.zeroshot.head import ZeroShotArrays, fit_head, pseudo_label_train_rows  # noqa: E402
 from clipdebias.training.loop import DEFAULT_LOG_EVERY, StepProgress, TrainStart  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167

@@ -51,7 +51,7 @@ CASES = [
     ("ssl --labels 0pct", [*SSL, "--labels", "0pct"], "--labels '0pct'"),
     ("ssl --labels 50-per-class", [*SSL, "--labels", "50-per-class"], "fewer than the 50 labeled images"),
     ("ssl --mu 0", [*SSL, "--mu", "0"], "--mu must be >= 1"),
-    ("ssl --warmup-epochs 5", [*SSL, "--warmup-epochs", "5"], "--warmup-epochs must be in [0, epochs]"),
+    ("ssl --warmup-epochs 5", [*SSL, "--warmup-epochs", "5"], "--warmup-epochs must be in [0, --epochs]"),
     ("ssl --seed -1", [*SSL, "--seed", "-1"], "--seed must be in [0, 2**63)"),
     ("ssl --prefetch-factor 0", [*SSL, "--prefetch-factor", "0"], "--prefetch-factor must be >= 1"),
     ("ssl --clip-fallback 2", [*SSL, "--clip-fallback", "2"], "--clip-fallback must be in [0, 1]"),

@@ -292,7 +292,8 @@ def test_head_run_writes_the_run_folder_and_follows_the_threshold(folder, cache,
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(folder, cache, tiny_clip, tmp_path):
-    from clipdebias.commands.zeroshot.run import resolve_zeroshot_config, run_zeroshot
+    from clipdebias.commands.zeroshot.config import resolve_zeroshot_config
+    from clipdebias.commands.zeroshot.run import run_zeroshot
 
     extra = ["--views", "1", "--select-threshold", "0.9", "--epochs", "3", "--steps-per-epoch", "3"]
     full = _zeroshot(folder, cache, tiny_clip, tmp_path / "full", *extra)
@@ -442,7 +443,7 @@ def test_ssl_takes_the_csv_pseudolabel_writes_as_fallback_labels(cache, tiny_cli
 
 def test_library_errors_are_user_errors():
     with pytest.raises(UserError, match="unknown dataset"):
-        from clipdebias.commands.zeroshot.run import resolve_zeroshot_config
+        from clipdebias.commands.zeroshot.config import resolve_zeroshot_config
 
         resolve_zeroshot_config("mnist", "out")
 

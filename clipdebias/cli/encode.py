@@ -30,7 +30,7 @@ def encode_command(
 ) -> None:
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.clip.backbone import BackboneConfig
-    from clipdebias.clip.cache import EncodeConfig, run_encode
+    from clipdebias.commands.encode import EncodeConfig, run_encode
     from clipdebias.utils.distributed import is_main_process
 
     config = EncodeConfig(

@@ -188,7 +188,8 @@ def zeroshot_command(
     from clipdebias.cli.render import print_report_outcome
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.cli.train_view import TrainProgressView
-    from clipdebias.commands.zeroshot.run import resolve_zeroshot_config, run_zeroshot
+    from clipdebias.commands.zeroshot.config import resolve_zeroshot_config
+    from clipdebias.commands.zeroshot.run import run_zeroshot
     from clipdebias.training.loop import TrainStart
     from clipdebias.utils.distributed import is_main_process
 

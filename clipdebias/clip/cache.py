@@ -601,22 +601,7 @@ def load_embeddings(entry: CacheEntry) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return store.ids.copy(), np.array(store.vectors), store.labels.copy()
 
 
-# The `clipdebias encode` job -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    """Resolved options of ``clipdebias encode``."""
-
-    dataset: str
-    data_root: str | None
-    split: str
-    backbone: Any  # clipdebias.clip.backbone.BackboneConfig
-    cache_dir: str | None = None
-    batch_size: int = 64
-    num_workers: int | None = None  # None: see clipdebias.utils.device.encode_workers
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    rebuild: bool = False
+# Encoding through a backbone ------------------------------------------------------------------
 
 
 def cached_embeddings(
@@ -645,42 +630,3 @@ def cached_embeddings(
         rebuild=rebuild,
         progress=progress,
     )
-
-
-def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[EncodeResult, Any]:
-    """Load the backbone, open the dataset and fill the cache; returns the result and the backbone.
-
-    Under torchrun every process loads the backbone on its own GPU and encodes its share of the
-    chunks (see :func:`encode_split`).
-    """
-    from clipdebias.utils import distributed
-    from clipdebias.utils.device import resolve_device
-
-    with distributed.session(resolve_device(config.backbone.device)):
-        return _run_encode(config, progress)
-
-
-def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[EncodeResult, Any]:
-    from clipdebias.clip.backbone import load_backbone
-    from clipdebias.data.sources import check_dataset, open_dataset
-    from clipdebias.utils import distributed
-    from clipdebias.utils.paths import prepare_cache_dir
-
-    progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()
-    check_dataset(config.dataset, config.split, config.data_root)
-    root = prepare_cache_dir(config.cache_dir)
-    backbone = load_backbone(config.backbone, digest_dir=root)  # first: missing weights fail before a long folder scan
-    source = open_dataset(config.dataset, config.split, config.data_root)
-    backbone.warn_if_random(progress, "its embeddings and labels are")
-    result = cached_embeddings(
-        source,
-        backbone,
-        root,
-        config.data_root,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
-        chunk_size=config.chunk_size,
-        rebuild=config.rebuild,
-        progress=progress,
-    )
-    return result, backbone

@@ -54,8 +54,8 @@ def check_training_ranges(config: Any) -> None:
         (
             0 <= c.warmup_epochs <= c.epochs,
             "warmup_epochs",
-            f"must be in [0, epochs]; it is {c.warmup_epochs} (given, or the default for this "
-            f"dataset/student) and epochs is {c.epochs}: pass a smaller warm-up",
+            f"must be in [0, --epochs]; it is {c.warmup_epochs} (given, or the default for this "
+            f"dataset/student) and --epochs is {c.epochs}: pass a smaller --warmup-epochs",
         ),
         (c.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
     ]

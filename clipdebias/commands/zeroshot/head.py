@@ -10,7 +10,6 @@ A benchmark can feed any features and any linear "zero-shot" classifier in (benc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from clipdebias.commands.zeroshot.config import HeadSettings, LoopSettings
 from clipdebias.metrics import EvalResult, eval_result
 from clipdebias.pseudolabels.labels import PseudoLabels, ZeroShotLogits, debiased_pseudo_labels
-from clipdebias.training.loop import Fallback, ProgressEvent, TrainConfig, TrainResult
+from clipdebias.training.loop import Fallback, ProgressEvent, TrainResult
 from clipdebias.training.optim import SGD_MOMENTUM, param_groups_weight_decay
 from clipdebias.training.run_folder import RunFolder
 from clipdebias.utils.errors import UserError
@@ -75,53 +75,6 @@ class Selection:
     pseudo: PseudoLabels
     confident: np.ndarray
     rest: np.ndarray
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """The training knobs shared by every student (resolved options of ``zeroshot``)."""
-
-    tau: float
-    threshold: float
-    prior_momentum: float
-    lambda_u: float
-    ema_momentum: float
-    epochs: int
-    steps_per_epoch: int | None  # None: one pass over the unlabeled rest, at least min_steps_per_epoch
-    min_steps_per_epoch: int
-    batch_size: int
-    mu: int
-    lr: float
-    weight_decay: float
-    warmup_epochs: int
-    clip_fallback: float
-    seed: int
-
-    def steps_for(self, unlabeled_rows: int) -> int:
-        if self.steps_per_epoch is not None:
-            return self.steps_per_epoch
-        return max(self.min_steps_per_epoch, math.ceil(unlabeled_rows / (self.mu * self.batch_size)))
-
-    def train_config(self, num_classes: int, unlabeled_rows: int) -> TrainConfig:
-        return TrainConfig(
-            num_classes=num_classes,
-            epochs=self.epochs,
-            steps_per_epoch=self.steps_for(unlabeled_rows),
-            tau=self.tau,
-            threshold=self.threshold,
-            prior_momentum=self.prior_momentum,
-            lambda_u=self.lambda_u,
-            ema_momentum=self.ema_momentum,
-        )
-
-
-@dataclass(frozen=True)
-class HeadSettings:
-    """The ``head`` student: ``linear`` or ``mlp``, and the strong view's feature noise."""
-
-    head: str
-    feature_dropout: float
-    feature_noise: float
 
 
 # --- pseudo-labels and the confident set ------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipdebias.commands.zeroshot.config import ZeroShotConfig, loop_settings
 from clipdebias.training.run_folder import RunFolder
 from clipdebias.utils.device import training_workers
 from clipdebias.utils.errors import UserError
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
     from clipdebias.clip.backbone import Backbone
     from clipdebias.commands.zeroshot.head import Selection, ZeroShotArrays
-    from clipdebias.commands.zeroshot.run import ZeroShotConfig
     from clipdebias.data.batches import LabeledBatch
     from clipdebias.data.sources import ImageSource
     from clipdebias.training.loop import TrainResult
@@ -107,7 +107,6 @@ def train_image_student(
     import torch
 
     from clipdebias.commands.zeroshot.head import fallback_table
-    from clipdebias.commands.zeroshot.run import loop_settings
     from clipdebias.data.streams import StreamSpec, build_streams
     from clipdebias.training.loop import train
     from clipdebias.training.optim import cosine_schedule

@@ -1,0 +1,62 @@
+"""``clipdebias encode``: every image of a dataset split through CLIP, into the embedding cache.
+
+The cache itself (resumable shards, the FAISS index, its readers) is :mod:`clipdebias.clip.cache`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
+from clipdebias.clip.cache import DEFAULT_CHUNK_SIZE, EncodeResult, cached_embeddings
+from clipdebias.data.sources import check_dataset, open_dataset
+from clipdebias.utils import distributed
+from clipdebias.utils.device import resolve_device
+from clipdebias.utils.paths import prepare_cache_dir
+from clipdebias.utils.progress import NoProgress, Progress
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """Resolved options of ``clipdebias encode``."""
+
+    dataset: str
+    data_root: str | None
+    split: str
+    backbone: BackboneConfig
+    cache_dir: str | None = None
+    batch_size: int = 64
+    num_workers: int | None = None  # None: see clipdebias.utils.device.encode_workers
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    rebuild: bool = False
+
+
+def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[EncodeResult, Backbone]:
+    """Load the backbone, open the dataset and fill the cache; returns the result and the backbone.
+
+    Under torchrun every process loads the backbone on its own GPU and encodes its share of the
+    chunks (see :func:`encode_split`).
+    """
+    with distributed.session(resolve_device(config.backbone.device)):
+        return _run_encode(config, progress)
+
+
+def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[EncodeResult, Backbone]:
+    progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()
+    check_dataset(config.dataset, config.split, config.data_root)
+    root = prepare_cache_dir(config.cache_dir)
+    backbone = load_backbone(config.backbone, digest_dir=root)  # first: missing weights fail before a long folder scan
+    source = open_dataset(config.dataset, config.split, config.data_root)
+    backbone.warn_if_random(progress, "its embeddings and labels are")
+    result = cached_embeddings(
+        source,
+        backbone,
+        root,
+        config.data_root,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        chunk_size=config.chunk_size,
+        rebuild=config.rebuild,
+        progress=progress,
+    )
+    return result, backbone
