@@ -1,0 +1,1 @@
+"""One module per command: what `clipdebias <command>` runs, from resolved options to written files."""

@@ -1,0 +1,1 @@
+"""Reading finished runs back: report (charts + markdown), compare (runs side by side), the matplotlib panels."""
