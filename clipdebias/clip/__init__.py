@@ -1,1 +1,3 @@
-"""CLIP: weights, the open_clip backbone and its transform, prompts and the text classifier, the resumable FAISS embedding cache."""
+"""CLIP: weights, the open_clip backbone and its transform, prompts and the text classifier, the
+resumable FAISS embedding cache.
+"""

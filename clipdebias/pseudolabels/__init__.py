@@ -1,1 +1,3 @@
-"""Debiased zero-shot pseudo-labels: computing them over cached logits, the confident set, and their files (CSV, sidecar, reference format)."""
+"""Debiased zero-shot pseudo-labels: computing them over cached logits, the confident set, and their
+files (CSV, sidecar, reference format).
+"""
