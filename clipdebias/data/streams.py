@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import default_collate
 
 from clipdebias.config import defaults
 from clipdebias.data.augment import GrayAugment, gray_to_tensor, natural_transforms
@@ -314,8 +315,6 @@ class _EvalDataset(torch.utils.data.Dataset):
 
 def _collate(items: list[tuple]) -> list:
     """Default collation of every field but the last, the ``unreadable`` pairs of all items as one list."""
-    from torch.utils.data import default_collate
-
     batch = default_collate([item[:-1] for item in items])
     return [*batch, [pair for item in items for pair in item[-1]]]
 

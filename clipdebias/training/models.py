@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
 from clipdebias.utils.errors import UserError
@@ -49,8 +50,6 @@ def build_model(
     elif arch in ("resnet18", "resnet50"):
         if in_channels != 3:
             raise UserError(f"--arch {arch} needs RGB images; use --arch cnn for grayscale datasets")
-        import torchvision
-
         model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
         if image_size <= SMALL_INPUT_MAX_SIZE:
             model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from clipdebias.utils.atomic import atomic_write_json
 from clipdebias.utils.errors import OptionError, UserError
 
 RANK_DUMP_ENV = "CLIPDEBIAS_RANK_DUMP"
@@ -249,8 +250,6 @@ def dump_rank_state(epoch: int, make_record: Callable[[], dict[str, Any]]) -> No
     folder = os.environ.get(RANK_DUMP_ENV)
     if not folder:
         return
-    from clipdebias.utils.atomic import atomic_write_json
-
     payload = {"rank": rank(), "world_size": world_size(), "epoch": epoch, **make_record()}
     atomic_write_json(Path(folder) / f"rank-{rank()}-epoch-{epoch}.json", payload)
 
