@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision import transforms as T
 
@@ -47,13 +48,13 @@ class AugmentedView:
             ]
         )
 
-    def seed(self, image: Any) -> int:
+    def seed(self, image: Image.Image) -> int:
         digest = hashlib.blake2b(digest_size=8, key=self.view.to_bytes(8, "little"))
         digest.update(f"{image.mode}:{image.size}".encode())
         digest.update(image.tobytes())
         return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
-    def __call__(self, image: Any) -> Tensor:
+    def __call__(self, image: Image.Image) -> Tensor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed(image))
             return self.transform(image)

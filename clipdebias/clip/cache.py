@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -204,14 +204,16 @@ class _Encodable:
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[int, Any, str]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
             return index, self.transform(self.source.load(index)), ""
         except UnreadableImage as err:
             return index, None, err.reason
 
 
-def _collate(items: list[tuple[int, Any, str]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     good = [(index, pixels) for index, pixels, _ in items if pixels is not None]
     failed = [(index, reason) for index, pixels, reason in items if pixels is None]
     pixels = torch.stack([p for _, p in good]) if good else None
@@ -526,7 +528,7 @@ def search(entry: CacheEntry, queries: np.ndarray, k: int, gpu: bool | None = No
 class _IndexBacked:
     """Exposes a FAISS index's vector memory to numpy and keeps the index alive with the array."""
 
-    def __init__(self, index: Any, view: np.ndarray):
+    def __init__(self, index: faiss.Index, view: np.ndarray):
         self.index = index
         self.__array_interface__ = view.__array_interface__
 

@@ -239,12 +239,14 @@ def _resolve_local_dir(spec: str) -> Weights:
     folder = Path(spec[len(LOCAL_DIR_PREFIX) :]).expanduser()
     if not folder.is_dir():
         raise UserError(
-            f"--pretrained {spec}: {folder} is not a directory (expected a folder with {OPEN_CLIP_CONFIG} and a weights file)"
+            f"--pretrained {spec}: {folder} is not a directory "
+            f"(expected a folder with {OPEN_CLIP_CONFIG} and a weights file)"
         )
     config = folder / OPEN_CLIP_CONFIG
     if not config.is_file():
         raise UserError(
-            f"--pretrained {spec}: {config} is missing (write the model config there, as open_clip's Hub folders have it)"
+            f"--pretrained {spec}: {config} is missing "
+            "(write the model config there, as open_clip's Hub folders have it)"
         )
     checkpoints = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
     if not checkpoints:
@@ -301,7 +303,8 @@ def resolve_weights(model: str, pretrained: str) -> Weights:
         return _file_weights(path, spec, "file")
     if path.is_dir():
         raise UserError(
-            f"--pretrained {spec} is a directory; use --pretrained local-dir:{spec} for a folder with {OPEN_CLIP_CONFIG} and weights"
+            f"--pretrained {spec} is a directory; "
+            f"use --pretrained local-dir:{spec} for a folder with {OPEN_CLIP_CONFIG} and weights"
         )
     cfg = get_pretrained_cfg(model, spec)
     if cfg:
@@ -312,7 +315,8 @@ def resolve_weights(model: str, pretrained: str) -> Weights:
     if os.sep in spec or spec.endswith(CHECKPOINT_SUFFIXES):
         raise UserError(f"--pretrained {spec}: no such file ({known}; or hf-hub:ORG/REPO, local-dir:DIR, none)")
     raise UserError(
-        f"--pretrained {spec!r} is not a weights tag of {model} nor a file ({known}; or a file path, hf-hub:ORG/REPO, local-dir:DIR, none)"
+        f"--pretrained {spec!r} is not a weights tag of {model} nor a file "
+        f"({known}; or a file path, hf-hub:ORG/REPO, local-dir:DIR, none)"
     )
 
 

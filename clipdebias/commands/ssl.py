@@ -317,7 +317,8 @@ def read_labeled_index(path: str | Path, train: ImageSource) -> np.ndarray:
         )
     if "path" in table.columns and train.path(int(rows[0])) != str(table["path"].iloc[0]):
         raise UserError(
-            f"--labeled-index {str(path)!r}: index {rows[0]} is {train.path(int(rows[0]))!r} here, not {table['path'].iloc[0]!r}"
+            f"--labeled-index {str(path)!r}: index {rows[0]} is {train.path(int(rows[0]))!r} here, "
+            f"not {table['path'].iloc[0]!r}"
         )
     return np.sort(rows)
 

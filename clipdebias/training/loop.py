@@ -193,7 +193,7 @@ def _restore(
     teacher: EMATeacher,
     prior: ClassPrior | None,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
 ) -> _Progress:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -233,7 +233,7 @@ def _checkpoint(
     teacher: EMATeacher,
     prior: ClassPrior | None,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
 ) -> dict[str, Any]:
     """Everything a resumed run needs; plain state dicts, nothing that depends on the world size."""
@@ -387,7 +387,7 @@ def train(
     config: TrainConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     labeled: BatchStream[LabeledBatch],
     unlabeled: BatchStream[UnlabeledBatch],
     evaluate: Evaluator,

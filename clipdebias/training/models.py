@@ -100,7 +100,8 @@ def strip_wrapper_prefix(state: dict[str, torch.Tensor], own_keys: set[str]) -> 
     known = [prefix for prefix in WRAPPER_PREFIXES if prefix in best]
     if not known and len(best) > 1:
         raise UserError(
-            f"--init-weights holds several networks ({', '.join(p.rstrip('.') for p in best)}); save the one to start from alone"
+            f"--init-weights holds several networks ({', '.join(p.rstrip('.') for p in best)}); "
+            "save the one to start from alone"
         )
     chosen = known[0] if known else best[0]
     return {key.removeprefix(chosen): value for key, value in state.items() if key.startswith(chosen)}

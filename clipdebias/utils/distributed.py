@@ -191,9 +191,10 @@ def all_gather_objects(value: Any) -> list[Any]:
 def on_main(function: Callable[[], T]) -> T:
     """``function()`` run on rank 0 alone, its value handed to every rank.
 
-    If it raises a :class:`UserError` or :class:`OptionError` on rank 0, every rank raises the same error, so all processes
-    end with the same one-line message instead of the others waiting for rank 0 forever. Any other
-    exception is raised on rank 0 and reported as a failure of rank 0 on the others.
+    If it raises a :class:`UserError` or :class:`OptionError` on rank 0, every rank raises the same
+    error, so all processes end with the same one-line message instead of the others waiting for
+    rank 0 forever. Any other exception is raised on rank 0 and reported as a failure of rank 0 on
+    the others.
     """
     if not is_distributed():
         return function()

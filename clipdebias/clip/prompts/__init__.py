@@ -84,7 +84,8 @@ def load_classnames(dataset: str, dataset_classes: list[str], path: str | Path |
     if len(names) != len(dataset_classes):
         raise UserError(
             f"{source} has {len(names)} class names but dataset {dataset!r} has {len(dataset_classes)} classes "
-            f"(first: {', '.join(dataset_classes[:3])}); give one name per class, in label order, with --classnames FILE"
+            f"(first: {', '.join(dataset_classes[:3])}); give one name per class, in label order, "
+            "with --classnames FILE"
         )
     return names, source
 
