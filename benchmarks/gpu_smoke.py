@@ -289,9 +289,10 @@ def synthetic_training(report: Report, device, sizes: Sizes, compile_too: bool) 
 
     from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
     from clipdebias.metrics import eval_result
-    from clipdebias.training.loop import Runtime, TrainConfig, train
+    from clipdebias.training.loop import Runtime, train
     from clipdebias.training.models import build_model
     from clipdebias.training.optim import cosine_schedule, make_sgd
+    from clipdebias.training.step import TrainConfig
 
     classes, size, batch, mu = 1000, sizes.train_image_size, sizes.train_batch, sizes.train_mu
 

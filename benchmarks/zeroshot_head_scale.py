@@ -34,7 +34,8 @@ from clipdebias.commands.zeroshot.config import (  # noqa: E402
     LoopSettings,
 )
 from clipdebias.commands.zeroshot.head import ZeroShotArrays, fit_head, pseudo_label_train_rows  # noqa: E402
-from clipdebias.training.loop import DEFAULT_LOG_EVERY, StepProgress, TrainStart  # noqa: E402
+from clipdebias.training.loop import StepProgress, TrainStart  # noqa: E402
+from clipdebias.training.step import DEFAULT_LOG_EVERY  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 IMAGENET_CONFIDENT_SHARE = 0.2  # assumed share of the confident set, for the projection only

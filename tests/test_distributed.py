@@ -23,9 +23,10 @@ from clipdebias.data.augment import GrayAugment
 from clipdebias.data.sources import open_dataset
 from clipdebias.data.streams import GrayStream, Shard, StreamSpec, _PlanBatches, build_streams, epoch_plan
 from clipdebias.metrics import PseudoLabelCounter, eval_counts, eval_result, eval_result_from_counts
-from clipdebias.training.loop import Runtime, TrainConfig, train
+from clipdebias.training.loop import Runtime, train
 from clipdebias.training.optim import cosine_schedule, make_sgd
 from clipdebias.training.run_folder import RunFolder
+from clipdebias.training.step import TrainConfig
 from clipdebias.utils import distributed
 from clipdebias.utils.errors import UserError
 

@@ -13,14 +13,14 @@ from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import epoch_plan
 from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
 from clipdebias.metrics import PseudoLabelCounter, eval_result, imbalance_ratio, per_class_accuracy
-from clipdebias.training.loop import (
+from clipdebias.training.models import SmallCNN, build_model, load_init_weights
+from clipdebias.training.optim import cosine_factor, make_sgd
+from clipdebias.training.step import (
     EMATeacher,
     TrainConfig,
     apply_fallback,
     fixmatch_step,
 )
-from clipdebias.training.models import SmallCNN, build_model, load_init_weights
-from clipdebias.training.optim import cosine_factor, make_sgd
 from clipdebias.utils.errors import UserError
 
 
@@ -143,7 +143,7 @@ def test_multiviews_average_every_pseudo_label_set_over_every_strong_view():
 
 
 def test_fallback_enters_the_loss_by_dataset_index():
-    from clipdebias.training.loop import Fallback
+    from clipdebias.training.step import Fallback
 
     weak = torch.tensor([[0.0, 0.0, 0.1], [0.0, 0.0, 0.1]])  # unsure: no row passes the threshold
     strong = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])

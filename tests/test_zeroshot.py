@@ -14,6 +14,7 @@ from fakes import StopTraining, make_image_folder, stop_after_first_epoch
 from PIL import Image
 
 from clipdebias.cli import main
+from clipdebias.clip.augmented_views import AugmentedView
 from clipdebias.commands.zeroshot.head import (
     Selection,
     ZeroShotArrays,
@@ -25,9 +26,9 @@ from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import UNLABELED_STREAM, epoch_plan
 from clipdebias.debias import ClassPrior, select_pseudo_labels
 from clipdebias.pseudolabels.labels import CSV_COLUMNS, PseudoLabels
-from clipdebias.training.embedding_streams import AugmentedView, EmbeddingStream, FeatureNoise
-from clipdebias.training.loop import EMATeacher, TrainConfig, fixmatch_step
+from clipdebias.training.embedding_streams import EmbeddingStream, FeatureNoise
 from clipdebias.training.models import SmallCNN, build_head, load_init_weights, strip_wrapper_prefix
+from clipdebias.training.step import EMATeacher, TrainConfig, fixmatch_step
 from clipdebias.utils.errors import UserError
 
 TINY_TRAINING = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--mu", "2"]

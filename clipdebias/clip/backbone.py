@@ -13,6 +13,7 @@ activation follows the weights whichever way they are loaded (tag, TorchScript f
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import logging
@@ -20,16 +21,18 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import get_input_dtype
+from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from clipdebias.clip.weights import LOCAL_DIR_PREFIX, Weights, file_sha256, resolve_weights
 from clipdebias.config.defaults import PRECISIONS
-from clipdebias.utils.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-
-    from clipdebias.utils.progress import Progress
+from clipdebias.utils.device import resolve_device
+from clipdebias.utils.errors import OptionError, UserError
+from clipdebias.utils.progress import Progress
 
 # Random weights (--pretrained none) are drawn with this seed, so that they are the same every run.
 RANDOM_WEIGHTS_SEED = 0
@@ -53,8 +56,6 @@ def _digest(obj: object) -> str:
 
 def register_model(model: str) -> tuple[str, dict]:
     """The open_clip name and config of ``--model``; a JSON file is registered under its stem."""
-    import open_clip
-
     path = Path(model).expanduser()
     if model.endswith(".json") or path.is_file():
         if not path.is_file():
@@ -71,8 +72,6 @@ def register_model(model: str) -> tuple[str, dict]:
         return path.stem, config
     config = open_clip.get_model_config(model)
     if config is None:
-        import difflib
-
         close = difflib.get_close_matches(model, open_clip.list_models(), n=4, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(
@@ -117,9 +116,6 @@ class Backbone:
         cache_identity: dict[str, str],
         preprocess_cfg: dict,
     ):
-        import torch
-        from open_clip.model import get_input_dtype
-
         self.model = model
         self.transform = transform
         self.tokenizer = tokenizer
@@ -160,17 +156,11 @@ class Backbone:
         return float(self.model.logit_scale.detach().float().exp().item())
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        import torch
-        import torch.nn.functional as F
-
         with torch.inference_mode():
             features = self.model.encode_image(pixels.to(self.device, self.input_dtype, non_blocking=True))
             return F.normalize(features.float(), dim=-1)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        import torch
-        import torch.nn.functional as F
-
         with torch.inference_mode():
             tokens = self.tokenizer(texts).to(self.device)
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
@@ -202,12 +192,6 @@ def load_backbone(config: BackboneConfig, digest_dir: Path | None = None) -> Bac
 
     ``digest_dir`` keeps content hashes of weight files between runs (see :func:`file_sha256`).
     """
-    import open_clip
-    import torch
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
-    from clipdebias.utils.device import resolve_device
-
     if config.precision not in PRECISIONS:
         raise UserError(f"unknown --precision {config.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     device = resolve_device(config.device)
@@ -248,7 +232,7 @@ def load_backbone(config: BackboneConfig, digest_dir: Path | None = None) -> Bac
                 quick_gelu=quick_gelu,
             )
             tokenizer = open_clip.get_tokenizer(source)
-    except UserError:
+    except (UserError, OptionError):
         raise
     except Exception as err:  # noqa: BLE001 - a weights/config mismatch is the user's to fix, in one line
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

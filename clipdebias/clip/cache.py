@@ -24,6 +24,7 @@ writing one entry at once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -34,22 +35,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
+import faiss
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
 from clipdebias import __version__
+from clipdebias.clip.backbone import Backbone
 from clipdebias.config import defaults
 from clipdebias.data.sources import ArraySource, ImageSource, UnreadableImage
+from clipdebias.utils import distributed
 from clipdebias.utils.atomic import atomic_write, atomic_write_json, prepare_dir
 from clipdebias.utils.device import encode_workers
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.progress import NoProgress, Progress
-
-if TYPE_CHECKING:
-    import faiss
-    import pandas as pd
-    import torch
 
 CACHE_FORMAT = 1
 DEFAULT_CHUNK_SIZE = defaults.CHUNK_SIZE
@@ -177,19 +179,8 @@ def open_entry(path: str | Path) -> CacheEntry:
     return CacheEntry(path, meta)
 
 
-def find_entry(cache_dir: str | Path, key: dict[str, str]) -> CacheEntry | None:
-    """The finished entry for ``key`` in ``cache_dir``, or ``None``."""
-    path = entry_path(cache_dir, key)
-    meta = _read_meta(path)
-    if meta is None or not meta.get("complete") or meta.get("key") != key or not (path / INDEX_FILE).is_file():
-        return None
-    return CacheEntry(path, meta)
-
-
 @contextlib.contextmanager
 def _entry_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
     handle = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -213,16 +204,16 @@ class _Encodable:
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[int, Any, str]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
             return index, self.transform(self.source.load(index)), ""
         except UnreadableImage as err:
             return index, None, err.reason
 
 
-def _collate(items: list[tuple[int, Any, str]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
-    import torch
-
+def _collate(
+    items: list[tuple[int, torch.Tensor | None, str]],
+) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     good = [(index, pixels) for index, pixels, _ in items if pixels is not None]
     failed = [(index, reason) for index, pixels, reason in items if pixels is None]
     pixels = torch.stack([p for _, p in good]) if good else None
@@ -304,9 +295,6 @@ def _encode_chunks(
     progress: Progress,
 ) -> int:
     """Encode the chunks in ``todo`` and write one shard each; returns how many images were encoded."""
-    import torch
-    from torch.utils.data import DataLoader
-
     loader = DataLoader(
         _Encodable(source, transform),
         batch_sampler=_ChunkBatches(todo, batch_size),
@@ -336,9 +324,6 @@ def _encode_chunks(
 
 def _merge(source: ImageSource, path: Path, shards: list[Path], dim: int) -> tuple[int, list[tuple[int, str]]]:
     """Shards → ``index.faiss`` + ``manifest.csv`` (each atomic); returns (encoded, failed)."""
-    import faiss
-    import pandas as pd
-
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     failed: list[tuple[int, str]] = []
     for file in shards:
@@ -469,12 +454,10 @@ def encode_split(
     process's, and a killed run resumes with any number of processes. Only rank 0 reports
     ``progress``, for its own chunks.
     """
-    from clipdebias.utils import distributed
-
     if batch_size < 1 or chunk_size < 1:
         raise UserError(f"--batch-size and --chunk-size must be at least 1 (got {batch_size}, {chunk_size})")
     if num_workers < 0:
-        raise UserError(f"--num-workers must be 0 or more (got {num_workers})")
+        raise OptionError("num_workers", f"must be 0 or more (got {num_workers})")
     progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()
     began = time.perf_counter()
     key = cache_key(source, data_root, encoder.cache_identity, transform_id)
@@ -506,10 +489,6 @@ def encode_split(
 
 
 def _sum_over_ranks(count: int) -> int:
-    import torch
-
-    from clipdebias.utils import distributed
-
     return int(distributed.all_reduce_sum(torch.tensor([count], dtype=torch.long)).item())
 
 
@@ -518,8 +497,6 @@ def _sum_over_ranks(count: int) -> int:
 
 def read_manifest(entry: CacheEntry) -> pd.DataFrame:
     """``index, path, label, error`` for every image of the split (``label`` nullable Int64)."""
-    import pandas as pd
-
     return pd.read_csv(
         entry.manifest_path,
         dtype={"index": "int64", "path": str, "label": "Int64", "error": str},
@@ -534,8 +511,6 @@ def open_index(entry: CacheEntry, gpu: bool | None = None, mmap: bool = False) -
 
     ``mmap`` maps the vectors from disk instead of reading them (CPU only).
     """
-    import faiss
-
     use_gpu = faiss.get_num_gpus() > 0 if gpu is None else gpu
     flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap and not use_gpu else 0
     index = faiss.read_index(str(entry.index_path), flags) if flags else faiss.read_index(str(entry.index_path))
@@ -553,7 +528,7 @@ def search(entry: CacheEntry, queries: np.ndarray, k: int, gpu: bool | None = No
 class _IndexBacked:
     """Exposes a FAISS index's vector memory to numpy and keeps the index alive with the array."""
 
-    def __init__(self, index: Any, view: np.ndarray):
+    def __init__(self, index: faiss.Index, view: np.ndarray):
         self.index = index
         self.__array_interface__ = view.__array_interface__
 
@@ -566,8 +541,6 @@ class EmbeddingStore:
     """
 
     def __init__(self, entry: CacheEntry):
-        import faiss
-
         self.entry = entry
         self._index = open_index(entry, gpu=False, mmap=True)
         flat = faiss.downcast_index(self._index.index)
@@ -606,7 +579,7 @@ def load_embeddings(entry: CacheEntry) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def cached_embeddings(
     source: ImageSource,
-    backbone: Any,
+    backbone: Backbone,
     cache_dir: Path,
     data_root: str | None,
     *,

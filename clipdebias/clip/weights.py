@@ -5,12 +5,11 @@ Weights are looked up on this machine first (the Hugging Face cache for tags and
 and ``HF_HUB_OFFLINE`` is not set is the network tried, and only after one probe that gives up
 after :data:`NETWORK_TIMEOUT_S` seconds, so that missing weights end in seconds with one line that
 says what was looked for and how to supply it, instead of a retry loop or silently random weights.
-
-Nothing in this module imports torch or open_clip at module level.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -21,7 +20,13 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipdebias.utils.errors import UserError
+import open_clip
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+from clipdebias.utils.atomic import atomic_write_json
+from clipdebias.utils.errors import OptionError, UserError
 
 PRETRAINED_NONE = "none"
 HF_HUB_PREFIX = "hf-hub:"
@@ -74,14 +79,10 @@ def hub_offline() -> bool:
 
 
 def hub_cache_dir() -> Path:
-    from huggingface_hub import constants
-
     return Path(constants.HF_HUB_CACHE)
 
 
 def hub_endpoint() -> str:
-    from huggingface_hub import constants
-
     return constants.ENDPOINT
 
 
@@ -151,8 +152,6 @@ def _how_to_supply(model: str, tag: str | None) -> str:
 
 
 def _cached_hub_file(repo_id: str, filenames: list[str]) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
     for name in filenames:
         found = try_to_load_from_cache(repo_id, name, cache_dir=hub_cache_dir())
         if isinstance(found, str) and os.path.isfile(found):
@@ -162,8 +161,6 @@ def _cached_hub_file(repo_id: str, filenames: list[str]) -> Path | None:
 
 def _safetensors_first(filename: str) -> list[str]:
     """open_clip's download order: a ``.safetensors`` twin of a ``.bin``/``.pth`` name first."""
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
     if filename == HF_WEIGHTS_NAME:
         return [HF_SAFE_WEIGHTS_NAME, filename]
     if filename.endswith((".bin", ".pth")):
@@ -182,8 +179,6 @@ def _network_or_fail(url: str, looked_for: str, how: str) -> None:
 
 
 def _resolve_tag(model: str, tag: str, cfg: dict) -> Weights:
-    from open_clip.constants import HF_WEIGHTS_NAME
-
     preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
     quick_gelu = True if cfg.get("quick_gelu") else None
     places: list[str] = []
@@ -207,8 +202,6 @@ def _resolve_tag(model: str, tag: str, cfg: dict) -> Weights:
     )
     how = _how_to_supply(model, tag)
     _network_or_fail(hub_endpoint() if hub else url, looked_for, how)
-    import open_clip
-
     try:
         path = open_clip.pretrained.download_pretrained(cfg)
     except Exception as err:  # noqa: BLE001 - any download failure becomes one line
@@ -246,12 +239,14 @@ def _resolve_local_dir(spec: str) -> Weights:
     folder = Path(spec[len(LOCAL_DIR_PREFIX) :]).expanduser()
     if not folder.is_dir():
         raise UserError(
-            f"--pretrained {spec}: {folder} is not a directory (expected a folder with {OPEN_CLIP_CONFIG} and a weights file)"
+            f"--pretrained {spec}: {folder} is not a directory "
+            f"(expected a folder with {OPEN_CLIP_CONFIG} and a weights file)"
         )
     config = folder / OPEN_CLIP_CONFIG
     if not config.is_file():
         raise UserError(
-            f"--pretrained {spec}: {config} is missing (write the model config there, as open_clip's Hub folders have it)"
+            f"--pretrained {spec}: {config} is missing "
+            "(write the model config there, as open_clip's Hub folders have it)"
         )
     checkpoints = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
     if not checkpoints:
@@ -262,11 +257,9 @@ def _resolve_local_dir(spec: str) -> Weights:
 
 
 def _resolve_hub(spec: str) -> Weights:
-    from open_clip.constants import HF_WEIGHTS_NAME
-
     repo_id = spec[len(HF_HUB_PREFIX) :].strip("/")
     if repo_id.count("/") != 1:
-        raise UserError(f"--pretrained {spec}: expected hf-hub:ORG/REPO")
+        raise OptionError("pretrained", f"{spec}: expected hf-hub:ORG/REPO")
     names = _safetensors_first(HF_WEIGHTS_NAME)
     config = _cached_hub_file(repo_id, [OPEN_CLIP_CONFIG])
     weights = _cached_hub_file(repo_id, names)
@@ -277,9 +270,6 @@ def _resolve_hub(spec: str) -> Weights:
         )
         how = _how_to_supply(spec, None)
         _network_or_fail(hub_endpoint(), looked_for, how)
-        import open_clip
-        from huggingface_hub import hf_hub_download
-
         try:
             config = Path(hf_hub_download(repo_id, OPEN_CLIP_CONFIG))
             weights = Path(open_clip.pretrained.download_pretrained_from_hf(repo_id))
@@ -313,10 +303,9 @@ def resolve_weights(model: str, pretrained: str) -> Weights:
         return _file_weights(path, spec, "file")
     if path.is_dir():
         raise UserError(
-            f"--pretrained {spec} is a directory; use --pretrained local-dir:{spec} for a folder with {OPEN_CLIP_CONFIG} and weights"
+            f"--pretrained {spec} is a directory; "
+            f"use --pretrained local-dir:{spec} for a folder with {OPEN_CLIP_CONFIG} and weights"
         )
-    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
-
     cfg = get_pretrained_cfg(model, spec)
     if cfg:
         return _resolve_tag(model, spec, cfg)
@@ -326,16 +315,13 @@ def resolve_weights(model: str, pretrained: str) -> Weights:
     if os.sep in spec or spec.endswith(CHECKPOINT_SUFFIXES):
         raise UserError(f"--pretrained {spec}: no such file ({known}; or hf-hub:ORG/REPO, local-dir:DIR, none)")
     raise UserError(
-        f"--pretrained {spec!r} is not a weights tag of {model} nor a file ({known}; or a file path, hf-hub:ORG/REPO, local-dir:DIR, none)"
+        f"--pretrained {spec!r} is not a weights tag of {model} nor a file "
+        f"({known}; or a file path, hf-hub:ORG/REPO, local-dir:DIR, none)"
     )
 
 
 def file_sha256(path: Path, memo_dir: Path | None = None) -> str:
     """SHA-256 of a file's content, remembered in ``memo_dir/digests.json`` by path, size and mtime."""
-    import hashlib
-
-    from clipdebias.utils.atomic import atomic_write_json
-
     path = Path(path).resolve()
     stat = path.stat()
     memo_key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 
 from clipdebias import __version__
 from clipdebias.config.budgets import parse_label_budget
@@ -22,8 +24,16 @@ from clipdebias.config.checks import check_training_ranges
 from clipdebias.config.defaults import PRECISIONS, PREFETCH_FACTOR
 from clipdebias.data.skipped import SkippedImages
 from clipdebias.data.sources import DATASETS, ImageSource, open_dataset
+from clipdebias.data.splits import split_labeled
+from clipdebias.data.streams import StreamSpec, build_streams
+from clipdebias.training.loop import ProgressEvent, Runtime, train
+from clipdebias.training.models import build_model
+from clipdebias.training.optim import cosine_schedule, make_sgd
 from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
-from clipdebias.utils.device import training_workers
+from clipdebias.training.step import Fallback, TrainConfig
+from clipdebias.utils import distributed
+from clipdebias.utils.atomic import prepare_dir
+from clipdebias.utils.device import resolve_device, training_workers
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import count_of
 
@@ -280,8 +290,6 @@ def holdout_split(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, np.n
 
 def read_labeled_index(path: str | Path, train: ImageSource) -> np.ndarray:
     """Positions listed in a ``labeled_index.csv`` (``index,path,label``), checked against ``train``."""
-    import pandas as pd
-
     try:
         table = pd.read_csv(path, encoding_errors="surrogateescape")  # file names need not be UTF-8
     except (OSError, ValueError) as err:
@@ -309,15 +317,14 @@ def read_labeled_index(path: str | Path, train: ImageSource) -> np.ndarray:
         )
     if "path" in table.columns and train.path(int(rows[0])) != str(table["path"].iloc[0]):
         raise UserError(
-            f"--labeled-index {str(path)!r}: index {rows[0]} is {train.path(int(rows[0]))!r} here, not {table['path'].iloc[0]!r}"
+            f"--labeled-index {str(path)!r}: index {rows[0]} is {train.path(int(rows[0]))!r} here, "
+            f"not {table['path'].iloc[0]!r}"
         )
     return np.sort(rows)
 
 
 def choose_rows(config: SSLConfig, train: ImageSource) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(labeled, unlabeled, holdout)`` positions in the train split."""
-    from clipdebias.data.splits import split_labeled
-
     pool, holdout = (
         holdout_split(train.labels, config.holdout)
         if config.holdout > 0
@@ -399,31 +406,21 @@ def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None
     check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
 
 
-def run_ssl(config: SSLConfig, progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+def run_ssl(config: SSLConfig, progress: Callable[[ProgressEvent], None] | None = None) -> dict[str, Any]:
     """Run ``ssl`` end to end; write the run folder; return the final metrics (``metrics.json``).
 
     Under torchrun call it in every process: it joins the process group for the run, every rank
     trains on its part of each global batch, and only rank 0 writes files and reports ``progress``;
     every rank returns the same (global) metrics.
     """
-    from clipdebias.utils import distributed
-    from clipdebias.utils.device import resolve_device
-
     device = resolve_device(config.device)
     with distributed.session(device):
         return _run_ssl(config, device, progress)
 
 
-def _run_ssl(config: SSLConfig, device: Any, progress: Callable[[Any], None] | None) -> dict[str, Any]:
-    import torch
-
-    from clipdebias.data.streams import StreamSpec, build_streams
-    from clipdebias.training.loop import Fallback, Runtime, TrainConfig, train
-    from clipdebias.training.models import build_model
-    from clipdebias.training.optim import cosine_schedule, make_sgd
-    from clipdebias.utils import distributed
-    from clipdebias.utils.atomic import prepare_dir
-
+def _run_ssl(
+    config: SSLConfig, device: torch.device, progress: Callable[[ProgressEvent], None] | None
+) -> dict[str, Any]:
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # before the folder scan; rank 0 writes
     train_split = open_dataset(config.dataset, "train", config.data_root)
     labeled, unlabeled, holdout = choose_rows(config, train_split)

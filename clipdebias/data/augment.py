@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision import transforms as T
 
 # Channel statistics used to normalise RGB inputs.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
@@ -150,8 +151,6 @@ def natural_transforms(dataset: str, size: int, small_images: bool) -> ViewTrans
     any size): weak = RandomResizedCrop + flip; eval = resize the short side + centre crop.
     Strong = weak + RandAugment(2, 10) + cutout, for both.
     """
-    from torchvision import transforms as T
-
     mean, std = normalisation_for(dataset)
     to_tensor = [T.ToTensor(), T.Normalize(mean, std)]
     cutout = T.RandomErasing(p=1.0, scale=CUTOUT_AREA, ratio=(1.0, 1.0), value=CUTOUT_FILL)

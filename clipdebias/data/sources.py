@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from clipdebias.data.image_files import UnreadableImage, read_image  # noqa: F401 - UnreadableImage is raised by load()
 from clipdebias.utils.errors import UserError
@@ -136,9 +138,6 @@ def open_dataset(name: str, split: str, root: str | Path | None = None) -> Image
 
 def load_digits_split(split: str) -> ArraySource:
     """scikit-learn's digits as 8x8 uint8 images (values 0..16 scaled to 0..255), fixed split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     positions = np.arange(len(images))

@@ -31,7 +31,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
+from torch.utils.data import default_collate
 
 from clipdebias.config import defaults
 from clipdebias.data.augment import GrayAugment, gray_to_tensor, natural_transforms
@@ -40,7 +42,7 @@ from clipdebias.data.skipped import SkippedImage, SkippedImages
 from clipdebias.data.sources import ArraySource, ImageSource, UnreadableImage
 from clipdebias.metrics import EvalResult, eval_counts, eval_result_from_counts
 from clipdebias.utils import distributed
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.errors import OptionError, UserError
 
 # Stream identifiers mixed into the plan seeds, so the labeled and unlabeled streams differ.
 LABELED_STREAM, UNLABELED_STREAM = 1, 2
@@ -254,7 +256,7 @@ class _ViewDataset(torch.utils.data.Dataset):
             views = [transform(image) for transform in self.transforms]
         return (*views, index, int(self.source.labels[index]), unreadable)
 
-    def _readable(self, position: int) -> tuple[int, Any, Unreadable]:
+    def _readable(self, position: int) -> tuple[int, Image.Image, Unreadable]:
         count = len(self.rows)
         index, image, unreadable = _first_readable(
             self.source, (self.rows[(position + k) % count] for k in range(count))
@@ -264,7 +266,9 @@ class _ViewDataset(torch.utils.data.Dataset):
         return index, image, tuple(unreadable)
 
 
-def _first_readable(source: ImageSource, indices: Iterable[Any]) -> tuple[int | None, Any, list[tuple[int, str]]]:
+def _first_readable(
+    source: ImageSource, indices: Iterable[Any]
+) -> tuple[int | None, Image.Image | None, list[tuple[int, str]]]:
     """The first of ``indices`` whose image can be read, that image, and the unreadable ones met
     before it as ``(index, reason)``; the index is ``None`` when none can be read."""
     unreadable: list[tuple[int, str]] = []
@@ -314,8 +318,6 @@ class _EvalDataset(torch.utils.data.Dataset):
 
 def _collate(items: list[tuple]) -> list:
     """Default collation of every field but the last, the ``unreadable`` pairs of all items as one list."""
-    from torch.utils.data import default_collate
-
     batch = default_collate([item[:-1] for item in items])
     return [*batch, [pair for item in items for pair in item[-1]]]
 
@@ -472,12 +474,11 @@ def build_streams(
         raise UserError("the evaluation split is empty")
     shard = Shard.current()
     if spec.batch_size % shard.world:
-        raise UserError(
-            f"--batch-size {spec.batch_size} is the global labeled batch of all {shard.world} processes and must be "
-            f"divisible by {shard.world}"
+        raise OptionError(
+            "batch_size",
+            f"{spec.batch_size} is the global labeled batch of all {shard.world} processes and must be "
+            f"divisible by {shard.world}",
         )
-    if spec.prefetch_factor < 1:
-        raise UserError("--prefetch-factor must be >= 1")
     skipped = skipped if skipped is not None else SkippedImages()
     if isinstance(train, ArraySource) and train.images.ndim == 3:
         streams = _gray_streams(train, labeled, unlabeled, evaluation, eval_rows, spec, device, shard)

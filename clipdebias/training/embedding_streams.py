@@ -4,9 +4,9 @@ The ``head`` student of ``zeroshot`` never runs the image tower while it trains.
 rows of cached embeddings:
 
 - **augmented-view embeddings**, cached once: each train image is encoded ``K`` more times through
-  :class:`AugmentedView` (random resized crop, flip, colour jitter, grayscale), whose randomness is
-  seeded by the image's own pixels and the view number, so the cache entry is the same however the
-  encoding is chunked, resumed or spread over workers;
+  :class:`clipdebias.clip.augmented_views.AugmentedView` (random resized crop, flip, colour jitter,
+  grayscale), whose randomness is seeded by the image's own pixels and the view number, so the cache
+  entry is the same however the encoding is chunked, resumed or spread over workers;
 - **feature noise** (:class:`FeatureNoise`): dropout of embedding coordinates plus Gaussian noise,
   then L2 normalisation, applied a batch at a time on the training device.
 
@@ -19,11 +19,8 @@ Batches follow :func:`clipdebias.data.streams.epoch_plan`, so a resumed run sees
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,62 +30,6 @@ from torch import Tensor, nn
 from clipdebias.data.batches import Evaluator, LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import LABELED_STREAM, UNLABELED_STREAM, Shard, epoch_plan, global_eval_result
 from clipdebias.metrics import EvalResult
-
-# AugmentedView: the share of the image a random crop keeps, and the colour changes (SimCLR-style
-# strengths, lighter on hue). Documented in docs/usage.md (zeroshot, head student).
-CROP_SCALE = (0.25, 1.0)
-COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-COLOR_JITTER_P = 0.8
-GRAYSCALE_P = 0.2
-AUGMENTATION_VERSION = 1  # bump when the augmentation changes, so old cache entries are not reused
-
-
-class AugmentedView:
-    """A PIL image to CLIP's input tensor through a random crop, flip and colour change, seeded by the
-    image content and ``view`` (a pure function of both). Picklable, for DataLoader workers."""
-
-    def __init__(self, view: int, preprocess_cfg: dict[str, Any]):
-        from torchvision import transforms as T
-
-        self.view = int(view)
-        size = preprocess_cfg["size"]
-        size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
-        interpolation = T.InterpolationMode(preprocess_cfg.get("interpolation", "bicubic"))
-        self.transform = T.Compose(
-            [
-                T.RandomResizedCrop(size, scale=CROP_SCALE, interpolation=interpolation),
-                T.RandomHorizontalFlip(),
-                T.RandomApply([T.ColorJitter(*COLOR_JITTER)], p=COLOR_JITTER_P),
-                T.RandomGrayscale(p=GRAYSCALE_P),
-                T.ToTensor(),
-                T.Normalize(preprocess_cfg["mean"], preprocess_cfg["std"]),
-            ]
-        )
-
-    def seed(self, image: Any) -> int:
-        digest = hashlib.blake2b(digest_size=8, key=self.view.to_bytes(8, "little"))
-        digest.update(f"{image.mode}:{image.size}".encode())
-        digest.update(image.tobytes())
-        return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
-
-    def __call__(self, image: Any) -> Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed(image))
-            return self.transform(image)
-
-
-def augmented_view_id(view: int, preprocess_cfg: dict[str, Any]) -> str:
-    """The cache key of view ``view`` (it names the augmentation and CLIP's preprocessing)."""
-    spec = {
-        "version": AUGMENTATION_VERSION,
-        "crop_scale": CROP_SCALE,
-        "color_jitter": COLOR_JITTER,
-        "color_jitter_p": COLOR_JITTER_P,
-        "grayscale_p": GRAYSCALE_P,
-        "preprocess": preprocess_cfg,
-    }
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"clip-aug-view{view}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -113,7 +54,7 @@ class FeatureNoise:
 
 
 class EmbeddingStream:
-    """Batches of cached embedding rows (a :class:`clipdebias.training.loop.BatchStream`).
+    """Batches of cached embedding rows (a :class:`clipdebias.data.batches.BatchStream`).
 
     ``plain`` ``[N, D]`` and ``views`` ``[K, N, D]`` (``K`` may be 0) live on the training device;
     ``rows`` are the positions (into those arrays) this stream draws from, ``targets`` ``[N]`` the
@@ -134,14 +75,14 @@ class EmbeddingStream:
         seed: int,
         labeled: bool,
         noise: FeatureNoise,
-        shard: Shard = Shard(),
+        shard: Shard | None = None,
     ):
         if views.ndim != 3 or views.shape[1:] != plain.shape:
             raise ValueError(f"views must be [K, {plain.shape[0]}, {plain.shape[1]}], got {tuple(views.shape)}")
         self.plain, self.views, self.targets, self.ids, self.rows = plain, views, targets, ids, rows
         self.batch_size, self.seed, self.labeled, self.noise = batch_size, seed, labeled, noise
         self.stream = LABELED_STREAM if labeled else UNLABELED_STREAM
-        self.part = shard.batch(batch_size)
+        self.part = (shard if shard is not None else Shard()).batch(batch_size)
 
     def _random_view(self, chosen: Tensor, generator: torch.Generator, include_plain: bool) -> Tensor:
         """One embedding per row: a random augmented view (or, with ``include_plain``, the plain one too)."""
@@ -171,10 +112,11 @@ class EmbeddingStream:
 
 
 def embedding_evaluator(
-    embeddings: Tensor, labels: Tensor, batch_size: int, num_classes: int, shard: Shard = Shard()
+    embeddings: Tensor, labels: Tensor, batch_size: int, num_classes: int, shard: Shard | None = None
 ) -> Evaluator:
     """Top-1/top-5/per-class accuracy of a model on cached evaluation embeddings (under torchrun each
     process evaluates its ``shard`` of the rows and the counts are summed)."""
+    shard = shard if shard is not None else Shard()
     mine, mine_labels = shard.eval_rows(embeddings), shard.eval_rows(labels)  # views: no copy
 
     def evaluate(model: nn.Module) -> EvalResult:

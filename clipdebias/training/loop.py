@@ -2,16 +2,9 @@
 
 The loop does not know about images or CNNs. It takes a model (``inputs -> logits``), an
 optimizer and a per-step LR schedule, a labeled and an unlabeled :class:`BatchStream` that yield
-already-augmented tensors plus dataset indices, and an evaluation function. Each step:
-
-1. the EMA teacher (eval mode, no gradient) gives weak-view logits ``z_w`` (the mean over weak
-   views with ``--multiviews``);
-2. pseudo-labels, confidences and masks come from ``clipdebias.debias.select_pseudo_labels`` with
-   the class prior *before* its update (with ``tau = 0`` this is plain FixMatch);
-3. optionally, rows the student is unsure of take a fallback label (:func:`apply_fallback`);
-4. the prior is updated from the raw teacher probabilities ``softmax(z_w)``;
-5. the student's strong-view loss is ``adaptive_margin_loss`` with the *updated* prior, and the
-   total loss is ``CE(labeled) + lambda_u * L_u``; SGD step, LR schedule step, EMA update.
+already-augmented tensors plus dataset indices, and an evaluation function. Each step computes the
+losses and updates the class prior (:func:`clipdebias.training.step.fixmatch_step`), then takes the
+SGD step, the LR schedule step and the EMA update.
 
 An epoch is a fixed number of steps. At each epoch end the teacher is evaluated, a record is
 appended to the history (``metrics.jsonl``) and a checkpoint is written; a run resumed from that
@@ -42,7 +35,7 @@ format and ``torch.compile``.
 from __future__ import annotations
 
 import contextlib
-import copy
+import inspect
 import random
 import time
 import warnings
@@ -52,42 +45,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clipdebias.config.defaults import PRECISIONS
 from clipdebias.data.batches import BatchStream, Evaluator, LabeledBatch, UnlabeledBatch
-from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
+from clipdebias.debias import ClassPrior
 from clipdebias.metrics import EvalResult, PseudoLabelCounter, PseudoLabelStats, entropy
 from clipdebias.training.run_folder import CHECKPOINT, RunFolder
+from clipdebias.training.step import EMATeacher, Fallback, TrainConfig, fixmatch_step
 from clipdebias.utils import distributed
 from clipdebias.utils.errors import UserError
 
 CHECKPOINT_FORMAT = 1
-# Steps between two progress reports (and the host syncs they cost on a GPU).
-DEFAULT_LOG_EVERY = 10
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The knobs of the loop itself (the optimizer and the data are built by the caller)."""
-
-    num_classes: int
-    epochs: int
-    steps_per_epoch: int
-    tau: float = 0.4
-    threshold: float = 0.95
-    prior_momentum: float = 0.999
-    lambda_u: float = 1.0
-    ema_momentum: float = 0.999
-    log_every: int = DEFAULT_LOG_EVERY
-
-    @property
-    def debias(self) -> bool:
-        """DebiasPL when ``tau > 0``; plain FixMatch (no prior at all) when ``tau == 0``."""
-        return self.tau > 0
-
-
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -133,128 +102,6 @@ class _ChannelsLast(nn.Module):
         if inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return self.module(inputs)
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """Per-row fallback labels indexed by dataset index (the zero-shot recipe: CLIP's labels).
-
-    ``targets[i]`` is the fallback label of dataset row ``i`` (``-1``: none), ``confidence[i]`` its
-    confidence; it replaces the student's pseudo-label where the student is not confident and the
-    fallback confidence is at least ``threshold``.
-    """
-
-    targets: Tensor
-    confidence: Tensor
-    threshold: float
-
-    def to(self, device: torch.device | str) -> Fallback:
-        return Fallback(self.targets.to(device), self.confidence.to(device), self.threshold)
-
-
-def apply_fallback(
-    targets: Tensor, mask: Tensor, fallback_targets: Tensor, fallback_confidence: Tensor, threshold: float
-) -> tuple[Tensor, Tensor]:
-    """Where ``mask == 0`` and ``fallback_confidence >= threshold`` (and a fallback label exists),
-    the row takes the fallback label with mask 1; every other row is unchanged."""
-    use = (mask <= 0) & (fallback_confidence >= threshold) & (fallback_targets >= 0)
-    return torch.where(use, fallback_targets, targets), torch.where(use, torch.ones_like(mask), mask)
-
-
-class EMATeacher:
-    """An exponential moving average of a model's parameters *and* buffers (BatchNorm statistics),
-    kept in eval mode: ``teacher = m * teacher + (1 - m) * student`` after every step. Integer
-    buffers (``num_batches_tracked``) are copied."""
-
-    def __init__(self, model: nn.Module, momentum: float):
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"EMA momentum must be in [0, 1), got {momentum}")
-        self.momentum = momentum
-        self.module = copy.deepcopy(model).eval()
-        for param in self.module.parameters():
-            param.requires_grad_(False)
-        self._forward: Callable[[Tensor], Tensor] = self.module
-
-    def set_forward(self, forward: Callable[[Tensor], Tensor]) -> None:
-        """Run the teacher through ``forward`` (e.g. a compiled or channels-last view of ``module``,
-        sharing its weights) instead of calling ``module`` directly."""
-        self._forward = forward
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        student = model.state_dict()
-        for name, value in self.module.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.lerp_(student[name].to(value.dtype), 1.0 - self.momentum)
-            else:
-                value.copy_(student[name])
-
-    def __call__(self, inputs: Tensor) -> Tensor:
-        return self._forward(inputs)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.module.load_state_dict(state)
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    loss: Tensor
-    loss_x: Tensor
-    loss_u: Tensor
-    targets: Tensor
-    mask: Tensor
-
-
-def fixmatch_step(
-    model: nn.Module,
-    teacher: EMATeacher,
-    prior: ClassPrior | None,
-    labeled: LabeledBatch,
-    unlabeled: UnlabeledBatch,
-    config: TrainConfig,
-    fallback: Fallback | None = None,
-) -> StepOutput:
-    """The losses of one step (and the prior update); no optimizer step.
-
-    With several weak/strong views (``--multiviews``, as in the reference code): the pseudo-labels
-    come from the mean of the weak-view logits and from every weak view on its own, and the
-    unlabeled loss averages every (pseudo-label set, strong view) pair. The returned ``targets`` /
-    ``mask`` are those of the mean-logit set.
-    """
-    with torch.no_grad():
-        weak_logits = teacher(torch.cat(unlabeled.weak)).float().chunk(len(unlabeled.weak))
-    logits = model(torch.cat([labeled.inputs, *unlabeled.strong]))
-    logits_x = logits[: labeled.inputs.shape[0]]
-    strong_logits = logits[labeled.inputs.shape[0] :].chunk(len(unlabeled.strong))
-
-    mean_weak = torch.stack(weak_logits).mean(dim=0)
-    uniform = torch.full((config.num_classes,), 1.0 / config.num_classes, device=mean_weak.device)
-    prior_before = prior.probs if prior is not None else uniform
-    candidates = [mean_weak] + (list(weak_logits) if len(weak_logits) > 1 else [])
-    selections = []
-    for z_w in candidates:
-        targets, _, mask = select_pseudo_labels(z_w, prior_before, config.tau, config.threshold)
-        if fallback is not None:
-            rows = unlabeled.indices.to(fallback.targets.device)
-            targets, mask = apply_fallback(
-                targets, mask, fallback.targets[rows], fallback.confidence[rows], fallback.threshold
-            )
-        selections.append((targets, mask))
-    if prior is not None:
-        prior.update(torch.softmax(mean_weak, dim=-1))
-    prior_after = prior.probs if prior is not None else uniform
-    losses_u = [
-        adaptive_margin_loss(z_s, targets, prior_after, config.tau, mask)
-        for targets, mask in selections
-        for z_s in strong_logits
-    ]
-    loss_u = torch.stack(losses_u).mean()
-    loss_x = F.cross_entropy(logits_x.float(), labeled.targets)
-    loss = loss_x + config.lambda_u * loss_u
-    return StepOutput(loss, loss_x.detach(), loss_u.detach(), selections[0][0], selections[0][1])
 
 
 # --- schedule ----------------------------------------------------------------------------------
@@ -346,7 +193,7 @@ def _restore(
     teacher: EMATeacher,
     prior: ClassPrior | None,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
 ) -> _Progress:
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
@@ -386,7 +233,7 @@ def _checkpoint(
     teacher: EMATeacher,
     prior: ClassPrior | None,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
 ) -> dict[str, Any]:
     """Everything a resumed run needs; plain state dicts, nothing that depends on the world size."""
@@ -512,8 +359,6 @@ def _prepare_student(model: nn.Module, device: torch.device, runtime: Runtime) -
 def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` under DistributedDataParallel. Buffers are not broadcast from rank 0 before each
     forward pass: the loop averages them after each step (:func:`distributed.average_buffers`)."""
-    import inspect
-
     ddp = nn.parallel.DistributedDataParallel
     no_buffer_sync = (
         {"forward_sync_buffers": False}  # newer torch releases renamed the option
@@ -542,7 +387,7 @@ def train(
     config: TrainConfig,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     labeled: BatchStream[LabeledBatch],
     unlabeled: BatchStream[UnlabeledBatch],
     evaluate: Evaluator,
@@ -641,7 +486,7 @@ def train(
                 run.write_history(done.history)
             distributed.dump_rank_state(
                 done.epoch,
-                lambda: {
+                lambda record=record: {
                     "prior": prior.probs.cpu().tolist() if prior is not None else None,
                     "teacher_digest": distributed.state_digest(teacher.state_dict()),
                     "student_digest": distributed.state_digest(model.state_dict()),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
 from clipdebias.utils.errors import UserError
@@ -49,8 +50,6 @@ def build_model(
     elif arch in ("resnet18", "resnet50"):
         if in_channels != 3:
             raise UserError(f"--arch {arch} needs RGB images; use --arch cnn for grayscale datasets")
-        import torchvision
-
         model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
         if image_size <= SMALL_INPUT_MAX_SIZE:
             model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -101,7 +100,8 @@ def strip_wrapper_prefix(state: dict[str, torch.Tensor], own_keys: set[str]) -> 
     known = [prefix for prefix in WRAPPER_PREFIXES if prefix in best]
     if not known and len(best) > 1:
         raise UserError(
-            f"--init-weights holds several networks ({', '.join(p.rstrip('.') for p in best)}); save the one to start from alone"
+            f"--init-weights holds several networks ({', '.join(p.rstrip('.') for p in best)}); "
+            "save the one to start from alone"
         )
     chosen = known[0] if known else best[0]
     return {key.removeprefix(chosen): value for key, value in state.items() if key.startswith(chosen)}

@@ -12,8 +12,11 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from clipdebias.data.skipped import SkippedImage
 from clipdebias.utils.atomic import (
     atomic_write,
     atomic_write_bytes,
@@ -22,9 +25,6 @@ from clipdebias.utils.atomic import (
     remove_abandoned_temporaries_in,
 )
 from clipdebias.utils.errors import UserError
-
-if TYPE_CHECKING:
-    from clipdebias.data.skipped import SkippedImage
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
@@ -90,8 +90,6 @@ class RunFolder:
 
     def read_skipped_images(self) -> list[SkippedImage]:
         """The images listed in ``skipped_images.csv`` (none when the file is missing)."""
-        from clipdebias.data.skipped import SkippedImage
-
         if not self.file(SKIPPED_IMAGES).is_file():
             return []
         try:
@@ -112,16 +110,12 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         if self.writes:
-            import torch
-
             atomic_write(self.file(CHECKPOINT), lambda handle: torch.save(state, handle))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The checkpoint's contents, or ``None`` when the folder has none."""
         if not self.file(CHECKPOINT).is_file():
             return None
-        import torch
-
         try:
             return torch.load(self.file(CHECKPOINT), map_location="cpu", weights_only=False)
         except Exception as err:  # a truncated or foreign file

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from clipdebias.utils.atomic import atomic_write_json
 from clipdebias.utils.errors import OptionError, UserError
 
 RANK_DUMP_ENV = "CLIPDEBIAS_RANK_DUMP"
@@ -190,9 +191,10 @@ def all_gather_objects(value: Any) -> list[Any]:
 def on_main(function: Callable[[], T]) -> T:
     """``function()`` run on rank 0 alone, its value handed to every rank.
 
-    If it raises a :class:`UserError` or :class:`OptionError` on rank 0, every rank raises the same error, so all processes
-    end with the same one-line message instead of the others waiting for rank 0 forever. Any other
-    exception is raised on rank 0 and reported as a failure of rank 0 on the others.
+    If it raises a :class:`UserError` or :class:`OptionError` on rank 0, every rank raises the same
+    error, so all processes end with the same one-line message instead of the others waiting for
+    rank 0 forever. Any other exception is raised on rank 0 and reported as a failure of rank 0 on
+    the others.
     """
     if not is_distributed():
         return function()
@@ -249,8 +251,6 @@ def dump_rank_state(epoch: int, make_record: Callable[[], dict[str, Any]]) -> No
     folder = os.environ.get(RANK_DUMP_ENV)
     if not folder:
         return
-    from clipdebias.utils.atomic import atomic_write_json
-
     payload = {"rank": rank(), "world_size": world_size(), "epoch": epoch, **make_record()}
     atomic_write_json(Path(folder) / f"rank-{rank()}-epoch-{epoch}.json", payload)
 

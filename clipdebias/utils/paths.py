@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from clipdebias.utils.atomic import prepare_dir
+
 CACHE_ENV = "CLIPDEBIAS_CACHE"
 
 
@@ -21,6 +23,4 @@ def prepare_cache_dir(override: str | Path | None = None) -> Path:
     """:func:`cache_dir`, created and checked writable: a one-line
     :class:`~clipdebias.utils.atomic.WriteError` before any work when it is not (a file in the way, a
     read-only file system, no permission)."""
-    from clipdebias.utils.atomic import prepare_dir
-
     return prepare_dir(cache_dir(override), "cache directory (--cache-dir)")

@@ -18,15 +18,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipdebias.clip.backbone import Backbone
+from clipdebias.utils.atomic import atomic_write
 from clipdebias.utils.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-
-    from clipdebias.clip.backbone import Backbone
-    from clipdebias.utils.progress import Progress
+from clipdebias.utils.progress import NoProgress, Progress
 
 PROMPTS_DIR = Path(__file__).parent
 CLASSNAMES_FILE = "classnames.txt"
@@ -84,7 +84,8 @@ def load_classnames(dataset: str, dataset_classes: list[str], path: str | Path |
     if len(names) != len(dataset_classes):
         raise UserError(
             f"{source} has {len(names)} class names but dataset {dataset!r} has {len(dataset_classes)} classes "
-            f"(first: {', '.join(dataset_classes[:3])}); give one name per class, in label order, with --classnames FILE"
+            f"(first: {', '.join(dataset_classes[:3])}); give one name per class, in label order, "
+            "with --classnames FILE"
         )
     return names, source
 
@@ -139,11 +140,6 @@ def encode_classifier(
     ``encode_texts`` maps a list of prompts to normalised ``[B, D]`` embeddings; prompts are sent
     in batches of ``batch_size`` across class boundaries.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from clipdebias.utils.progress import NoProgress
-
     progress = progress or NoProgress()
     flat = [prompt for label in range(len(prompts.classnames)) for prompt in prompts.prompts(label)]
     progress.start("encoding prompts", len(flat))
@@ -164,11 +160,6 @@ def text_classifier(
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """The text classifier of ``backbone`` for ``prompts``, cached in ``cache_dir/text/`` when given."""
-    import numpy as np
-    import torch
-
-    from clipdebias.utils.atomic import atomic_write
-
     key = hashlib.sha256(json.dumps([backbone.cache_identity, prompts.digest()], sort_keys=True).encode()).hexdigest()[
         :24
     ]

@@ -15,8 +15,8 @@ from typing import Any
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_training_ranges
 from clipdebias.data.sources import DATASETS
-from clipdebias.training.loop import TrainConfig
 from clipdebias.training.models import HEADS
+from clipdebias.training.step import TrainConfig
 from clipdebias.utils.errors import UserError
 
 STUDENTS = ("head", "clip", "resnet50")

@@ -21,9 +21,10 @@ from torch import nn
 from clipdebias.commands.zeroshot.config import HeadSettings, LoopSettings
 from clipdebias.metrics import EvalResult, eval_result
 from clipdebias.pseudolabels.labels import PseudoLabels, ZeroShotLogits, debiased_pseudo_labels
-from clipdebias.training.loop import Fallback, ProgressEvent, TrainResult
+from clipdebias.training.loop import ProgressEvent, TrainResult
 from clipdebias.training.optim import SGD_MOMENTUM, param_groups_weight_decay
 from clipdebias.training.run_folder import RunFolder
+from clipdebias.training.step import Fallback
 from clipdebias.utils.errors import UserError
 
 

@@ -67,8 +67,8 @@ def _encode(
 ) -> Any:
     """The cached embeddings of ``source`` (an :class:`~clipdebias.clip.cache.EmbeddingStore`, memory-mapped),
     plain (``view=None``) or augmented view ``view``; encoded first where the cache lacks them."""
+    from clipdebias.clip.augmented_views import AugmentedView, augmented_view_id
     from clipdebias.clip.cache import EmbeddingStore, encode_split
-    from clipdebias.training.embedding_streams import AugmentedView, augmented_view_id
     from clipdebias.utils.device import encode_workers
 
     if view is None:
