@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from clipdebias.config import defaults
-from clipdebias.labelstats import imbalance_ratio
+from clipdebias.metrics import imbalance_ratio, known_accuracy
 from clipdebias.utils.errors import UserError
 
 if TYPE_CHECKING:
@@ -217,17 +217,13 @@ class PseudoLabelSummary:
 
 def summarize(result: PseudoLabels, truth: np.ndarray, num_classes: int) -> PseudoLabelSummary:
     """``truth``: ground-truth labels of the logit rows (``-1`` = unknown)."""
-    known = np.asarray(truth) >= 0
-
-    def accuracy(predicted: np.ndarray, rows: np.ndarray) -> float | None:
-        return float((predicted[rows] == truth[rows]).mean() * 100.0) if rows.any() else None
-
+    truth, selected = np.asarray(truth), result.selected
     return PseudoLabelSummary(
         num_rows=len(result.label),
-        num_selected=int(result.selected.sum()),
-        zeroshot_top1=accuracy(result.raw_label, known),
-        zeroshot_debiased_top1=accuracy(result.label, known),
-        selected_top1=accuracy(result.label, known & result.selected),
+        num_selected=int(selected.sum()),
+        zeroshot_top1=known_accuracy(truth, result.raw_label),
+        zeroshot_debiased_top1=known_accuracy(truth, result.label),
+        selected_top1=known_accuracy(truth[selected], result.label[selected]),
         raw_counts=np.bincount(result.raw_label, minlength=num_classes),
         counts=np.bincount(result.label, minlength=num_classes),
         selected_counts=np.bincount(result.label[result.selected], minlength=num_classes),

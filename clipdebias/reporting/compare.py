@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from clipdebias import __version__
-from clipdebias import labelstats as stats
+from clipdebias import __version__, metrics
 from clipdebias.reporting import plots
 from clipdebias.reporting.runs import METRICS_FILE, RunRecord, as_imbalance, as_number, read_run
 from clipdebias.utils.atomic import atomic_write_text
@@ -226,7 +225,7 @@ def paired_gain(runs: Sequence[RunSummary], baseline: Sequence[RunSummary]) -> t
     common = sorted(set(mine) & set(theirs))
     if not common:
         return None
-    mean, std = stats.mean_std([mine[seed] - theirs[seed] for seed in common])
+    mean, std = metrics.mean_std([mine[seed] - theirs[seed] for seed in common])
     return mean, std, len(common)
 
 
@@ -234,10 +233,10 @@ def _group(name: str, runs: Sequence[RunSummary], baseline: Sequence[RunSummary]
     return GroupSummary(
         name=name,
         runs=tuple(runs),
-        top1=stats.mean_std([run.top1 for run in runs]),
-        pseudo_label_accuracy=stats.mean_std([run.pseudo_label_accuracy for run in runs]),
-        mask_rate=stats.mean_std([run.mask_rate for run in runs]),
-        imbalance_median=stats.median([run.imbalance_ratio for run in runs]),
+        top1=metrics.mean_std([run.top1 for run in runs]),
+        pseudo_label_accuracy=metrics.mean_std([run.pseudo_label_accuracy for run in runs]),
+        mask_rate=metrics.mean_std([run.mask_rate for run in runs]),
+        imbalance_median=metrics.median([run.imbalance_ratio for run in runs]),
         paired_gain=paired_gain(runs, baseline) if baseline is not None else None,
     )
 
@@ -257,7 +256,7 @@ def _epoch_mean(
                 continue
             per_epoch.setdefault(float(epoch), []).append(float(np.log(value)) if geometric else float(value))
     epochs = sorted(per_epoch)
-    pairs = [stats.mean_std(per_epoch[epoch]) for epoch in epochs]
+    pairs = [metrics.mean_std(per_epoch[epoch]) for epoch in epochs]
     means = np.asarray([mean for mean, _ in pairs])
     if geometric:
         means = np.exp(means)

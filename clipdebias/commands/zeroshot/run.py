@@ -28,6 +28,7 @@ import numpy as np
 
 from clipdebias import __version__
 from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, loop_settings
+from clipdebias.metrics import known_accuracy
 from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import NoProgress, Progress
@@ -329,11 +330,6 @@ def _write_pseudolabels(
     return csv
 
 
-def _known_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float | None:
-    known = truth >= 0
-    return float(100.0 * np.mean(predicted[known] == truth[known])) if known.any() else None
-
-
 def _metrics(
     config: ZeroShotConfig,
     classes: list[str],
@@ -363,9 +359,9 @@ def _metrics(
         "pseudo_labels": result.pseudo_labels.as_dict(),
         "prior": result.prior,
         "train_pseudo_labels": {
-            "zeroshot_top1": _known_accuracy(pseudo.raw_label, truth),
-            "zeroshot_debiased_top1": _known_accuracy(pseudo.label, truth),
-            "confident_top1": _known_accuracy(pseudo.label[selection.confident], truth[selection.confident]),
+            "zeroshot_top1": known_accuracy(truth, pseudo.raw_label),
+            "zeroshot_debiased_top1": known_accuracy(truth, pseudo.label),
+            "confident_top1": known_accuracy(truth[selection.confident], pseudo.label[selection.confident]),
             "confident_class_counts": np.bincount(pseudo.label[selection.confident], minlength=len(classes)).tolist(),
         },
         "eval_split": "val",
