@@ -20,7 +20,8 @@ import numpy as np
 
 from clipdebias import __version__, metrics
 from clipdebias.reporting import plots
-from clipdebias.reporting.runs import METRICS_FILE, RunRecord, as_imbalance, as_number, read_run
+from clipdebias.reporting.runs import RunRecord, as_imbalance, as_number, read_run
+from clipdebias.training.run_folder import METRICS
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import MISSING, count_of, fmt, fmt_mean_std, markdown_table
@@ -119,15 +120,15 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(raw).expanduser()
         if not path.exists():
             raise UserError(f"{path} does not exist")
-        if (path / METRICS_FILE).is_file():
+        if (path / METRICS).is_file():
             found.append(path)
             continue
         children = (
-            sorted(child for child in path.iterdir() if (child / METRICS_FILE).is_file()) if path.is_dir() else []
+            sorted(child for child in path.iterdir() if (child / METRICS).is_file()) if path.is_dir() else []
         )
         if not children:
             raise UserError(
-                f"{path} is not a finished run folder (no {METRICS_FILE}) and holds none; "
+                f"{path} is not a finished run folder (no {METRICS}) and holds none; "
                 "pass the --out folders of finished 'ssl' or 'zeroshot' runs"
             )
         found.extend(children)

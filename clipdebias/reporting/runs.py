@@ -18,12 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from clipdebias.training.run_folder import CONFIG, METRICS, METRICS_LINES, PSEUDOLABELS
 from clipdebias.utils.errors import UserError
-
-METRICS_FILE = "metrics.json"
-EPOCHS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-PSEUDOLABELS_FILE = "pseudolabels.csv"
 
 REQUIRED_CSV_COLUMNS = ("pseudo_label", "confidence", "raw_pseudo_label", "raw_confidence")
 OPTIONAL_CSV_COLUMNS = ("label", "pseudo_class", "selected")
@@ -398,7 +394,7 @@ def _first_length(candidates: Sequence[Any]) -> int | None:
 
 def is_run_folder(path: Path) -> bool:
     """A folder holding ``metrics.json`` or ``metrics.jsonl``."""
-    return path.is_dir() and ((path / METRICS_FILE).is_file() or (path / EPOCHS_FILE).is_file())
+    return path.is_dir() and ((path / METRICS).is_file() or (path / METRICS_LINES).is_file())
 
 
 def read_run(path: str | Path) -> RunRecord:
@@ -412,29 +408,29 @@ def read_run(path: str | Path) -> RunRecord:
         raise UserError(f"{path} does not exist or is not a folder")
     if not is_run_folder(path):
         raise UserError(
-            f"{path} is not a clipdebias run folder: it has no {METRICS_FILE} (nor {EPOCHS_FILE}); "
+            f"{path} is not a clipdebias run folder: it has no {METRICS} (nor {METRICS_LINES}); "
             "pass the --out folder of 'ssl' or 'zeroshot', or a pseudo-label CSV"
         )
     notes: list[str] = []
-    metrics = _read_json_object(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
+    metrics = _read_json_object(path / METRICS) if (path / METRICS).is_file() else {}
     if not metrics:
-        notes.append(f"no {METRICS_FILE}: the run has not finished, reporting its epochs so far")
+        notes.append(f"no {METRICS}: the run has not finished, reporting its epochs so far")
     config: dict[str, Any] = {}
-    if (path / CONFIG_FILE).is_file():
+    if (path / CONFIG).is_file():
         try:
-            config = _read_json_object(path / CONFIG_FILE)
+            config = _read_json_object(path / CONFIG)
         except UserError as err:
-            notes.append(f"{CONFIG_FILE} ignored: {err}")
+            notes.append(f"{CONFIG} ignored: {err}")
     epochs: tuple[dict[str, Any], ...] = ()
-    if (path / EPOCHS_FILE).is_file():
-        epochs, epoch_notes = _read_epochs(path / EPOCHS_FILE)
+    if (path / METRICS_LINES).is_file():
+        epochs, epoch_notes = _read_epochs(path / METRICS_LINES)
         notes.extend(epoch_notes)
     pseudolabels = None
-    if (path / PSEUDOLABELS_FILE).is_file():
+    if (path / PSEUDOLABELS).is_file():
         try:
-            pseudolabels = read_pseudolabels(path / PSEUDOLABELS_FILE)
+            pseudolabels = read_pseudolabels(path / PSEUDOLABELS)
         except UserError as err:
-            notes.append(f"{PSEUDOLABELS_FILE} ignored: {err}")
+            notes.append(f"{PSEUDOLABELS} ignored: {err}")
 
     found_block = metrics.get("pseudo_labels")
     pseudo_block: dict[str, Any] = found_block if isinstance(found_block, dict) else {}

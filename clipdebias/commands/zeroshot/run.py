@@ -29,7 +29,7 @@ import numpy as np
 from clipdebias import __version__
 from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, loop_settings
 from clipdebias.metrics import known_accuracy
-from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
+from clipdebias.training.run_folder import LABELED_INDEX, PSEUDOLABELS, UNLABELED_INDEX, RunFolder, check_resume
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import NoProgress, Progress
 
@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     from clipdebias.commands.zeroshot.head import Selection, ZeroShotArrays
     from clipdebias.data.skipped import SkippedImage
     from clipdebias.data.sources import ImageSource
-
-PSEUDOLABELS_FILE = "pseudolabels.csv"
-
 
 # --- pieces -------------------------------------------------------------------------------------------
 
@@ -326,7 +323,7 @@ def _write_pseudolabels(
         pseudo, summary, classes, teacher="clip", model=config.model, pretrained=config.pretrained, logit_scale=scale,
         dataset=config.dataset, data_root=config.data_root, split="train", num_images=len(train_split),
     )  # fmt: skip
-    csv, _ = write_pseudo_labels(table, run.file(PSEUDOLABELS_FILE), sidecar)
+    csv, _ = write_pseudo_labels(table, run.file(PSEUDOLABELS), sidecar)
     return csv
 
 
