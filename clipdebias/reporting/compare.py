@@ -20,11 +20,12 @@ import numpy as np
 
 from clipdebias import __version__, metrics
 from clipdebias.reporting import plots
-from clipdebias.reporting.runs import RunRecord, as_imbalance, as_number, read_run
+from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
 from clipdebias.training.run_folder import METRICS
 from clipdebias.utils.atomic import atomic_write_text
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.formatting import MISSING, count_of, fmt, fmt_mean_std, markdown_table
+from clipdebias.utils.json_values import as_number
 
 DEFAULT_GROUP_KEYS = (
     "method",
@@ -123,9 +124,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         if (path / METRICS).is_file():
             found.append(path)
             continue
-        children = (
-            sorted(child for child in path.iterdir() if (child / METRICS).is_file()) if path.is_dir() else []
-        )
+        children = sorted(child for child in path.iterdir() if (child / METRICS).is_file()) if path.is_dir() else []
         if not children:
             raise UserError(
                 f"{path} is not a finished run folder (no {METRICS}) and holds none; "
@@ -398,8 +397,9 @@ def compare_runs(
     if known_keys_only:
         unknown = [key for key in keys if all(record.value(key) is None for record in records)]
         if unknown:
-            raise UserError(
-                f"--by {','.join(unknown)}: no run has this key in metrics.json or config.json (e.g. {GROUP_KEYS_EXAMPLE})"
+            raise OptionError(
+                "by",
+                f"{','.join(unknown)}: no run has this key in metrics.json or config.json (e.g. {GROUP_KEYS_EXAMPLE})",
             )
     num_classes = _check_class_counts(records)
     names, varying = _group_names(records, keys)

@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdebias import __version__, metrics
+from clipdebias.pseudolabels.files import PseudoLabelTable, read_pseudolabels
 from clipdebias.reporting import plots
-from clipdebias.reporting.runs import PseudoLabelTable, RunRecord, as_imbalance, as_vector, read_pseudolabels, read_run
+from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import fmt, fmt_change, markdown_table
+from clipdebias.utils.json_values import as_vector
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # matplotlib is heavy: plots.py imports it only when a chart is drawn
     from matplotlib.figure import Figure
 
 REPORT_DIR = "report"
