@@ -16,10 +16,10 @@ from clipdebias.pseudolabels.labels import PseudoLabels
 
 @dataclass(frozen=True)
 class Selection:
-    """Debiased zero-shot pseudo-labels of the train rows and the split they induce.
+    """Debiased pseudo-labels of the train rows and the split they induce.
 
     ``confident`` / ``rest``: positions into the train rows (sorted): the confident set trained with
-    CLIP's label as its target, and the unlabeled rest.
+    its pseudo-label (in ``zeroshot``, CLIP's label) as its target, and the unlabeled rest.
     """
 
     pseudo: PseudoLabels
