@@ -92,12 +92,8 @@ def run_streaming(workdir: Path, chunk_rows: int) -> dict:
     import torch
 
     from clipdebias.clip.cache import EmbeddingStore, open_entry
-    from clipdebias.pseudolabels.labels import (
-        ZeroShotLogits,
-        debiased_pseudo_labels,
-        pseudo_label_table,
-        write_pseudo_labels,
-    )
+    from clipdebias.pseudolabels.files import pseudo_label_table, write_pseudo_labels
+    from clipdebias.pseudolabels.labels import ZeroShotLogits, debiased_pseudo_labels
 
     began = time.perf_counter()
     store = EmbeddingStore(open_entry(workdir / "entry"))

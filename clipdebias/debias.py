@@ -22,6 +22,12 @@ from torch import Tensor
 _PRIOR_FLOOR = torch.finfo(torch.float32).tiny
 
 
+def log_prior(prior: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """``log q`` of steps 1 and 3, in float32 (on ``device`` if given); ``q`` is floored at
+    :data:`_PRIOR_FLOOR` so that a class whose probability underflowed to 0 keeps a finite log."""
+    return torch.log(prior.to(device=device, dtype=torch.float32).clamp_min(_PRIOR_FLOOR))
+
+
 class ClassPrior:
     """An exponential moving average of the teacher's class probabilities.
 
@@ -42,7 +48,7 @@ class ClassPrior:
 
     @property
     def log_probs(self) -> Tensor:
-        return torch.log(self.probs.clamp_min(_PRIOR_FLOOR))
+        return log_prior(self.probs)
 
     @torch.no_grad()
     def update(self, probs: Tensor, mask: Tensor | None = None) -> None:
@@ -88,8 +94,7 @@ class ClassPrior:
 
 def debias_logits(logits: Tensor, prior: Tensor, tau: float) -> Tensor:
     """Counterfactual debiasing: ``logits - tau * log(prior)`` (``prior``: probabilities ``[C]``)."""
-    log_prior = torch.log(prior.to(device=logits.device, dtype=torch.float32).clamp_min(_PRIOR_FLOOR))
-    return logits - tau * log_prior.to(logits.dtype)
+    return logits - tau * log_prior(prior, logits.device).to(logits.dtype)
 
 
 @torch.no_grad()
@@ -109,8 +114,7 @@ def select_pseudo_labels(
 
 def adaptive_margin_loss(logits_s: Tensor, targets: Tensor, prior: Tensor, tau: float, mask: Tensor) -> Tensor:
     """``mean_b CE(logits_s + tau * log prior, targets)_b * mask_b``; masked rows count in the mean."""
-    log_prior = torch.log(prior.to(device=logits_s.device, dtype=torch.float32).clamp_min(_PRIOR_FLOOR))
-    per_row = F.cross_entropy(logits_s.float() + tau * log_prior, targets, reduction="none")
+    per_row = F.cross_entropy(logits_s.float() + tau * log_prior(prior, logits_s.device), targets, reduction="none")
     return (per_row * mask.to(per_row.dtype)).mean()
 
 

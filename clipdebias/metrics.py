@@ -1,34 +1,122 @@
-"""Accuracy and pseudo-label statistics: pure functions over tensors, no I/O.
+"""Label statistics and evaluation metrics: pure functions over arrays and tensors, no I/O.
 
-Accuracies are percent (0-100), rates are fractions (0-1), as in docs/formats.md.
+Accuracies are percent (0-100), rates are fractions (0-1), as everywhere in clipdebias's output
+files (docs/formats.md). The statistics over numpy arrays, as the reports show them, return ``nan``
+for a value that is not defined (a class with no labeled row, no pseudo-label at all), never an
+exception.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
+# --- label statistics ----------------------------------------------------------------------------
 
-def imbalance_ratio(counts: Iterable[int] | Tensor) -> float:
-    """Largest class count / smallest class count, the smallest floored at 1
-    (:func:`clipdebias.labelstats.imbalance_ratio`), and 0.0 when every count is 0 (no confident
-    pseudo-label), so that ``metrics.json`` always holds a number.
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """How many times each class ``0..num_classes-1`` occurs in ``labels`` (int64, length ``C``)."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes]
+
+
+def imbalance_ratio(counts: Iterable[float] | np.ndarray | Tensor, all_zero: float = math.nan) -> float:
+    """Largest class count / smallest class count, the smallest floored at 1 (docs/formats.md);
+    ``all_zero`` when no class has a positive count (nan unless given: ``metrics.json`` records 0.0
+    for no confident pseudo-label, see :class:`PseudoLabelStats`, so that it always holds a number).
 
     A class that never appears counts as 1, so the ratio stays finite and still grows with the
     largest class (``[50, 0, 10] -> 50.0``).
     """
-    from clipdebias.labelstats import imbalance_ratio as ratio
+    if isinstance(counts, Tensor):
+        counts = counts.tolist()
+    values = np.asarray(counts if isinstance(counts, np.ndarray) else list(counts), dtype=np.float64)
+    if values.size == 0 or values.max() <= 0:
+        return all_zero
+    return float(values.max() / max(values.min(), 1.0))
 
-    values = np.asarray(counts.tolist() if isinstance(counts, Tensor) else list(counts), dtype=np.int64)
-    if values.size == 0:
-        raise ValueError("imbalance_ratio needs at least one class count")
-    value = ratio(values)
-    return 0.0 if math.isnan(value) else value
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Percent of rows where ``predictions == labels``; nan for no rows."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return math.nan
+    return float(100.0 * np.mean(np.asarray(predictions) == labels))
+
+
+def known_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float | None:
+    """:func:`accuracy` over the rows with a known label (``labels >= 0``; ``-1`` = unknown);
+    ``None`` when no row has one (as ``metrics.json`` and the pseudo-label sidecar record it)."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    known = labels >= 0
+    return accuracy(labels[known], predictions[known]) if known.any() else None
+
+
+def per_class_recall(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class accuracy (recall) in percent: of the rows of class ``c``, how many are predicted ``c``.
+
+    ``nan`` for a class without labeled rows.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    hits = class_counts(labels[np.asarray(predictions) == labels], num_classes).astype(np.float64)
+    totals = class_counts(labels, num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, 100.0 * hits / totals, np.nan)
+
+
+def per_class_precision(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class precision in percent: of the rows predicted ``c``, how many are of class ``c``.
+
+    ``nan`` for a class that is never predicted.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    hits = class_counts(predictions[predictions == labels], num_classes).astype(np.float64)
+    totals = class_counts(predictions, num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, 100.0 * hits / totals, np.nan)
+
+
+def array_entropy(probs: np.ndarray) -> float:
+    """Shannon entropy in nats of a probability vector read from a file (normalised first; zeros
+    contribute 0); nan for an empty vector or one whose sum is not a positive number."""
+    probs = np.asarray(probs, dtype=np.float64)
+    total = probs.sum()
+    if probs.size == 0 or not np.isfinite(total) or total <= 0:
+        return math.nan
+    probs = probs[probs > 0] / total
+    return float(-(probs * np.log(probs)).sum())
+
+
+def entropy(probs: Tensor) -> float:
+    """Shannon entropy in nats of a probability tensor (a class prior), in float64: negative values
+    count as 0, the rest is normalised."""
+    p = probs.double().clamp_min(0)
+    p = p / p.sum()
+    return float(-(p[p > 0] * p[p > 0].log()).sum())
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``) of the finite values; std is nan for one value."""
+    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if finite.size == 0:
+        return math.nan, math.nan
+    if finite.size == 1:
+        return float(finite[0]), math.nan
+    return float(finite.mean()), float(finite.std(ddof=1))
+
+
+def median(values: Sequence[float | None]) -> float:
+    """Median of the finite values; nan for none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(finite)) if finite else math.nan
+
+
+# --- evaluation ----------------------------------------------------------------------------------
 
 
 def topk_correct(logits: Tensor, targets: Tensor, k: int) -> Tensor:
@@ -47,13 +135,6 @@ def per_class_accuracy(predictions: Tensor, targets: Tensor, num_classes: int) -
     totals = torch.bincount(targets, minlength=num_classes)
     correct = torch.bincount(targets[predictions == targets], minlength=num_classes)
     return [100.0 * int(c) / int(t) if t > 0 else None for c, t in zip(correct, totals)]
-
-
-def entropy(probs: Tensor) -> float:
-    """Shannon entropy in nats of a probability vector."""
-    p = probs.double().clamp_min(0)
-    p = p / p.sum()
-    return float(-(p[p > 0] * p[p > 0].log()).sum())
 
 
 @dataclass(frozen=True)
@@ -103,6 +184,9 @@ def eval_result(logits: Tensor, targets: Tensor) -> EvalResult:
     return eval_result_from_counts(eval_counts(logits, targets))
 
 
+# --- pseudo-labels during training ---------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class PseudoLabelStats:
     """The confident (mask = 1) pseudo-labels of the unlabeled rows seen over some steps.
@@ -127,7 +211,7 @@ class PseudoLabelStats:
 
     @property
     def imbalance_ratio(self) -> float:
-        return imbalance_ratio(self.class_counts)
+        return imbalance_ratio(self.class_counts, all_zero=0.0)
 
     def as_dict(self) -> dict:
         """The ``pseudo_labels`` object of ``metrics.json``."""

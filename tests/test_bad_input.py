@@ -223,7 +223,8 @@ def test_cheap_checks_come_before_the_model_loads_or_anything_is_written(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the cheap checks")
 
-    monkeypatch.setattr("clipdebias.clip.backbone.load_backbone", no_model)
+    for module in ("clipdebias.clip.backbone", "clipdebias.commands.pseudolabel", "clipdebias.commands.zeroshot.run"):
+        monkeypatch.setattr(f"{module}.load_backbone", no_model)
     assert main(_fill(args, files, tmp_path)) == 2
     assert message in _one_error_line(capsys)
     assert not {p.name for p in tmp_path.iterdir()} & {"cache", "out", "labels.csv"}

@@ -115,11 +115,11 @@ def _logits_file(path: Path, rows: int, classes: int) -> Path:
 
 def _pseudolabel_growth(tmp_path: Path, rows: int, monkeypatch) -> int:
     from clipdebias.clip.prompts import load_classnames
+    from clipdebias.commands import pseudolabel as command
     from clipdebias.commands.pseudolabel import PseudoLabelConfig, run_pseudolabel
-    from clipdebias.data import sources as data
 
     classes, _ = load_classnames("imagenet", [""] * 1000)
-    monkeypatch.setattr(data, "open_dataset", lambda name, split, root: SyntheticImages(rows, classes))
+    monkeypatch.setattr(command, "open_dataset", lambda name, split, root: SyntheticImages(rows, classes))
     growths = []
     for attempt in range(ATTEMPTS):
         logits = _logits_file(tmp_path / f"logits-{rows}-{attempt}.npy", rows, len(classes))

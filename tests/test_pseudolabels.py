@@ -9,14 +9,8 @@ import torch
 from fakes import make_image_folder
 
 from clipdebias.cli import main
-from clipdebias.pseudolabels.labels import (
-    CSV_COLUMNS,
-    ZeroShotLogits,
-    debiased_pseudo_labels,
-    pseudo_label_table,
-    reference_file_names,
-    write_reference_format,
-)
+from clipdebias.pseudolabels.files import CSV_COLUMNS, pseudo_label_table, reference_file_names, write_reference_format
+from clipdebias.pseudolabels.labels import ZeroShotLogits, debiased_pseudo_labels
 from clipdebias.utils.errors import UserError
 
 

@@ -15,17 +15,13 @@ from PIL import Image
 
 from clipdebias.cli import main
 from clipdebias.clip.augmented_views import AugmentedView
-from clipdebias.commands.zeroshot.head import (
-    Selection,
-    ZeroShotArrays,
-    fallback_table,
-    select_confident,
-    zero_shot_eval,
-)
+from clipdebias.commands.zeroshot.head import ZeroShotArrays, fallback_table, zero_shot_eval
 from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import UNLABELED_STREAM, epoch_plan
 from clipdebias.debias import ClassPrior, select_pseudo_labels
-from clipdebias.pseudolabels.labels import CSV_COLUMNS, PseudoLabels
+from clipdebias.pseudolabels.files import CSV_COLUMNS
+from clipdebias.pseudolabels.labels import PseudoLabels
+from clipdebias.pseudolabels.selection import Selection, select_confident
 from clipdebias.training.embedding_streams import EmbeddingStream, FeatureNoise
 from clipdebias.training.models import SmallCNN, build_head, load_init_weights, strip_wrapper_prefix
 from clipdebias.training.step import EMATeacher, TrainConfig, fixmatch_step

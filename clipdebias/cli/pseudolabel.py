@@ -64,7 +64,7 @@ def pseudolabel_command(
     from clipdebias.cli.rich_progress import RichProgress
     from clipdebias.clip.backbone import BackboneConfig
     from clipdebias.commands.pseudolabel import PseudoLabelConfig, run_pseudolabel
-    from clipdebias.labelstats import imbalance_ratio
+    from clipdebias.metrics import imbalance_ratio
     from clipdebias.reporting.report import try_write_report
 
     config = PseudoLabelConfig(

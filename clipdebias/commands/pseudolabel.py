@@ -6,13 +6,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdebias.clip.backbone import BackboneConfig
-from clipdebias.clip.cache import DEFAULT_CHUNK_SIZE, EncodeResult
+from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
+from clipdebias.clip.cache import DEFAULT_CHUNK_SIZE, EmbeddingStore, EncodeResult, cached_embeddings
+from clipdebias.clip.prompts import load_classnames, load_prompts, text_classifier
 from clipdebias.config.checks import check_finite
+from clipdebias.data.sources import ImageSource, check_dataset, open_dataset
+from clipdebias.pseudolabels.files import (
+    pseudo_label_files,
+    pseudo_label_sidecar,
+    pseudo_label_table,
+    reference_format_files,
+)
 from clipdebias.pseudolabels.labels import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_TAU,
@@ -20,21 +27,17 @@ from clipdebias.pseudolabels.labels import (
     FiniteRows,
     LogitRows,
     PseudoLabelSummary,
+    ReportingRows,
     ZeroShotLogits,
     debiased_pseudo_labels,
-    pseudo_label_files,
-    pseudo_label_sidecar,
-    pseudo_label_table,
-    reference_format_files,
     summarize,
 )
-from clipdebias.utils.atomic import atomic_write_group
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.atomic import atomic_write_group, prepare_dir
+from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.formatting import count_of
+from clipdebias.utils.paths import cache_dir as resolve_cache_dir
+from clipdebias.utils.paths import prepare_cache_dir
 from clipdebias.utils.progress import NoProgress, Progress
-
-if TYPE_CHECKING:
-    from clipdebias.data.sources import ImageSource
 
 
 @dataclass(frozen=True)
@@ -77,27 +80,6 @@ class PseudoLabelRun:
     backbone_rows: list[tuple[str, str]]
 
 
-class ReportingRows:
-    """A :class:`LogitRows` that reports each pass over its rows as a progress stage."""
-
-    ndim = 2
-    STAGES = ("class prior (pass 1/2)", "pseudo-labels (pass 2/2)")
-
-    def __init__(self, rows: LogitRows, progress: Progress):
-        self.rows = rows
-        self.shape = tuple(rows.shape)
-        self.progress = progress
-        self.passes = 0
-
-    def __getitem__(self, rows: slice) -> Any:
-        chunk = self.rows[rows]  # first: a bad first chunk fails before a bar is drawn
-        if not rows.start:
-            self.progress.start(self.STAGES[min(self.passes, len(self.STAGES) - 1)], self.shape[0])
-            self.passes += 1
-        self.progress.advance(int(chunk.shape[0]))
-        return chunk
-
-
 def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
     """Raise :class:`UserError` for the first bad option value, before any work is done."""
     check_finite(config)
@@ -136,7 +118,8 @@ def load_logits_file(path: str, num_images: int, num_classes: int) -> FiniteRows
         raise UserError(f"--logits {path} is not a .npy array ({err})") from err
     if logits.ndim != 2 or logits.shape != (num_images, num_classes):
         raise UserError(
-            f"--logits {path} has shape {tuple(logits.shape)}, but the split has {num_images} images and {num_classes} classes "
+            f"--logits {path} has shape {tuple(logits.shape)}, "
+            f"but the split has {num_images} images and {num_classes} classes "
             f"(expected [{num_images}, {num_classes}], rows in dataset order)"
         )
     if not np.issubdtype(logits.dtype, np.floating):
@@ -145,13 +128,9 @@ def load_logits_file(path: str, num_images: int, num_classes: int) -> FiniteRows
 
 
 def _clip_logits(
-    config: PseudoLabelConfig, backbone: Any, source: ImageSource, progress: Progress
+    config: PseudoLabelConfig, backbone: Backbone, source: ImageSource, progress: Progress
 ) -> tuple[LogitRows, np.ndarray, EncodeResult, list[tuple[str, str]], float]:
     """Zero-shot logits of cached CLIP embeddings: (logits, dataset indices, encode result, backbone rows, scale)."""
-    from clipdebias.clip.cache import EmbeddingStore, cached_embeddings
-    from clipdebias.clip.prompts import load_prompts, text_classifier
-    from clipdebias.utils.paths import cache_dir as resolve_cache_dir
-
     prompts = load_prompts(config.dataset, source.classes, config.classnames, config.templates)
     root = resolve_cache_dir(config.cache_dir)
     backbone.warn_if_random(progress, "these pseudo-labels are")
@@ -168,7 +147,7 @@ def _clip_logits(
     classifier = text_classifier(backbone, prompts, root, batch_size=config.batch_size, progress=progress)
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
     if not (scale > 0 and math.isfinite(scale)):
-        raise UserError(f"--logit-scale must be a positive number, got {scale}")
+        raise OptionError("logit_scale", f"must be a positive number, got {scale}")
     store = EmbeddingStore(encoded.entry)
     if len(store) == 0:
         raise UserError(f"no image of the split could be read; the reasons are in {encoded.entry.manifest_path}")
@@ -176,7 +155,8 @@ def _clip_logits(
         *backbone.describe(),
         (
             "prompts",
-            f"{count_of(len(prompts.templates), 'template')} from {prompts.templates_source}; class names from {prompts.classnames_source}",
+            f"{count_of(len(prompts.templates), 'template')} from {prompts.templates_source}; "
+            f"class names from {prompts.classnames_source}",
         ),
         ("logit scale", f"{scale:g}"),
     ]
@@ -185,13 +165,6 @@ def _clip_logits(
 
 def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None) -> PseudoLabelRun:
     """The whole ``pseudolabel`` command; every file is written atomically."""
-    from clipdebias.clip.backbone import load_backbone
-    from clipdebias.clip.prompts import load_classnames
-    from clipdebias.data.sources import check_dataset, open_dataset
-    from clipdebias.utils.atomic import prepare_dir
-    from clipdebias.utils.paths import cache_dir as resolve_cache_dir
-    from clipdebias.utils.paths import prepare_cache_dir
-
     progress = progress or NoProgress()
     check_pseudolabel_config(config)
     check_dataset(config.dataset, config.split, config.data_root)

@@ -26,6 +26,7 @@ from clipdebias.data.skipped import SkippedImages
 from clipdebias.data.sources import DATASETS, ImageSource, open_dataset
 from clipdebias.data.splits import split_labeled
 from clipdebias.data.streams import StreamSpec, build_streams
+from clipdebias.pseudolabels.files import read_csv_columns
 from clipdebias.training.loop import ProgressEvent, Runtime, train
 from clipdebias.training.models import build_model
 from clipdebias.training.optim import cosine_schedule, make_sgd
@@ -348,10 +349,8 @@ def read_clip_pseudolabels(
     ``pseudo_label``, ``confidence``); rows the file does not list get target -1, confidence 0.
     With ``dataset_labels`` (the train split's labels, -1 where unknown), the file's ``label``
     column must agree wherever both are known: a CSV of another dataset is refused."""
-    import pandas as pd
-
     try:
-        table = pd.read_csv(path, encoding_errors="surrogateescape")  # file names need not be UTF-8
+        table = read_csv_columns(path, ("index", "pseudo_label", "confidence", "label"))
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read --clip-pseudolabels {str(path)!r}: {err}") from err
     missing = [c for c in ("index", "pseudo_label", "confidence") if c not in table.columns]
@@ -364,7 +363,8 @@ def read_clip_pseudolabels(
     confidence = pd.to_numeric(table["confidence"], errors="coerce")
     if index.isna().any() or (index % 1 != 0).any() or (len(index) and (index.min() < 0 or index.max() >= num_rows)):
         raise UserError(
-            f"--clip-pseudolabels {str(path)!r}: 'index' must hold integers in [0, {num_rows}) (positions in the train split)"
+            f"--clip-pseudolabels {str(path)!r}: 'index' must hold integers in [0, {num_rows}) "
+            "(positions in the train split)"
         )
     if label.isna().any() or (label % 1 != 0).any() or (len(label) and (label.min() < 0 or label.max() >= num_classes)):
         raise UserError(f"--clip-pseudolabels {str(path)!r}: 'pseudo_label' must hold class ids in [0, {num_classes})")
@@ -379,8 +379,8 @@ def read_clip_pseudolabels(
             i = wrong[0]
             raise UserError(
                 f"--clip-pseudolabels {str(path)!r}: row {i} says index {rows[i]} has label {int(truth[i])}, the "
-                f"dataset says {int(dataset_labels[rows[i]])} ({count_of(len(wrong), 'such row')}; was the file written for "
-                "another dataset?)"
+                f"dataset says {int(dataset_labels[rows[i]])} ({count_of(len(wrong), 'such row')}; "
+                "was the file written for another dataset?)"
             )
     targets = np.full(num_rows, -1, dtype=np.int64)
     scores = np.zeros(num_rows, dtype=np.float32)

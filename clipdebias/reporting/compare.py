@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from clipdebias import __version__
-from clipdebias import labelstats as stats
+from clipdebias import __version__, metrics
 from clipdebias.reporting import plots
-from clipdebias.reporting.runs import METRICS_FILE, RunRecord, as_imbalance, as_number, read_run
+from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
+from clipdebias.training.run_folder import METRICS
 from clipdebias.utils.atomic import atomic_write_text
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.formatting import MISSING, count_of, fmt, fmt_mean_std, markdown_table
+from clipdebias.utils.json_values import as_number
 
 DEFAULT_GROUP_KEYS = (
     "method",
@@ -120,15 +121,13 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(raw).expanduser()
         if not path.exists():
             raise UserError(f"{path} does not exist")
-        if (path / METRICS_FILE).is_file():
+        if (path / METRICS).is_file():
             found.append(path)
             continue
-        children = (
-            sorted(child for child in path.iterdir() if (child / METRICS_FILE).is_file()) if path.is_dir() else []
-        )
+        children = sorted(child for child in path.iterdir() if (child / METRICS).is_file()) if path.is_dir() else []
         if not children:
             raise UserError(
-                f"{path} is not a finished run folder (no {METRICS_FILE}) and holds none; "
+                f"{path} is not a finished run folder (no {METRICS}) and holds none; "
                 "pass the --out folders of finished 'ssl' or 'zeroshot' runs"
             )
         found.extend(children)
@@ -226,7 +225,7 @@ def paired_gain(runs: Sequence[RunSummary], baseline: Sequence[RunSummary]) -> t
     common = sorted(set(mine) & set(theirs))
     if not common:
         return None
-    mean, std = stats.mean_std([mine[seed] - theirs[seed] for seed in common])
+    mean, std = metrics.mean_std([mine[seed] - theirs[seed] for seed in common])
     return mean, std, len(common)
 
 
@@ -234,10 +233,10 @@ def _group(name: str, runs: Sequence[RunSummary], baseline: Sequence[RunSummary]
     return GroupSummary(
         name=name,
         runs=tuple(runs),
-        top1=stats.mean_std([run.top1 for run in runs]),
-        pseudo_label_accuracy=stats.mean_std([run.pseudo_label_accuracy for run in runs]),
-        mask_rate=stats.mean_std([run.mask_rate for run in runs]),
-        imbalance_median=stats.median([run.imbalance_ratio for run in runs]),
+        top1=metrics.mean_std([run.top1 for run in runs]),
+        pseudo_label_accuracy=metrics.mean_std([run.pseudo_label_accuracy for run in runs]),
+        mask_rate=metrics.mean_std([run.mask_rate for run in runs]),
+        imbalance_median=metrics.median([run.imbalance_ratio for run in runs]),
         paired_gain=paired_gain(runs, baseline) if baseline is not None else None,
     )
 
@@ -257,7 +256,7 @@ def _epoch_mean(
                 continue
             per_epoch.setdefault(float(epoch), []).append(float(np.log(value)) if geometric else float(value))
     epochs = sorted(per_epoch)
-    pairs = [stats.mean_std(per_epoch[epoch]) for epoch in epochs]
+    pairs = [metrics.mean_std(per_epoch[epoch]) for epoch in epochs]
     means = np.asarray([mean for mean, _ in pairs])
     if geometric:
         means = np.exp(means)
@@ -398,8 +397,9 @@ def compare_runs(
     if known_keys_only:
         unknown = [key for key in keys if all(record.value(key) is None for record in records)]
         if unknown:
-            raise UserError(
-                f"--by {','.join(unknown)}: no run has this key in metrics.json or config.json (e.g. {GROUP_KEYS_EXAMPLE})"
+            raise OptionError(
+                "by",
+                f"{','.join(unknown)}: no run has this key in metrics.json or config.json (e.g. {GROUP_KEYS_EXAMPLE})",
             )
     num_classes = _check_class_counts(records)
     names, varying = _group_names(records, keys)

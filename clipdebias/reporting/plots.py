@@ -17,7 +17,7 @@ import numpy as np
 
 from clipdebias.utils.atomic import atomic_write
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # matplotlib is heavy: imported only when a chart is drawn, not with this module
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -76,7 +76,7 @@ class Line:
 
 def new_figure(panels: int, title: str) -> tuple[Figure, list[Axes]]:
     """A figure with ``panels`` axes, ``MAX_COLUMNS`` per row, and a title."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # local: matplotlib loads only when a chart is drawn
 
     columns = min(panels, MAX_COLUMNS)
     rows = -(-panels // columns)
@@ -114,7 +114,7 @@ def sorted_class_panel(
     curve's peak exceeds ``SPIKE_RATIO`` times that level. ``names`` label the x axis when there
     is one curve of few classes.
     """
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # local: matplotlib loads only when a chart is drawn
 
     drawn, named, spiky, peak = 0, False, False, 0.0
     for curve in curves:
@@ -205,7 +205,7 @@ def line_panel(
     integer_x: bool = True,
 ) -> None:
     """Series over epochs (or any x); ``reference`` is a labelled dotted horizontal line (e.g. ``log C``)."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # local: matplotlib loads only when a chart is drawn
 
     drawn = 0
     for line in lines:

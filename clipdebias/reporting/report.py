@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdebias import __version__
-from clipdebias import labelstats as stats
+from clipdebias import __version__, metrics
+from clipdebias.pseudolabels.files import PseudoLabelTable, read_pseudolabels
 from clipdebias.reporting import plots
-from clipdebias.reporting.runs import PseudoLabelTable, RunRecord, as_imbalance, as_vector, read_pseudolabels, read_run
+from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import fmt, fmt_change, markdown_table
+from clipdebias.utils.json_values import as_vector
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # matplotlib is heavy: plots.py imports it only when a chart is drawn
     from matplotlib.figure import Figure
 
 REPORT_DIR = "report"
@@ -135,8 +136,8 @@ def pseudolabel_section(
     Chart files are named ``prefix + name``; summary row labels start with ``row_prefix``.
     """
     num_classes, names = table.num_classes, table.classes
-    raw_counts = stats.class_counts(table.raw_pseudo_label, num_classes)
-    deb_counts = stats.class_counts(table.pseudo_label, num_classes)
+    raw_counts = metrics.class_counts(table.raw_pseudo_label, num_classes)
+    deb_counts = metrics.class_counts(table.pseudo_label, num_classes)
     raw_selected = table.raw_selected
     selected = table.selected
     summary: list[Row] = [
@@ -147,7 +148,7 @@ def pseudolabel_section(
         ),
         (
             f"{row_prefix}imbalance, all rows (raw → debiased)",
-            fmt_change(stats.imbalance_ratio(raw_counts), stats.imbalance_ratio(deb_counts), 1, "×"),
+            fmt_change(metrics.imbalance_ratio(raw_counts), metrics.imbalance_ratio(deb_counts), 1, "×"),
         ),
         (
             f"{row_prefix}classes never predicted (raw → debiased)",
@@ -160,8 +161,8 @@ def pseudolabel_section(
     ]
     kept_curves: list[plots.Curve] = []
     if selected is not None and raw_selected is not None:
-        raw_kept = stats.class_counts(table.raw_pseudo_label[raw_selected], num_classes)
-        deb_kept = stats.class_counts(table.pseudo_label[selected], num_classes)
+        raw_kept = metrics.class_counts(table.raw_pseudo_label[raw_selected], num_classes)
+        deb_kept = metrics.class_counts(table.pseudo_label[selected], num_classes)
         kept_curves = [
             plots.Curve("raw zero-shot", raw_kept.astype(float), plots.RAW_COLOR),
             plots.Curve("debiased", deb_kept.astype(float), plots.DEBIASED_COLOR),
@@ -177,7 +178,7 @@ def pseudolabel_section(
             4,
             (
                 f"{row_prefix}imbalance, selected rows (raw → debiased)",
-                fmt_change(stats.imbalance_ratio(raw_kept), stats.imbalance_ratio(deb_kept), 1, "×"),
+                fmt_change(metrics.imbalance_ratio(raw_kept), metrics.imbalance_ratio(deb_kept), 1, "×"),
             ),
         )
 
@@ -207,14 +208,14 @@ def pseudolabel_section(
         truth = table.labels
         labels = truth[known]
         raw_pred, deb_pred = table.raw_pseudo_label[known], table.pseudo_label[known]
-        raw_recall = stats.per_class_recall(labels, raw_pred, num_classes)
-        deb_recall = stats.per_class_recall(labels, deb_pred, num_classes)
-        raw_precision = stats.per_class_precision(labels, raw_pred, num_classes)
-        deb_precision = stats.per_class_precision(labels, deb_pred, num_classes)
+        raw_recall = metrics.per_class_recall(labels, raw_pred, num_classes)
+        deb_recall = metrics.per_class_recall(labels, deb_pred, num_classes)
+        raw_precision = metrics.per_class_precision(labels, raw_pred, num_classes)
+        deb_precision = metrics.per_class_precision(labels, deb_pred, num_classes)
         summary.append(
             (
                 f"{row_prefix}accuracy, labeled rows (raw → debiased)",
-                fmt_change(stats.accuracy(labels, raw_pred), stats.accuracy(labels, deb_pred), 1, "%"),
+                fmt_change(metrics.accuracy(labels, raw_pred), metrics.accuracy(labels, deb_pred), 1, "%"),
             )
         )
         if selected is not None and raw_selected is not None:
@@ -223,8 +224,8 @@ def pseudolabel_section(
                 (
                     f"{row_prefix}accuracy, selected rows (raw → debiased)",
                     fmt_change(
-                        stats.accuracy(truth[raw_rows], table.raw_pseudo_label[raw_rows]),
-                        stats.accuracy(truth[deb_rows], table.pseudo_label[deb_rows]),
+                        metrics.accuracy(truth[raw_rows], table.raw_pseudo_label[raw_rows]),
+                        metrics.accuracy(truth[deb_rows], table.pseudo_label[deb_rows]),
                         1,
                         "%",
                     ),
@@ -344,7 +345,7 @@ def _imbalance_series(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:
     epochs, values = run.epoch_series("imbalance_ratio")
     if values.size == 0 and run.num_classes:
         epochs, counts = run.epoch_vectors("pseudo_label_counts")
-        values = np.asarray([stats.imbalance_ratio(row) for row in counts])
+        values = np.asarray([metrics.imbalance_ratio(row) for row in counts])
     return epochs, values
 
 
@@ -352,7 +353,7 @@ def _prior_entropy_series(run: RunRecord) -> tuple[np.ndarray, np.ndarray]:
     epochs, values = run.epoch_series("prior_entropy")
     if values.size == 0 and run.num_classes:
         epochs, priors = run.epoch_vectors("prior")
-        values = np.asarray([stats.entropy(row) for row in priors])
+        values = np.asarray([metrics.array_entropy(row) for row in priors])
     return epochs, values
 
 

@@ -30,6 +30,7 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 METRICS_LINES = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
+PSEUDOLABELS = "pseudolabels.csv"  # zeroshot's pseudo-labels of the train split (and its .json sidecar)
 LABELED_INDEX = "labeled_index.csv"
 UNLABELED_INDEX = "unlabeled_index.csv"
 INDEX_COLUMNS = ("index", "path", "label")

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from clipdebias.commands.zeroshot.config import HeadSettings, LoopSettings
+from clipdebias.data.streams import Shard
+from clipdebias.debias import debias_logits
 from clipdebias.metrics import EvalResult, eval_result
-from clipdebias.pseudolabels.labels import PseudoLabels, ZeroShotLogits, debiased_pseudo_labels
-from clipdebias.training.loop import ProgressEvent, TrainResult
-from clipdebias.training.optim import SGD_MOMENTUM, param_groups_weight_decay
+from clipdebias.pseudolabels.labels import LogitRows, ZeroShotLogits, debiased_pseudo_labels
+from clipdebias.pseudolabels.selection import Selection, select_confident
+from clipdebias.training.embedding_streams import EmbeddingStream, FeatureNoise, as_device_tensor, embedding_evaluator
+from clipdebias.training.loop import ProgressEvent, TrainResult, train
+from clipdebias.training.models import build_head
+from clipdebias.training.optim import SGD_MOMENTUM, cosine_schedule, param_groups_weight_decay
 from clipdebias.training.run_folder import RunFolder
 from clipdebias.training.step import Fallback
 from clipdebias.utils.errors import UserError
@@ -65,44 +69,7 @@ class ZeroShotArrays:
         return self.num_train_images if self.num_train_images is not None else int(self.train_ids.max()) + 1
 
 
-@dataclass(frozen=True)
-class Selection:
-    """Debiased zero-shot pseudo-labels of the train rows and the split they induce.
-
-    ``confident`` / ``rest``: positions into the train rows (sorted): the confident set trained with
-    CLIP's label as its target, and the unlabeled rest.
-    """
-
-    pseudo: PseudoLabels
-    confident: np.ndarray
-    rest: np.ndarray
-
-
 # --- pseudo-labels and the confident set ------------------------------------------------------------
-
-
-def select_confident(
-    labels: np.ndarray, confidence: np.ndarray, threshold: float, topk_per_class: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(confident, rest)`` positions (sorted) of pseudo-labelled rows.
-
-    Without ``topk_per_class``: the rows whose confidence is at least ``threshold``. With it: per
-    pseudo-label class, the ``topk_per_class`` most confident rows (all of them for a class that
-    has fewer; ties broken by position), a class-balanced pick whatever the confidences are.
-    """
-    labels, confidence = np.asarray(labels), np.asarray(confidence)
-    if topk_per_class is None:
-        confident = np.flatnonzero(confidence >= threshold)
-    else:
-        if topk_per_class < 1:
-            raise ValueError("topk_per_class must be at least 1")
-        order = np.lexsort((np.arange(len(labels)), -confidence, labels))  # by class, then most confident
-        ranked = labels[order]
-        starts = np.searchsorted(ranked, ranked, side="left")
-        rank_in_class = np.arange(len(order)) - starts
-        confident = np.sort(order[rank_in_class < topk_per_class])
-    rest = np.setdiff1d(np.arange(len(labels)), confident)
-    return confident.astype(np.int64), rest.astype(np.int64)
 
 
 def pseudo_label_train_rows(
@@ -111,7 +78,7 @@ def pseudo_label_train_rows(
     select_threshold: float,
     topk_per_class: int | None,
     device: torch.device | str = "cpu",
-    logits: Any = None,
+    logits: LogitRows | None = None,
 ) -> Selection:
     """Debiased zero-shot pseudo-labels (``tau``; ``selected`` at ``select_threshold``) of the train
     rows and the confident/rest split. ``logits`` (``[N, C]`` rows) replaces the zero-shot logits
@@ -142,8 +109,6 @@ def zero_shot_eval(arrays: ZeroShotArrays, prior: np.ndarray, tau: float) -> tup
     (``logits - tau log q``: inductive, nothing is estimated on the evaluation split)."""
     logits = ZeroShotLogits(arrays.eval_embeddings, arrays.classifier, arrays.logit_scale)[:].float()
     labels = torch.as_tensor(np.asarray(arrays.eval_labels), dtype=torch.long)
-    from clipdebias.debias import debias_logits
-
     debiased = debias_logits(logits, torch.as_tensor(prior, dtype=torch.float32), tau)
     return eval_result(logits, labels), eval_result(debiased, labels)
 
@@ -191,17 +156,6 @@ def fit_head(
 ) -> tuple[nn.Module, TrainResult]:
     """Train a :class:`clipdebias.training.models.TextHead` (initialised from the classifier) with the one
     training loop; returns the student and the loop's result (the EMA teacher is evaluated)."""
-    from clipdebias.data.streams import Shard
-    from clipdebias.training.embedding_streams import (
-        EmbeddingStream,
-        FeatureNoise,
-        as_device_tensor,
-        embedding_evaluator,
-    )
-    from clipdebias.training.loop import train
-    from clipdebias.training.models import build_head
-    from clipdebias.training.optim import cosine_schedule
-
     device = torch.device(device)
     torch.manual_seed(loop.seed)
     plain = as_device_tensor(arrays.train_embeddings, device)

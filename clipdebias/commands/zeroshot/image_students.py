@@ -6,23 +6,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import nn
 
+from clipdebias.clip.backbone import Backbone, load_backbone
 from clipdebias.commands.zeroshot.config import ZeroShotConfig, loop_settings
+from clipdebias.commands.zeroshot.head import ZeroShotArrays, fallback_table
+from clipdebias.data.augment import normalisation_for
+from clipdebias.data.batches import BatchStream, LabeledBatch
+from clipdebias.data.sources import ImageSource
+from clipdebias.data.streams import StreamSpec, build_streams
+from clipdebias.pseudolabels.selection import Selection
+from clipdebias.training.loop import ProgressEvent, TrainResult, train
+from clipdebias.training.models import Autocast, CLIPStudent, build_head, build_model
+from clipdebias.training.optim import cosine_schedule, make_adamw, make_sgd
 from clipdebias.training.run_folder import RunFolder
 from clipdebias.utils.device import training_workers
-from clipdebias.utils.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-
-    from clipdebias.clip.backbone import Backbone
-    from clipdebias.commands.zeroshot.head import Selection, ZeroShotArrays
-    from clipdebias.data.batches import LabeledBatch
-    from clipdebias.data.sources import ImageSource
-    from clipdebias.training.loop import TrainResult
+from clipdebias.utils.errors import OptionError
 
 # Mixed precision of the clip / resnet50 students on a GPU (bf16 needs no loss scaling).
 AMP_DTYPE = "bfloat16"
@@ -33,20 +35,16 @@ RESNET_NESTEROV = False
 class RelabeledStream:
     """A labeled batch stream whose targets are replaced by ``targets[dataset index]`` (CLIP's labels)."""
 
-    def __init__(self, inner: Any, targets: torch.Tensor):
+    def __init__(self, inner: BatchStream[LabeledBatch], targets: torch.Tensor):
         self.inner, self.targets = inner, targets
 
     def batches(self, epoch: int, steps: int) -> Iterator[LabeledBatch]:
-        from clipdebias.data.batches import LabeledBatch
-
         for batch in self.inner.batches(epoch, steps):
             targets = self.targets[batch.indices.to(self.targets.device)].to(batch.targets.device)
             yield LabeledBatch(batch.inputs, targets, batch.indices)
 
 
 def _amp_dtype(config: ZeroShotConfig, device: torch.device) -> torch.dtype | None:
-    import torch
-
     use = config.amp if config.amp is not None else device.type == "cuda"
     return getattr(torch, AMP_DTYPE) if use else None
 
@@ -58,13 +56,8 @@ def _image_student(
     scale: float,
     num_classes: int,
     device: torch.device,
-) -> tuple[Any, Any, int]:
+) -> tuple[nn.Module, torch.optim.Optimizer, int]:
     """``(model, optimizer, image size)`` of the ``clip`` or ``resnet50`` student."""
-    from clipdebias.clip.backbone import load_backbone
-    from clipdebias.data.augment import normalisation_for
-    from clipdebias.training.models import Autocast, CLIPStudent, build_head, build_model
-    from clipdebias.training.optim import make_adamw, make_sgd
-
     amp = _amp_dtype(config, device)
     if config.student == "resnet50":
         assert config.image_size is not None
@@ -81,7 +74,7 @@ def _image_student(
     size = cfg["size"]
     if isinstance(size, (list, tuple)):
         if size[0] != size[-1]:
-            raise UserError(f"--student clip needs a square input size; {backbone.name} takes {tuple(size)}")
+            raise OptionError("student", f"clip needs a square input size; {backbone.name} takes {tuple(size)}")
         size = size[0]
     visual = backbone.model.visual.float()
     visual = Autocast(visual, amp) if amp is not None else visual
@@ -101,23 +94,17 @@ def train_image_student(
     evaluation: ImageSource,
     device: torch.device,
     run: RunFolder,
-    progress: Callable[[Any], None] | None,
+    progress: Callable[[ProgressEvent], None] | None,
 ) -> TrainResult:
     """Train the ``clip`` / ``resnet50`` student on the image streams; returns the loop's result."""
-    import torch
-
-    from clipdebias.commands.zeroshot.head import fallback_table
-    from clipdebias.data.streams import StreamSpec, build_streams
-    from clipdebias.training.loop import train
-    from clipdebias.training.optim import cosine_schedule
-
     torch.manual_seed(config.seed)
     model, optimizer, image_size = _image_student(
         config, backbone, arrays.classifier, arrays.logit_scale, arrays.num_classes, device
     )
     spec = StreamSpec(
         dataset=config.dataset, batch_size=config.batch_size, mu=config.mu, views=2 if config.multiviews else 1,
-        seed=config.seed, image_size=image_size, workers=config.workers if config.workers is not None else training_workers(),
+        seed=config.seed, image_size=image_size,
+        workers=config.workers if config.workers is not None else training_workers(),
         eval_batch_size=config.eval_batch_size,
     )  # fmt: skip
     eval_ids = arrays.eval_ids if arrays.eval_ids is not None else np.arange(len(evaluation))

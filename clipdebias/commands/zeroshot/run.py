@@ -22,26 +22,42 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
 from clipdebias import __version__
+from clipdebias.clip.augmented_views import AugmentedView, augmented_view_id
+from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
+from clipdebias.clip.cache import EmbeddingStore, encode_split, read_manifest
+from clipdebias.clip.prompts import load_prompts, text_classifier
 from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, loop_settings
-from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
-from clipdebias.utils.errors import UserError
+from clipdebias.commands.zeroshot.head import (
+    HeadSettings,
+    ZeroShotArrays,
+    fit_head,
+    pseudo_label_train_rows,
+    train_logits,
+    zero_shot_eval,
+)
+from clipdebias.commands.zeroshot.image_students import train_image_student
+from clipdebias.data.skipped import SkippedImage, skipped_from_manifest
+from clipdebias.data.sources import ArraySource, ImageSource, check_dataset, open_dataset
+from clipdebias.metrics import EvalResult, known_accuracy
+from clipdebias.pseudolabels.files import pseudo_label_sidecar, pseudo_label_table, write_pseudo_labels
+from clipdebias.pseudolabels.labels import ReportingRows, summarize
+from clipdebias.pseudolabels.selection import Selection
+from clipdebias.reporting.report import ReportResult, try_write_report
+from clipdebias.training.loop import ProgressEvent, TrainResult
+from clipdebias.training.models import build_model
+from clipdebias.training.run_folder import LABELED_INDEX, PSEUDOLABELS, UNLABELED_INDEX, RunFolder, check_resume
+from clipdebias.utils import distributed
+from clipdebias.utils.atomic import prepare_dir
+from clipdebias.utils.device import encode_workers, resolve_device
+from clipdebias.utils.errors import OptionError, UserError
+from clipdebias.utils.paths import prepare_cache_dir
 from clipdebias.utils.progress import NoProgress, Progress
-
-if TYPE_CHECKING:
-    import torch
-
-    from clipdebias.clip.backbone import Backbone
-    from clipdebias.commands.zeroshot.head import Selection, ZeroShotArrays
-    from clipdebias.data.skipped import SkippedImage
-    from clipdebias.data.sources import ImageSource
-
-PSEUDOLABELS_FILE = "pseudolabels.csv"
-
 
 # --- pieces -------------------------------------------------------------------------------------------
 
@@ -64,13 +80,9 @@ class _Stage:
 
 def _encode(
     config: ZeroShotConfig, backbone: Backbone, source: ImageSource, root: Path, progress: Progress, view: int | None
-) -> Any:
+) -> EmbeddingStore:
     """The cached embeddings of ``source`` (an :class:`~clipdebias.clip.cache.EmbeddingStore`, memory-mapped),
     plain (``view=None``) or augmented view ``view``; encoded first where the cache lacks them."""
-    from clipdebias.clip.augmented_views import AugmentedView, augmented_view_id
-    from clipdebias.clip.cache import EmbeddingStore, encode_split
-    from clipdebias.utils.device import encode_workers
-
     if view is None:
         transform, transform_id, what = backbone.transform, backbone.transform_id, source.split
     else:
@@ -92,7 +104,7 @@ def _encode(
     return store
 
 
-def _gather(store: Any, wanted: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def _gather(store: EmbeddingStore, wanted: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The rows of ``store`` for the dataset indices ``wanted`` (all present), copied from the mapped
     file into ``out`` (or a new array) without an intermediate copy when every row is wanted."""
     out = np.empty((len(wanted), store.dim), dtype=np.float32) if out is None else out
@@ -115,8 +127,6 @@ def _embedding_arrays(
 ) -> tuple[ZeroShotArrays, list[SkippedImage]]:
     """Encode (or read from the cache) what the student needs: train rows readable in every view, val
     rows; and the images of both splits that could not be read."""
-    from clipdebias.commands.zeroshot.head import ZeroShotArrays
-
     train = _encode(config, backbone, train_split, root, progress, None)
     evaluation_store = _encode(config, backbone, evaluation, root, progress, None)
     view_stores = (
@@ -133,7 +143,8 @@ def _embedding_arrays(
         for k, store in enumerate(view_stores):
             _gather(store, kept, out=views[k])
     arrays = ZeroShotArrays(
-        train_ids=kept, train_embeddings=_gather(train, kept), train_labels=train.labels[np.searchsorted(train.ids, kept)],
+        train_ids=kept, train_embeddings=_gather(train, kept),
+        train_labels=train.labels[np.searchsorted(train.ids, kept)],
         classifier=classifier, logit_scale=scale, eval_embeddings=np.array(evaluation_store.vectors),
         eval_labels=evaluation_store.labels.copy(), views=views, num_train_images=len(train_split),
         eval_ids=evaluation_store.ids.copy(),
@@ -141,11 +152,8 @@ def _embedding_arrays(
     return arrays, _skipped(train) + _skipped(evaluation_store)
 
 
-def _skipped(store: Any) -> list[SkippedImage]:
+def _skipped(store: EmbeddingStore) -> list[SkippedImage]:
     """The images of a cache entry that could not be read (from its manifest, read only if there are any)."""
-    from clipdebias.clip.cache import read_manifest
-    from clipdebias.data.skipped import skipped_from_manifest
-
     if store.entry.num_failed == 0:
         return []
     return skipped_from_manifest(store.entry.meta["key"]["split"], read_manifest(store.entry))
@@ -172,12 +180,14 @@ class ZeroShotRun:
     metrics: dict[str, Any]
     backbone_rows: list[tuple[str, str]]
     pseudolabels: Path
-    report: Any
+    report: ReportResult | None
     report_error: str | None
 
 
 def run_zeroshot(
-    config: ZeroShotConfig, progress: Progress | None = None, train_progress: Callable[[Any], None] | None = None
+    config: ZeroShotConfig,
+    progress: Progress | None = None,
+    train_progress: Callable[[ProgressEvent], None] | None = None,
 ) -> ZeroShotRun:
     """Run ``zeroshot`` end to end (see the module docstring); every file is written atomically.
 
@@ -187,9 +197,6 @@ def run_zeroshot(
     the pseudo-labels and the confident set and hands them to the others, every process trains on
     its part of each global batch, and only rank 0 writes files and reports progress.
     """
-    from clipdebias.utils import distributed
-    from clipdebias.utils.device import resolve_device
-
     with _torch_threads(config.threads), distributed.session(resolve_device(config.device)):
         shown = progress if progress is not None and distributed.is_main_process() else NoProgress()
         return _run(config, shown, train_progress)
@@ -198,8 +205,6 @@ def run_zeroshot(
 @contextlib.contextmanager
 def _torch_threads(count: int | None) -> Iterator[None]:
     """torch's CPU threads set to ``count`` for the duration (``None``: left alone); see docs/performance.md."""
-    import torch
-
     if count is None:
         yield
         return
@@ -211,23 +216,9 @@ def _torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[Any], None] | None) -> ZeroShotRun:
-    from clipdebias.clip.backbone import BackboneConfig, load_backbone
-    from clipdebias.clip.prompts import load_prompts, text_classifier
-    from clipdebias.commands.pseudolabel import ReportingRows
-    from clipdebias.commands.zeroshot.head import (
-        HeadSettings,
-        fit_head,
-        pseudo_label_train_rows,
-        train_logits,
-        zero_shot_eval,
-    )
-    from clipdebias.data.sources import ArraySource, check_dataset, open_dataset
-    from clipdebias.reporting.report import try_write_report
-    from clipdebias.utils import distributed
-    from clipdebias.utils.atomic import prepare_dir
-    from clipdebias.utils.paths import prepare_cache_dir
-
+def _run(
+    config: ZeroShotConfig, progress: Progress, train_progress: Callable[[ProgressEvent], None] | None
+) -> ZeroShotRun:
     check_dataset(config.dataset, "train", config.data_root)  # the checks that cost nothing come first
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
     root = prepare_cache_dir(config.cache_dir)
@@ -239,14 +230,12 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     train_split = open_dataset(config.dataset, "train", config.data_root)
     evaluation = open_dataset(config.dataset, "val", config.data_root)
     if config.student != "head" and isinstance(train_split, ArraySource) and train_split.images.ndim == 3:
-        raise UserError(
-            f"--student {config.student} needs RGB images; {config.dataset} is grayscale, use --student head"
+        raise OptionError(
+            "student", f"{config.student} needs RGB images; {config.dataset} is grayscale, use --student head"
         )
     prompts = load_prompts(config.dataset, train_split.classes, config.classnames, config.templates)
     classes = list(prompts.classnames)
     if config.init_weights is not None:  # a bad weights file fails now, before hours of encoding
-        from clipdebias.training.models import build_model
-
         build_model(config.student, len(classes), 3, config.image_size or 224, config.init_weights)
     run = RunFolder(config.out, writes=distributed.is_main_process())
 
@@ -264,7 +253,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     arrays, skipped = _embedding_arrays(config, backbone, train_split, evaluation, root, progress, classifier, scale)
     kept = arrays.train_ids
 
-    def label_and_write() -> tuple[Selection, Path, Any, Any]:
+    def label_and_write() -> tuple[Selection, Path, EvalResult, EvalResult]:
         """Rank 0's part: the pseudo-labels, the confident set and the files made of them."""
         rows = ReportingRows(train_logits(arrays, device), progress)
         selection = pseudo_label_train_rows(
@@ -290,8 +279,6 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
             run=run, resume=config.resume, progress=train_progress,
         )  # fmt: skip
     else:
-        from clipdebias.commands.zeroshot.image_students import train_image_student
-
         result = train_image_student(
             config, backbone, arrays, selection, train_split, evaluation, device, run, train_progress
         )
@@ -315,8 +302,6 @@ def _write_pseudolabels(
     classes: list[str],
     scale: float,
 ) -> Path:
-    from clipdebias.pseudolabels.labels import pseudo_label_sidecar, pseudo_label_table, summarize, write_pseudo_labels
-
     pseudo = selection.pseudo
     paths = [train_split.path(i) for i in range(len(train_split))]
     table = pseudo_label_table(pseudo, arrays.train_ids, paths, train_split.labels, classes)
@@ -325,13 +310,8 @@ def _write_pseudolabels(
         pseudo, summary, classes, teacher="clip", model=config.model, pretrained=config.pretrained, logit_scale=scale,
         dataset=config.dataset, data_root=config.data_root, split="train", num_images=len(train_split),
     )  # fmt: skip
-    csv, _ = write_pseudo_labels(table, run.file(PSEUDOLABELS_FILE), sidecar)
+    csv, _ = write_pseudo_labels(table, run.file(PSEUDOLABELS), sidecar)
     return csv
-
-
-def _known_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float | None:
-    known = truth >= 0
-    return float(100.0 * np.mean(predicted[known] == truth[known])) if known.any() else None
 
 
 def _metrics(
@@ -339,9 +319,9 @@ def _metrics(
     classes: list[str],
     arrays: ZeroShotArrays,
     selection: Selection,
-    zeroshot: Any,
-    zeroshot_debiased: Any,
-    result: Any,
+    zeroshot: EvalResult,
+    zeroshot_debiased: EvalResult,
+    result: TrainResult,
     scale: float,
 ) -> dict[str, Any]:
     truth = np.asarray(arrays.train_labels)
@@ -363,9 +343,9 @@ def _metrics(
         "pseudo_labels": result.pseudo_labels.as_dict(),
         "prior": result.prior,
         "train_pseudo_labels": {
-            "zeroshot_top1": _known_accuracy(pseudo.raw_label, truth),
-            "zeroshot_debiased_top1": _known_accuracy(pseudo.label, truth),
-            "confident_top1": _known_accuracy(pseudo.label[selection.confident], truth[selection.confident]),
+            "zeroshot_top1": known_accuracy(truth, pseudo.raw_label),
+            "zeroshot_debiased_top1": known_accuracy(truth, pseudo.label),
+            "confident_top1": known_accuracy(truth[selection.confident], pseudo.label[selection.confident]),
             "confident_class_counts": np.bincount(pseudo.label[selection.confident], minlength=len(classes)).tolist(),
         },
         "eval_split": "val",
