@@ -17,20 +17,19 @@ streams of :mod:`clipdebias.data.streams`. Defaults are in :data:`SHARED_DEFAULT
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdebias import __version__
-from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, loop_settings
+from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, in_saved_names, loop_settings
+from clipdebias.config.resolve import run_config_json
 from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import NoProgress, Progress
+from clipdebias.utils.threads import torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -152,13 +151,7 @@ def _skipped(store: Any) -> list[SkippedImage]:
 
 
 def _config_json(config: ZeroShotConfig, classes: list[str]) -> dict[str, Any]:
-    return {
-        "command": "zeroshot",
-        "version": __version__,
-        **dataclasses.asdict(config),
-        "method": config.method,
-        "classes": classes,
-    }
+    return run_config_json("zeroshot", config, classes)
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -190,25 +183,9 @@ def run_zeroshot(
     from clipdebias.utils import distributed
     from clipdebias.utils.device import resolve_device
 
-    with _torch_threads(config.threads), distributed.session(resolve_device(config.device)):
+    with torch_threads(config.threads), distributed.session(resolve_device(config.device)):
         shown = progress if progress is not None and distributed.is_main_process() else NoProgress()
         return _run(config, shown, train_progress)
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """torch's CPU threads set to ``count`` for the duration (``None``: left alone); see docs/performance.md."""
-    import torch
-
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[Any], None] | None) -> ZeroShotRun:
@@ -232,7 +209,7 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
     root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
-        config.model, config.pretrained, config.precision, config.device, config.quick_gelu
+        config.model, config.pretrained, config.encode_precision, config.device, config.quick_gelu
     )
     backbone = load_backbone(backbone_config, digest_dir=root)  # first: missing weights fail in seconds
     device = backbone.device
@@ -251,7 +228,8 @@ def _run(config: ZeroShotConfig, progress: Progress, train_progress: Callable[[A
     run = RunFolder(config.out, writes=distributed.is_main_process())
 
     def check_run_folder() -> None:
-        check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
+        current = in_saved_names(_config_json(config, classes), run)  # a run started before the renames
+        check_resume(run, current, config.resume, RESUME_MAY_CHANGE)
         run.remove_abandoned_temporaries()
 
     distributed.on_main(check_run_folder)
