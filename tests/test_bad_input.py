@@ -42,7 +42,7 @@ CASES = [
     ("ssl --seed 1.5", [*SSL, "--seed", "1.5"], "Invalid value for '--seed'"),
     ("zeroshot --threshold x", [*ZEROSHOT, "--threshold", "x"], "Invalid value for '--threshold'"),
     ("pseudolabel --tau abc", [*PSEUDOLABEL, "--tau", "abc"], "Invalid value for '--tau'"),
-    ("encode --batch-size abc", [*ENCODE, "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+    ("encode --encode-batch-size abc", [*ENCODE, "--encode-batch-size", "abc"], "for '--encode-batch-size'"),
     ("ssl --tau -1", [*SSL, "--tau", "-1"], "--tau must be >= 0"),
     ("ssl --threshold 1.5", [*SSL, "--threshold", "1.5"], "--threshold must be in [0, 1]"),
     ("ssl --prior-momentum 1", [*SSL, "--prior-momentum", "1"], "--prior-momentum must be in [0, 1)"),
@@ -65,7 +65,7 @@ CASES = [
     ("zeroshot --logit-scale 0", [*ZEROSHOT, "--logit-scale", "0"], "--logit-scale must be > 0"),
     ("zeroshot --seed -1", [*ZEROSHOT, "--seed", "-1"], "--seed must be in [0, 2**63)"),
     ("zeroshot --threads 0", [*ZEROSHOT, "--threads", "0"], "Invalid value for '--threads'"),
-    ("pseudolabel --threshold 1.5", [*PSEUDOLABEL, "--threshold", "1.5"], "Invalid value for '--threshold'"),
+    ("pseudolabel --select-threshold 2", [*PSEUDOLABEL, "--select-threshold", "2"], "--select-threshold must be in"),
     ("pseudolabel --tau inf", [*PSEUDOLABEL, "--tau", "inf"], "--tau must be a finite number"),
     ("pseudolabel --logit-scale nan", [*PSEUDOLABEL, "--logit-scale", "nan"], "--logit-scale must be a finite number"),
     ("pseudolabel --logit-scale -1", [*PSEUDOLABEL, "--logit-scale", "-1"], "--logit-scale must be > 0"),
@@ -79,7 +79,8 @@ CASES = [
     *_each(["--dataset", "nope"], "unknown dataset 'nope'"),
     *_each(["--device", "gpu"], "unknown --device 'gpu'"),
     *_each(["--device", "cuda"], "torch sees no CUDA GPU here"),
-    *_each(["--precision", "fp8"], "unknown --precision 'fp8'"),
+    *_each(["--precision", "fp8"], "unknown --precision 'fp8'", ["ssl"]),
+    *_each(["--encode-precision", "fp8"], "unknown --encode-precision 'fp8'", ["zeroshot", "pseudolabel", "encode"]),
     ("ssl --arch vgg", [*SSL, "--arch", "vgg"], "unknown --arch 'vgg'"),
     ("zeroshot --student vit", [*ZEROSHOT, "--student", "vit"], "unknown --student 'vit'"),
     ("zeroshot --head deep", [*ZEROSHOT, "--head", "deep"], "unknown --head 'deep'"),
@@ -294,7 +295,7 @@ def test_a_full_disk_under_out_is_one_line(files, tmp_path, capsys, refuse):
 def test_a_cache_that_fills_up_while_encoding_keeps_the_finished_chunks(files, tmp_path, capsys, refuse, monkeypatch):
     """The disk fills after the first chunk of 4 images: one error line after the progress bar; the
     chunk written before is kept, and once space is back the next run encodes only the rest."""
-    args = _fill([*ENCODE, "--chunk-size", "4", "--batch-size", "4"], files, tmp_path)
+    args = _fill([*ENCODE, "--chunk-size", "4", "--encode-batch-size", "4"], files, tmp_path)
     refuse(tmp_path / "cache", errno.ENOSPC, when="fsync", only=".shard-000000000004-")
     assert main(args) == 2
     err = capsys.readouterr().err

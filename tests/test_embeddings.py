@@ -209,7 +209,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, capsys):
         "--pretrained",
         "none",
     ]
-    args += ["--batch-size", "2", "--chunk-size", "4"]
+    args += ["--encode-batch-size", "2", "--chunk-size", "4"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     killed = tmp_path / "killed"
     worker = subprocess.Popen(

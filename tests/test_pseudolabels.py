@@ -124,7 +124,8 @@ def test_cli_writes_the_csv_sidecar_and_reference_format(folder, tiny_clip, cach
     monkeypatch.setenv("COLUMNS", "200")
     (folder / "train" / "dog" / "img_003.png").write_bytes(b"broken")
     out = tmp_path / "out" / "labels.csv"
-    assert _pseudolabel(folder, tiny_clip, out, "--reference-format", str(tmp_path / "ref"), "--threshold", "0.3") == 0
+    extra = ["--reference-format", str(tmp_path / "ref"), "--select-threshold", "0.3"]
+    assert _pseudolabel(folder, tiny_clip, out, *extra) == 0
     printed = capsys.readouterr()
     assert "top-1 vs ground truth" in printed.out and "imbalance" in printed.out and "selected:" in printed.out
     assert "RANDOM weights" in printed.err
@@ -218,7 +219,7 @@ def test_cli_takes_a_teachers_logits_without_loading_a_model(folder, tmp_path, c
     [
         (["--classnames", "NAMES"], "has 2 class names but dataset 'imagefolder' has 3 classes"),
         (["--tau", "-1"], "--tau"),
-        (["--threshold", "1.5"], "--threshold"),
+        (["--select-threshold", "1.5"], "--select-threshold must be in [0, 1]"),
     ],
 )
 def test_cli_user_errors_are_one_line(folder, tiny_clip, cache_root, tmp_path, capsys, extra, message):

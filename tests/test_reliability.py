@@ -94,7 +94,7 @@ def _check_cache_entry(cache: Path) -> str:
 
 def test_encode_killed_at_random_moments_resumes_to_the_same_cache(images, slow_clip, tmp_path, killer, capsys):
     args = ["encode", "--dataset", "imagefolder", "--data-root", str(images), "--model", slow_clip,
-            "--pretrained", "none", "--device", "cpu", "--batch-size", "2", "--chunk-size", "4"]  # fmt: skip
+            "--pretrained", "none", "--device", "cpu", "--encode-batch-size", "2", "--chunk-size", "4"]  # fmt: skip
     assert main([*args, "--cache-dir", str(tmp_path / "whole")]) == 0  # also imports everything the children need
     code, seconds = run_to_end([*args, "--cache-dir", str(tmp_path / "timed")])
     assert code == 0
@@ -169,7 +169,7 @@ def test_pseudolabel_killed_at_random_moments_never_leaves_a_partial_or_mixed_ou
     def args(folder: Path, tau: str) -> list[str]:
         return ["pseudolabel", "--dataset", "imagefolder", "--data-root", str(images), "--model", slow_clip,
                 "--pretrained", "none", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--templates", "simple",
-                "--logit-scale", "100", "--threshold", "0.98", "--tau", tau, "--out", str(folder / "labels.csv"),
+                "--logit-scale", "100", "--select-threshold", "0.98", "--tau", tau, "--out", str(folder / "labels.csv"),
                 "--reference-format", str(folder / "reference")]  # fmt: skip
 
     cut, whole = tmp_path / "cut", tmp_path / "whole"

@@ -308,6 +308,27 @@ def test_an_interrupted_run_resumes_to_the_same_result(folder, cache, tiny_clip,
     assert {k: resumed[k] for k in STABLE} == {k: full[k] for k in STABLE}
 
 
+def test_a_run_started_before_the_precision_renames_resumes(folder, cache, tiny_clip, tmp_path, capsys):
+    """A config.json of 0.1.0 says ``precision`` (then: the encoding's) and ``amp`` (None / True /
+    False); --resume compares it in those names, and refuses a real change of either."""
+    out = tmp_path / "old"
+    metrics = _zeroshot(folder, cache, tiny_clip, out, "--views", "1")
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["precision"], saved["encode_precision"]) == ("auto", "fp32") and "amp" not in saved
+    old = {**saved, "precision": saved["encode_precision"], "amp": None}
+    del old["encode_precision"]
+    (out / "config.json").write_text(json.dumps(old))
+    resumed = _zeroshot(folder, cache, tiny_clip, out, "--views", "1", "--resume")
+    assert resumed["resumed_from_epoch"] == 1 and {k: resumed[k] for k in STABLE} == {k: metrics[k] for k in STABLE}
+    assert "encode_precision" in json.loads((out / "config.json").read_text())  # rewritten in today's names
+
+    (out / "config.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    for changed, key in ((["--precision", "bf16"], "amp"), (["--encode-precision", "bf16"], "precision")):
+        assert main([*_args(folder, cache, tiny_clip, "--views", "1", *changed), "--out", str(out), "--resume"]) == 2
+        assert f"it was started with other options ({key})" in capsys.readouterr().err
+
+
 def test_top_k_per_class_split_and_a_student_that_starts_at_zero_shot(folder, cache, tiny_clip, tmp_path):
     out = tmp_path / "topk"
     # A learning rate too small to move anything: the student is still CLIP zero-shot, end to end.
@@ -345,16 +366,17 @@ def test_no_debias_equals_tau_zero(folder, cache, tiny_clip, tmp_path):
 
 def test_clip_student_fine_tunes_the_image_tower(folder, cache, tiny_clip, tmp_path):
     out = tmp_path / "clip"
-    metrics = _zeroshot(folder, cache, tiny_clip, out, "--student", "clip", "--select-threshold", "0.9", "--amp")
+    extra = ["--student", "clip", "--select-threshold", "0.9", "--precision", "bf16"]
+    metrics = _zeroshot(folder, cache, tiny_clip, out, *extra)
     assert metrics["student"] == "clip" and metrics["eval_images"] == 9 and metrics["steps"] == 2
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
-    # The tower ran under bf16 autocast (--amp, here on the CPU), its weights and the head stay float32.
+    # The tower ran under bf16 autocast (--precision bf16, here on the CPU), its weights and the head stay float32.
     assert (
         any(key.startswith("visual.module.") for key in checkpoint["model"]) and "head.fc.weight" in checkpoint["model"]
     )
     assert all(value.dtype == torch.float32 for value in checkpoint["model"].values() if value.is_floating_point())
     config = json.loads((out / "config.json").read_text())
-    assert config["multiviews"] is False and config["lr"] == 1e-5 and config["amp"] is True
+    assert config["multiviews"] is False and config["lr"] == 1e-5 and config["precision"] == "bf16"
 
 
 def test_resnet50_student_from_moco_style_weights(folder, cache, tiny_clip, tmp_path):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import Annotated
 
 import typer
+from typer import Option
 from typer.core import TyperGroup
 
 try:  # Typer >= 0.22 ships its own copy of click; older releases use the click package.
@@ -23,6 +25,7 @@ from clipdebias import __version__
 from clipdebias.cli.compare import compare_command
 from clipdebias.cli.encode import encode_command
 from clipdebias.cli.info import info_command
+from clipdebias.cli.options import speaks_for_the_node
 from clipdebias.cli.pseudolabel import pseudolabel_command
 from clipdebias.cli.report import report_command
 from clipdebias.cli.ssl import ssl_command
@@ -86,10 +89,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
-    ),
-    debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
+    version: Annotated[
+        bool, Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, Option("--debug", help="Show the full traceback when a command fails.")] = False,
 ) -> None:
     """Adapt CLIP to unlabeled data with debiased pseudo-labels (DebiasPL, CVPR 2022)."""
 
@@ -110,16 +113,10 @@ def _one_line(message: str) -> str:
     return lines[0] if lines else "failed (run with --debug for the traceback)"
 
 
-def _speaks_for_the_node() -> bool:
-    """False in the processes ``torchrun`` starts beside the first one of a node: a user error is
-    the same in every process, and one line per node reads better than eight interleaved ones."""
-    return os.environ.get("LOCAL_RANK", "0") == "0"
-
-
 def _fail(message: str, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    if debug or _speaks_for_the_node():
+    if debug or speaks_for_the_node():
         sys.stderr.write(f"error: {_one_line(message)}\n")  # one write: lines of processes never interleave
         sys.stderr.flush()
     return EXIT_USER_ERROR

@@ -3,34 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-import typer
 from rich.console import Console
+from typer import Argument, Option
 
+from clipdebias.cli import options
 from clipdebias.cli.render import column_table, print_written
+from clipdebias.config import defaults
 from clipdebias.utils.formatting import count_of
 
-DEFAULT_OUT = Path("compare")
-GROUP_KEYS_HELP = "method,command,student,arch,dataset,labels,tau,threshold,clip_pseudolabels"
+GROUP_KEYS_HELP = ",".join(defaults.COMPARE_GROUP_KEYS)
 """Shown in --help; equal to clipdebias.reporting.compare.DEFAULT_GROUP_KEYS (a test checks), which is not
 imported here so that ``clipdebias --help`` does not load numpy."""
 
 
 def compare_command(
-    runs: list[Path] = typer.Argument(
-        ...,
-        metavar="RUN",
-        help="Finished run folders, or folders holding one run folder each (e.g. one per seed).",
-        show_default=False,
+    runs: Annotated[
+        list[Path],
+        Argument(
+            metavar="RUN",
+            help="Finished run folders, or folders holding one run folder each (e.g. one per seed).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, Option("--out", "-o", help="Folder for compare.md and compare.png.")] = Path(
+        defaults.COMPARE_OUT
     ),
-    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Folder for compare.md and compare.png."),
-    by: str | None = typer.Option(
-        None,
-        "--by",
-        help=f"Comma-separated keys of metrics.json/config.json that define a group (default: {GROUP_KEYS_HELP}).",
-        show_default=False,
-    ),
+    by: Annotated[
+        str | None,
+        Option(
+            "--by",
+            help="Comma-separated keys of metrics.json/config.json that define a group."
+            + options.default(GROUP_KEYS_HELP),
+        ),
+    ] = None,
 ) -> None:
+    # the implementation loads numpy and matplotlib: imported here, so that --help stays fast
     from clipdebias.reporting.compare import DEFAULT_GROUP_KEYS, compare_runs, group_rows
 
     keys = tuple(by.split(",")) if by is not None else DEFAULT_GROUP_KEYS
@@ -40,6 +49,9 @@ def compare_command(
     header, rows = group_rows(result.groups)
     classes = f"{result.num_classes} classes" if result.num_classes is not None else "unknown class count"
     baseline = result.groups[0].name
-    title = f"clipdebias compare: {count_of(len(result.runs), 'run')}, {classes}; Δ top-1 is paired by seed against {baseline}"
+    title = (
+        f"clipdebias compare: {count_of(len(result.runs), 'run')}, {classes}; "
+        f"Δ top-1 is paired by seed against {baseline}"
+    )
     console.print(column_table(title, header, rows))
     print_written(console, result.files, result.notes)

@@ -10,39 +10,52 @@ from rich.table import Table
 from typer import Option
 
 from clipdebias.cli import options
+from clipdebias.cli.rich_progress import RichProgress
 from clipdebias.config import defaults
 
 
 def encode_command(
     dataset: options.Dataset,
     data_root: options.DataRoot = None,
-    split: options.Split = "train",
-    model: options.Model = "ViT-B-32",
-    pretrained: options.Pretrained = "openai",
+    split: options.Split = defaults.SPLIT,
+    model: options.Model = defaults.MODEL,
+    pretrained: options.Pretrained = defaults.PRETRAINED,
     quick_gelu: options.QuickGelu = None,
-    device: options.Device = "auto",
-    precision: options.Precision = "fp32",
-    batch_size: options.BatchSize = 64,
-    num_workers: options.NumWorkers = None,
+    device: options.Device = defaults.DEVICE,
+    encode_precision: options.EncodePrecision = None,
+    encode_batch_size: options.EncodeBatchSize = None,
+    workers: options.Workers = None,
+    threads: options.Threads = None,
     cache_dir: options.CacheDir = None,
     chunk_size: options.ChunkSize = defaults.CHUNK_SIZE,
     rebuild: Annotated[bool, Option("--rebuild", help="Discard this split's cache entry and encode it again.")] = False,
+    old_precision: options.OldPrecision = None,
+    old_batch_size: options.OldBatchSize = None,
+    old_num_workers: options.OldNumWorkers = None,
 ) -> None:
-    from clipdebias.cli.rich_progress import RichProgress
+    # the implementation loads torch: imported here, so that --help and option errors stay fast
     from clipdebias.clip.backbone import BackboneConfig
     from clipdebias.commands.encode import EncodeConfig, run_encode
     from clipdebias.utils.distributed import is_main_process
 
+    encode_precision = options.renamed(encode_precision, old_precision, "--precision", "--encode-precision")
+    encode_batch_size = options.renamed(encode_batch_size, old_batch_size, "--batch-size", "--encode-batch-size")
+    workers = options.renamed(workers, old_num_workers, "--num-workers", "--workers")
     config = EncodeConfig(
         dataset=dataset,
         data_root=data_root,
         split=split,
         backbone=BackboneConfig(
-            model=model, pretrained=pretrained, precision=precision, device=device, quick_gelu=quick_gelu
+            model=model,
+            pretrained=pretrained,
+            precision=options.or_default(encode_precision, defaults.ENCODE_PRECISION),
+            device=device,
+            quick_gelu=quick_gelu,
         ),
         cache_dir=cache_dir,
-        batch_size=batch_size,
-        num_workers=num_workers,
+        encode_batch_size=options.or_default(encode_batch_size, defaults.ENCODE_BATCH_SIZE),
+        workers=workers,
+        threads=threads,
         chunk_size=chunk_size,
         rebuild=rebuild,
     )

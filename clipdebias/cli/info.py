@@ -21,6 +21,7 @@ def _version(distribution: str) -> str:
 
 def environment_report() -> list[tuple[str, str]]:
     """``(name, value)`` rows describing this installation and its accelerators."""
+    # torch is imported once the command runs, so that --help stays fast
     import torch
 
     rows = [

@@ -10,7 +10,8 @@ from rich.table import Table
 from typer import Option
 
 from clipdebias.cli import options
-from clipdebias.cli.render import percent
+from clipdebias.cli.render import percent, print_report_outcome
+from clipdebias.cli.rich_progress import RichProgress
 from clipdebias.config import defaults
 
 if TYPE_CHECKING:
@@ -24,21 +25,28 @@ def _extreme(counts: np.ndarray, classes: list[str], largest: bool) -> str:
 
 def pseudolabel_command(
     dataset: options.Dataset,
-    out: Annotated[str, Option("--out", help="The pseudo-label CSV to write (a FILE.json sidecar goes beside it).")],
+    out: Annotated[
+        str,
+        Option("--out", help="The pseudo-label CSV to write (a FILE.json sidecar goes beside it).", show_default=False),
+    ],
     data_root: options.DataRoot = None,
-    split: options.Split = "train",
-    model: options.Model = "ViT-B-32",
-    pretrained: options.Pretrained = "openai",
+    split: options.Split = defaults.SPLIT,
+    model: options.Model = defaults.MODEL,
+    pretrained: options.Pretrained = defaults.PRETRAINED,
     quick_gelu: options.QuickGelu = None,
     classnames: options.Classnames = None,
     templates: options.Templates = None,
     tau: Annotated[
         float, Option("--tau", min=0.0, help="Debiasing strength; 0 gives plain zero-shot labels.")
     ] = defaults.TAU,
-    threshold: Annotated[
-        float,
-        Option("--threshold", min=0.0, max=1.0, help="Rows whose debiased confidence reaches this are 'selected'."),
-    ] = defaults.THRESHOLD,
+    select_threshold: Annotated[
+        float | None,
+        Option(
+            "--select-threshold",
+            help="Rows whose debiased CLIP confidence reaches this are 'selected'."
+            + options.default(defaults.SELECT_THRESHOLD),
+        ),
+    ] = None,
     logit_scale: options.LogitScale = None,
     logits: Annotated[
         str | None,
@@ -47,10 +55,11 @@ def pseudolabel_command(
     reference_format: Annotated[
         str | None, Option("--reference-format", help="Also write the CVPR 2022 code's two CSVs into this folder.")
     ] = None,
-    device: options.Device = "auto",
-    precision: options.Precision = "fp32",
-    batch_size: options.BatchSize = 64,
-    num_workers: options.NumWorkers = None,
+    device: options.Device = defaults.DEVICE,
+    encode_precision: options.EncodePrecision = None,
+    encode_batch_size: options.EncodeBatchSize = None,
+    workers: options.Workers = None,
+    threads: options.Threads = None,
     cache_dir: options.CacheDir = None,
     chunk_size: options.ChunkSize = defaults.CHUNK_SIZE,
     chunk_rows: Annotated[
@@ -59,32 +68,44 @@ def pseudolabel_command(
     report: Annotated[
         bool, Option("--report/--no-report", help="Write FILE_report/ (charts, report.md) beside the CSV.")
     ] = True,
+    old_threshold: options.OldThreshold = None,
+    old_precision: options.OldPrecision = None,
+    old_batch_size: options.OldBatchSize = None,
+    old_num_workers: options.OldNumWorkers = None,
 ) -> None:
-    from clipdebias.cli.render import print_report_outcome
-    from clipdebias.cli.rich_progress import RichProgress
+    # the implementation loads torch: imported here, so that --help and option errors stay fast
     from clipdebias.clip.backbone import BackboneConfig
     from clipdebias.commands.pseudolabel import PseudoLabelConfig, run_pseudolabel
     from clipdebias.metrics import imbalance_ratio
     from clipdebias.reporting.report import try_write_report
 
+    select_threshold = options.renamed(select_threshold, old_threshold, "--threshold", "--select-threshold")
+    encode_precision = options.renamed(encode_precision, old_precision, "--precision", "--encode-precision")
+    encode_batch_size = options.renamed(encode_batch_size, old_batch_size, "--batch-size", "--encode-batch-size")
+    workers = options.renamed(workers, old_num_workers, "--num-workers", "--workers")
     config = PseudoLabelConfig(
         dataset=dataset,
         data_root=data_root,
         out=out,
         split=split,
         backbone=BackboneConfig(
-            model=model, pretrained=pretrained, precision=precision, device=device, quick_gelu=quick_gelu
+            model=model,
+            pretrained=pretrained,
+            precision=options.or_default(encode_precision, defaults.ENCODE_PRECISION),
+            device=device,
+            quick_gelu=quick_gelu,
         ),
         classnames=classnames,
         templates=templates,
         tau=tau,
-        threshold=threshold,
+        select_threshold=options.or_default(select_threshold, defaults.SELECT_THRESHOLD),
         logit_scale=logit_scale,
         logits=logits,
         reference_dir=reference_format,
         cache_dir=cache_dir,
-        batch_size=batch_size,
-        num_workers=num_workers,
+        encode_batch_size=options.or_default(encode_batch_size, defaults.ENCODE_BATCH_SIZE),
+        workers=workers,
+        threads=threads,
         chunk_size=chunk_size,
         chunk_rows=chunk_rows,
     )
@@ -126,7 +147,10 @@ def pseudolabel_command(
     console.print(table)
 
     share = summary.num_selected / max(summary.num_rows, 1) * 100
-    selected = f"{summary.num_selected:,} of {summary.num_rows:,} rows ({share:.1f}%) have debiased confidence >= {run.threshold:g}"
+    selected = (
+        f"{summary.num_selected:,} of {summary.num_rows:,} rows ({share:.1f}%) "
+        f"have debiased confidence >= {run.threshold:g}"
+    )
     if summary.selected_top1 is not None:
         selected += f"; {summary.selected_top1:.2f}% of them are correct"
     console.print(f"selected: {selected}")

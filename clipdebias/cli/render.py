@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from clipdebias.training.run_folder import SKIPPED_IMAGES
+
 
 def key_value_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
     """A two-column table of ``(name, value)`` rows."""
@@ -65,8 +67,6 @@ def imbalance_text(value: float) -> str:
 
 def skipped_text(count: int) -> str:
     """The summary-table value for the unreadable images a run skipped."""
-    from clipdebias.training.run_folder import SKIPPED_IMAGES
-
     return f"{count:,} (listed in {SKIPPED_IMAGES})" if count else "0"
 
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import typer
 from rich.console import Console
 from rich.table import Table
+from typer import Option
 
-from clipdebias.cli.render import imbalance_text, percent, skipped_text, speed_text
+from clipdebias.cli import options
+from clipdebias.cli.render import imbalance_text, percent, print_report_outcome, skipped_text, speed_text
 from clipdebias.cli.train_view import TrainProgressView
+from clipdebias.config import defaults
 
-_DEFAULT = "default: the dataset's, see docs/usage.md"
+_DATASETS = options.default("the dataset's, see docs/usage.md")
 
 
 def _summary(metrics: dict[str, Any], out: str) -> Table:
@@ -41,68 +43,92 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
 
 
 def ssl_command(
-    dataset: str = typer.Option(..., "--dataset", help="digits, cifar10, cifar100, imagenet or imagefolder."),
-    out: Path = typer.Option(..., "--out", help="Run folder: config, splits, metrics, checkpoint."),
-    data_root: Path | None = typer.Option(None, "--data-root", help="Dataset root (not for digits)."),
-    labels: str | None = typer.Option(None, "--labels", help=f"Label budget: 0.2pct, 1pct, N-per-class ({_DEFAULT})."),
-    labeled_index: Path | None = typer.Option(
-        None, "--labeled-index", help="Reuse a labeled_index.csv instead of drawing a split."
-    ),
-    holdout: float = typer.Option(
-        0.0, "--holdout", help="Evaluate on this stratified fraction of train, held out, instead of val (for tuning)."
-    ),
-    tau: float | None = typer.Option(None, "--tau", help="DebiasPL strength; 0 = FixMatch (default 0.4)."),
-    threshold: float | None = typer.Option(
-        None, "--threshold", help=f"Pseudo-label confidence threshold ({_DEFAULT})."
-    ),
-    prior_momentum: float | None = typer.Option(
-        None, "--prior-momentum", help=f"EMA momentum of the class prior ({_DEFAULT})."
-    ),
-    lambda_u: float | None = typer.Option(None, "--lambda-u", help=f"Weight of the unlabeled loss ({_DEFAULT})."),
-    mu: int | None = typer.Option(None, "--mu", help=f"Unlabeled / labeled batch size ratio ({_DEFAULT})."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help=f"Labeled batch size ({_DEFAULT})."),
-    epochs: int | None = typer.Option(None, "--epochs", help=f"Number of epochs ({_DEFAULT})."),
-    steps_per_epoch: int | None = typer.Option(None, "--steps-per-epoch", help=f"Steps per epoch ({_DEFAULT})."),
-    lr: float | None = typer.Option(None, "--lr", help=f"Peak learning rate, cosine schedule ({_DEFAULT})."),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", help=f"SGD weight decay ({_DEFAULT})."),
-    warmup_epochs: int | None = typer.Option(None, "--warmup-epochs", help=f"Linear LR warm-up epochs ({_DEFAULT})."),
-    ema_momentum: float | None = typer.Option(None, "--ema-momentum", help=f"EMA teacher momentum ({_DEFAULT})."),
-    arch: str | None = typer.Option(None, "--arch", help=f"Student: cnn, resnet18, resnet50 ({_DEFAULT})."),
-    init_weights: Path | None = typer.Option(None, "--init-weights", help="Start the student from this state dict."),
-    image_size: int | None = typer.Option(None, "--image-size", help=f"Training image side in pixels ({_DEFAULT})."),
-    multiviews: bool | None = typer.Option(
-        None, "--multiviews/--single-view", help=f"Two weak + two strong views per unlabeled image ({_DEFAULT})."
-    ),
-    no_debias: bool = typer.Option(False, "--no-debias", help="Plain FixMatch (the same loop with --tau 0)."),
-    clip_pseudolabels: Path | None = typer.Option(
-        None, "--clip-pseudolabels", help="Pseudo-label CSV used as fallback labels (DebiasPL w/ CLIP)."
-    ),
-    clip_fallback: float | None = typer.Option(
-        None, "--clip-fallback", help="Fallback confidence needed to label an uncertain row (default 0.3)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the labeled split, the initialisation and the batches."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    workers: int | None = typer.Option(
-        None,
-        "--workers",
-        help="DataLoader worker processes per training process (default: 0 for digits, else its CPU cores - 1, at most 8).",
-    ),
-    prefetch_factor: int | None = typer.Option(
-        None, "--prefetch-factor", help="Batches each DataLoader worker loads ahead (default 4)."
-    ),
-    precision: str = typer.Option(
-        "fp32", "--precision", help="fp32, or autocast to bf16 / fp16 (fp16 with gradient scaling) for speed on GPUs."
-    ),
-    torch_compile: bool = typer.Option(
-        False, "--compile", help="torch.compile the student and teacher (slow start, may be faster per step)."
-    ),
-    sync_bn: bool = typer.Option(
-        False, "--sync-bn", help="SyncBatchNorm across GPUs under torchrun (CUDA only; default: per-GPU BatchNorm)."
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report/ (charts, report.md) at the end."),
+    dataset: options.Dataset,
+    out: Annotated[
+        Path, Option("--out", help="Run folder: config, splits, metrics, checkpoint, report.", show_default=False)
+    ],
+    data_root: options.DataRoot = None,
+    labels: Annotated[
+        str | None, Option("--labels", help="Label budget: 0.2pct, 1pct, N-per-class." + _DATASETS)
+    ] = None,
+    labeled_index: Annotated[
+        Path | None, Option("--labeled-index", help="Reuse a labeled_index.csv instead of drawing a split.")
+    ] = None,
+    holdout: Annotated[
+        float,
+        Option("--holdout", help="Evaluate on this stratified fraction of train, held out, instead of val (tuning)."),
+    ] = defaults.HOLDOUT,
+    tau: Annotated[float | None, Option("--tau", help="DebiasPL strength; 0 = FixMatch." + _DATASETS)] = None,
+    threshold: Annotated[
+        float | None, Option("--threshold", help="Pseudo-label confidence threshold." + _DATASETS)
+    ] = None,
+    prior_momentum: Annotated[
+        float | None, Option("--prior-momentum", help="EMA momentum of the class prior." + _DATASETS)
+    ] = None,
+    lambda_u: Annotated[float | None, Option("--lambda-u", help="Weight of the unlabeled loss." + _DATASETS)] = None,
+    mu: Annotated[int | None, Option("--mu", help="Unlabeled / labeled batch size ratio." + _DATASETS)] = None,
+    batch_size: Annotated[int | None, Option("--batch-size", help="Labeled training batch size." + _DATASETS)] = None,
+    epochs: Annotated[int | None, Option("--epochs", help="Number of epochs." + _DATASETS)] = None,
+    steps_per_epoch: Annotated[int | None, Option("--steps-per-epoch", help="Steps per epoch." + _DATASETS)] = None,
+    lr: Annotated[float | None, Option("--lr", help="Peak learning rate, cosine schedule." + _DATASETS)] = None,
+    weight_decay: Annotated[float | None, Option("--weight-decay", help="SGD weight decay." + _DATASETS)] = None,
+    warmup_epochs: Annotated[
+        int | None, Option("--warmup-epochs", help="Linear LR warm-up epochs." + _DATASETS)
+    ] = None,
+    ema_momentum: Annotated[float | None, Option("--ema-momentum", help="EMA teacher momentum." + _DATASETS)] = None,
+    arch: Annotated[str | None, Option("--arch", help="Student: cnn, resnet18, resnet50." + _DATASETS)] = None,
+    init_weights: Annotated[
+        Path | None, Option("--init-weights", help="Start the student from this state dict.")
+    ] = None,
+    image_size: Annotated[int | None, Option("--image-size", help="Training image side in pixels." + _DATASETS)] = None,
+    multiviews: Annotated[
+        bool | None,
+        Option("--multiviews/--single-view", help="Two weak + two strong views per unlabeled image." + _DATASETS),
+    ] = None,
+    no_debias: Annotated[bool, Option("--no-debias", help="Plain FixMatch (the same loop with --tau 0).")] = False,
+    clip_pseudolabels: Annotated[
+        Path | None,
+        Option("--clip-pseudolabels", help="Pseudo-label CSV used as fallback labels (DebiasPL w/ CLIP)."),
+    ] = None,
+    clip_fallback: Annotated[
+        float | None,
+        Option(
+            "--clip-fallback",
+            help="CLIP confidence needed to label an uncertain row." + options.default(defaults.CLIP_FALLBACK),
+        ),
+    ] = None,
+    seed: Annotated[
+        int, Option("--seed", help="Seed of the labeled split, the initialisation and the batches.")
+    ] = defaults.SEED,
+    device: options.Device = defaults.DEVICE,
+    workers: Annotated[
+        int | None,
+        Option(
+            "--workers",
+            help="DataLoader processes per training process." + options.default(defaults.TRAIN_WORKERS_TEXT),
+        ),
+    ] = None,
+    threads: options.Threads = None,
+    prefetch_factor: Annotated[
+        int, Option("--prefetch-factor", help="Batches each DataLoader worker loads ahead.")
+    ] = defaults.PREFETCH_FACTOR,
+    precision: Annotated[
+        str,
+        Option(
+            "--precision",
+            help=f"Training: {', '.join(defaults.PRECISIONS)}; bf16 / fp16 autocast (fp16 with gradient scaling).",
+        ),
+    ] = defaults.TRAIN_PRECISION,
+    torch_compile: Annotated[
+        bool, Option("--compile", help="torch.compile the student and teacher (slow start, may be faster per step).")
+    ] = False,
+    sync_bn: Annotated[
+        bool, Option("--sync-bn", help="SyncBatchNorm across GPUs under torchrun (CUDA only; else per-GPU).")
+    ] = False,
+    resume: options.Resume = False,
+    report: options.RunReport = True,
 ) -> None:
-    from clipdebias.cli.render import print_report_outcome
+    # the implementation loads torch: imported here, so that --help and option errors stay fast
     from clipdebias.commands.ssl import resolve_ssl_config, run_ssl
     from clipdebias.reporting.report import try_write_report
     from clipdebias.utils.distributed import is_main_process
@@ -136,6 +162,7 @@ def ssl_command(
         seed=seed,
         device=device,
         workers=workers,
+        threads=threads,
         resume=resume,
         prefetch_factor=prefetch_factor,
         precision=precision,

@@ -35,6 +35,7 @@ class TrainProgressView:
             self.progress.__exit__(*exc)
 
     def __call__(self, event: Any) -> None:
+        # the training loop loads torch, which the CLI imports only once a command runs
         from clipdebias.training.loop import EpochEnd, StepProgress, TrainStart
 
         if isinstance(event, TrainStart):

@@ -1,4 +1,6 @@
-"""``clipdebias zeroshot``: unlabeled images -> debiased CLIP pseudo-labels -> a student (options -> config -> run_zeroshot)."""
+"""``clipdebias zeroshot``: unlabeled images -> debiased CLIP pseudo-labels -> a student.
+
+Options -> :func:`~clipdebias.commands.zeroshot.config.resolve_zeroshot_config` -> ``run_zeroshot``."""
 
 from __future__ import annotations
 
@@ -11,9 +13,18 @@ from rich.table import Table
 from typer import Option
 
 from clipdebias.cli import options
-from clipdebias.cli.render import imbalance_text, percent, skipped_text, speed_text
+from clipdebias.cli.render import imbalance_text, percent, print_report_outcome, skipped_text, speed_text
+from clipdebias.cli.rich_progress import RichProgress
+from clipdebias.cli.train_view import TrainProgressView
+from clipdebias.config import defaults
 
-_DEFAULT = "default: the student's, see docs/usage.md"
+_SHARED = defaults.SHARED_DEFAULTS
+_STUDENTS = options.default("the student's, see docs/usage.md")
+# Printed whenever zeroshot gets --precision, for the release after the renames: it meant encoding.
+_PRECISION_NOTE = (
+    "note: zeroshot's --precision now sets the training precision, as in ssl; "
+    "CLIP's encoding precision is --encode-precision"
+)
 
 
 def _summary(metrics: dict[str, Any], out: str) -> Table:
@@ -51,11 +62,16 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
 def zeroshot_command(
     dataset: options.Dataset,
     out: Annotated[
-        Path, Option("--out", help="Run folder: config, pseudo-labels, splits, metrics, checkpoint, report.")
+        Path,
+        Option(
+            "--out",
+            help="Run folder: config, pseudo-labels, splits, metrics, checkpoint, report.",
+            show_default=False,
+        ),
     ],
     data_root: options.DataRoot = None,
-    model: options.Model = "ViT-B-32",
-    pretrained: options.Pretrained = "openai",
+    model: options.Model = defaults.MODEL,
+    pretrained: options.Pretrained = defaults.PRETRAINED,
     quick_gelu: options.QuickGelu = None,
     classnames: options.Classnames = None,
     templates: options.Templates = None,
@@ -64,33 +80,43 @@ def zeroshot_command(
         str | None,
         Option(
             "--student",
-            help="head (on frozen embeddings), clip (fine-tune the image tower) or resnet50 (default: head).",
+            help="head (on frozen embeddings), clip (fine-tune the image tower) or resnet50."
+            + options.default(defaults.STUDENT),
         ),
     ] = None,
     head: Annotated[
         str | None,
-        Option("--head", help="Text-initialised head of the head/clip students: linear or mlp (default: linear)."),
+        Option("--head", help="Head of the head/clip students: linear or mlp." + options.default(_SHARED.head)),
     ] = None,
     views: Annotated[
         int | None,
         Option(
             "--views",
-            help="head: augmented-view embeddings cached per train image for strong views; 0 = feature noise only (default: 2).",
+            help="head: augmented-view embeddings cached per train image; 0 = feature noise only."
+            + options.default(_SHARED.views),
         ),
     ] = None,
     feature_dropout: Annotated[
         float | None,
-        Option("--feature-dropout", help="head: dropout on the strong view's embedding (default: 0.1)."),
+        Option(
+            "--feature-dropout",
+            help="head: dropout on the strong view's embedding." + options.default(_SHARED.feature_dropout),
+        ),
     ] = None,
     feature_noise: Annotated[
         float | None,
-        Option("--feature-noise", help="head: Gaussian noise on the strong view, relative to its norm (default: 0.5)."),
+        Option(
+            "--feature-noise",
+            help="head: Gaussian noise on the strong view, relative to its norm."
+            + options.default(_SHARED.feature_noise),
+        ),
     ] = None,
     select_threshold: Annotated[
         float | None,
         Option(
             "--select-threshold",
-            help="Debiased CLIP confidence at which a train image joins the confident set (default: 0.95).",
+            help="Debiased CLIP confidence at which a train image joins the confident set."
+            + options.default(_SHARED.select_threshold),
         ),
     ] = None,
     select_topk_per_class: Annotated[
@@ -104,105 +130,125 @@ def zeroshot_command(
         float | None,
         Option(
             "--clip-fallback",
-            help="CLIP confidence at which CLIP's label replaces an unsure student pseudo-label (default: 0.3).",
+            help="CLIP confidence at which CLIP's label replaces an unsure student pseudo-label."
+            + options.default(_SHARED.clip_fallback),
         ),
     ] = None,
     tau: Annotated[
         float | None,
-        Option("--tau", help="DebiasPL strength for CLIP's labels and the training; 0 = no debiasing (default: 0.4)."),
+        Option(
+            "--tau",
+            help="DebiasPL strength for CLIP's labels and the training; 0 = no debiasing."
+            + options.default(_SHARED.tau),
+        ),
     ] = None,
     no_debias: Annotated[
         bool, Option("--no-debias", help="The same pipeline without DebiasPL (--tau 0), for comparison.")
     ] = False,
     threshold: Annotated[
-        float | None, Option("--threshold", help="Student pseudo-label confidence threshold (default: 0.8).")
+        float | None,
+        Option("--threshold", help="Student pseudo-label confidence threshold." + options.default(_SHARED.threshold)),
     ] = None,
     prior_momentum: Annotated[
-        float | None, Option("--prior-momentum", help="EMA momentum of the class prior (default: 0.99).")
+        float | None,
+        Option("--prior-momentum", help="EMA momentum of the class prior." + options.default(_SHARED.prior_momentum)),
     ] = None,
-    lambda_u: Annotated[float | None, Option("--lambda-u", help=f"Weight of the unlabeled loss ({_DEFAULT}).")] = None,
-    mu: Annotated[int | None, Option("--mu", help=f"Unlabeled / confident batch size ratio ({_DEFAULT}).")] = None,
-    batch_size: Annotated[int | None, Option("--batch-size", help=f"Confident-set batch size ({_DEFAULT}).")] = None,
-    epochs: Annotated[int | None, Option("--epochs", help=f"Number of epochs ({_DEFAULT}).")] = None,
+    lambda_u: Annotated[float | None, Option("--lambda-u", help="Weight of the unlabeled loss." + _STUDENTS)] = None,
+    mu: Annotated[int | None, Option("--mu", help="Unlabeled / confident batch size ratio." + _STUDENTS)] = None,
+    batch_size: Annotated[
+        int | None, Option("--batch-size", help="Confident-set training batch size." + _STUDENTS)
+    ] = None,
+    epochs: Annotated[int | None, Option("--epochs", help="Number of epochs." + _STUDENTS)] = None,
     steps_per_epoch: Annotated[
         int | None,
-        Option("--steps-per-epoch", help="Steps per epoch (default: one pass over the unlabeled images, at least 50)."),
+        Option(
+            "--steps-per-epoch",
+            help="Steps per epoch."
+            + options.default(f"one pass over the unlabeled images, at least {_SHARED.min_steps_per_epoch}"),
+        ),
     ] = None,
     lr: Annotated[
         float | None,
-        Option("--lr", help=f"Peak learning rate, cosine schedule; head: relative to the logit scale ({_DEFAULT})."),
+        Option("--lr", help="Peak learning rate, cosine schedule; head: relative to the logit scale." + _STUDENTS),
     ] = None,
-    weight_decay: Annotated[float | None, Option("--weight-decay", help=f"Weight decay ({_DEFAULT}).")] = None,
+    weight_decay: Annotated[float | None, Option("--weight-decay", help="Weight decay." + _STUDENTS)] = None,
     warmup_epochs: Annotated[
-        int | None, Option("--warmup-epochs", help=f"Linear LR warm-up epochs ({_DEFAULT}).")
+        int | None, Option("--warmup-epochs", help="Linear LR warm-up epochs." + _STUDENTS)
     ] = None,
-    ema_momentum: Annotated[float | None, Option("--ema-momentum", help=f"EMA teacher momentum ({_DEFAULT}).")] = None,
+    ema_momentum: Annotated[float | None, Option("--ema-momentum", help="EMA teacher momentum." + _STUDENTS)] = None,
     init_weights: Annotated[
         Path | None,
         Option("--init-weights", help="resnet50: start from this state dict (e.g. MoCo v2 / MoCo-EMAN)."),
     ] = None,
     image_size: Annotated[
-        int | None, Option("--image-size", help="resnet50: training image side in pixels (default: 224).")
+        int | None,
+        Option(
+            "--image-size",
+            help="resnet50: training image side in pixels."
+            + options.default(defaults.STUDENT_DEFAULTS["resnet50"].image_size),
+        ),
     ] = None,
     multiviews: Annotated[
         bool | None,
         Option(
             "--multiviews/--single-view",
-            help="clip/resnet50: two weak + two strong views per unlabeled image (default: resnet50 on, clip off).",
+            help="clip/resnet50: two weak + two strong views per unlabeled image."
+            + options.default("resnet50 on, clip off"),
         ),
     ] = None,
-    amp: Annotated[
-        bool | None, Option("--amp/--no-amp", help="clip/resnet50: bf16 mixed precision (default: on with a GPU).")
+    precision: Annotated[
+        str | None,
+        Option(
+            "--precision",
+            help=f"Training of the clip/resnet50 students: {', '.join(defaults.ZEROSHOT_PRECISIONS)}; "
+            "auto = bf16 autocast on a GPU, else fp32 (no fp16: no gradient scaling here)."
+            + options.default(defaults.ZEROSHOT_PRECISION),
+        ),
     ] = None,
-    seed: Annotated[int, Option("--seed", help="Seed of the initialisation, the batches and the views.")] = 0,
-    device: options.Device = "auto",
-    precision: options.Precision = "fp32",
+    seed: options.Seed = defaults.SEED,
+    device: options.Device = defaults.DEVICE,
+    encode_precision: options.EncodePrecision = None,
     workers: Annotated[
         int | None,
         Option(
             "--workers",
             min=0,
-            help="Image decoding processes (default: encoding 0 on CPU, up to 8 with a GPU; training CPUs - 1, at most 8).",
+            help="Image decoding processes."
+            + options.default(f"encoding {defaults.ENCODE_WORKERS_TEXT}; training CPUs - 1, at most 8"),
         ),
     ] = None,
-    threads: Annotated[
-        int | None,
-        Option(
-            "--threads",
-            min=1,
-            help="CPU threads of torch (default: torch's; 1 is often fastest for the head on a busy CPU).",
-        ),
-    ] = None,
+    threads: options.Threads = None,
     encode_batch_size: Annotated[
         int, Option("--encode-batch-size", min=1, help="Images per CLIP forward pass while encoding.")
-    ] = 64,
-    eval_batch_size: Annotated[
-        int, Option("--eval-batch-size", min=1, help="Images per forward pass while evaluating.")
-    ] = 256,
+    ] = defaults.ENCODE_BATCH_SIZE,
+    eval_batch_size: options.EvalBatchSize = defaults.EVAL_BATCH_SIZE,
     cache_dir: options.CacheDir = None,
-    report: Annotated[
-        bool, Option("--report/--no-report", help="Write OUT/report/ (charts, report.md) at the end.")
-    ] = True,
-    resume: Annotated[bool, Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    report: options.RunReport = True,
+    resume: options.Resume = False,
+    old_amp: options.OldAmp = None,
 ) -> None:
-    from clipdebias.cli.render import print_report_outcome
-    from clipdebias.cli.rich_progress import RichProgress
-    from clipdebias.cli.train_view import TrainProgressView
+    # the implementation loads torch: imported here, so that --help and option errors stay fast
     from clipdebias.commands.zeroshot.config import resolve_zeroshot_config
     from clipdebias.commands.zeroshot.run import run_zeroshot
     from clipdebias.training.loop import TrainStart
     from clipdebias.utils.distributed import is_main_process
 
+    if precision is not None:
+        options.say(_PRECISION_NOTE)
+    if old_amp is not None:
+        old_flag, new_value = ("--amp", "bf16") if old_amp else ("--no-amp", "fp32")
+        precision = options.renamed(precision, new_value, old_flag, f"--precision {new_value}")
     config = resolve_zeroshot_config(
         dataset, out, student=student, data_root=data_root, model=model, pretrained=pretrained, quick_gelu=quick_gelu,
-        precision=precision, classnames=classnames, templates=templates, logit_scale=logit_scale, head=head,
-        views=views, feature_dropout=feature_dropout, feature_noise=feature_noise, select_threshold=select_threshold,
-        select_topk_per_class=select_topk_per_class, clip_fallback=clip_fallback, tau=tau, no_debias=no_debias,
-        threshold=threshold, prior_momentum=prior_momentum, lambda_u=lambda_u, mu=mu, batch_size=batch_size,
-        epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
+        encode_precision=encode_precision, classnames=classnames, templates=templates, logit_scale=logit_scale,
+        head=head, views=views, feature_dropout=feature_dropout, feature_noise=feature_noise,
+        select_threshold=select_threshold, select_topk_per_class=select_topk_per_class, clip_fallback=clip_fallback,
+        tau=tau, no_debias=no_debias, threshold=threshold, prior_momentum=prior_momentum, lambda_u=lambda_u, mu=mu,
+        batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, ema_momentum=ema_momentum, init_weights=init_weights, image_size=image_size,
-        multiviews=multiviews, amp=amp, seed=seed, device=device, workers=workers, threads=threads,
-        encode_batch_size=encode_batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir, report=report, resume=resume,
+        multiviews=multiviews, precision=precision, seed=seed, device=device, workers=workers, threads=threads,
+        encode_batch_size=encode_batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir, report=report,
+        resume=resume,
     )  # fmt: skip
     errors = Console(stderr=True)
     with RichProgress(errors) as progress, TrainProgressView(errors) as view:

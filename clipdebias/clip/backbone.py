@@ -29,7 +29,7 @@ from open_clip.model import get_input_dtype
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from clipdebias.clip.weights import LOCAL_DIR_PREFIX, Weights, file_sha256, resolve_weights
-from clipdebias.config.defaults import PRECISIONS
+from clipdebias.config.defaults import DEVICE, ENCODE_PRECISION, MODEL, PRECISIONS, PRETRAINED
 from clipdebias.utils.device import resolve_device
 from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.progress import Progress
@@ -43,10 +43,10 @@ _REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 class BackboneConfig:
     """The options that choose and place the CLIP model."""
 
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
-    precision: str = "fp32"
-    device: str = "auto"
+    model: str = MODEL
+    pretrained: str = PRETRAINED
+    precision: str = ENCODE_PRECISION
+    device: str = DEVICE
     quick_gelu: bool | None = None  # None: follow the weights
 
 

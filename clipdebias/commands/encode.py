@@ -8,12 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
-from clipdebias.clip.cache import DEFAULT_CHUNK_SIZE, EncodeResult, cached_embeddings
+from clipdebias.clip.cache import EncodeResult, cached_embeddings
+from clipdebias.config import defaults
+from clipdebias.config.checks import check_choice, check_encoding
 from clipdebias.data.sources import check_dataset, open_dataset
 from clipdebias.utils import distributed
 from clipdebias.utils.device import resolve_device
 from clipdebias.utils.paths import prepare_cache_dir
 from clipdebias.utils.progress import NoProgress, Progress
+from clipdebias.utils.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,16 @@ class EncodeConfig:
     split: str
     backbone: BackboneConfig
     cache_dir: str | None = None
-    batch_size: int = 64
-    num_workers: int | None = None  # None: see clipdebias.utils.device.encode_workers
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    encode_batch_size: int = defaults.ENCODE_BATCH_SIZE
+    workers: int | None = None  # None: see clipdebias.utils.device.encode_workers
+    threads: int | None = None  # None: torch's own default
+    chunk_size: int = defaults.CHUNK_SIZE
     rebuild: bool = False
+
+    def __post_init__(self) -> None:
+        """Bad values fail here, when the options are resolved, before any work."""
+        check_encoding(self)
+        check_choice("encode_precision", self.backbone.precision, defaults.PRECISIONS)
 
 
 def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[EncodeResult, Backbone]:
@@ -37,7 +46,7 @@ def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[
     Under torchrun every process loads the backbone on its own GPU and encodes its share of the
     chunks (see :func:`encode_split`).
     """
-    with distributed.session(resolve_device(config.backbone.device)):
+    with torch_threads(config.threads), distributed.session(resolve_device(config.backbone.device)):
         return _run_encode(config, progress)
 
 
@@ -53,8 +62,8 @@ def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[Encode
         backbone,
         root,
         config.data_root,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
+        batch_size=config.encode_batch_size,
+        num_workers=config.workers,
         chunk_size=config.chunk_size,
         rebuild=config.rebuild,
         progress=progress,

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
-from clipdebias.clip.cache import DEFAULT_CHUNK_SIZE, EmbeddingStore, EncodeResult, cached_embeddings
+from clipdebias.clip.cache import EmbeddingStore, EncodeResult, cached_embeddings
 from clipdebias.clip.prompts import load_classnames, load_prompts, text_classifier
-from clipdebias.config.checks import check_finite
+from clipdebias.config import defaults
+from clipdebias.config.checks import check_all, check_choice, check_encoding, check_finite
 from clipdebias.data.sources import ImageSource, check_dataset, open_dataset
 from clipdebias.pseudolabels.files import (
     pseudo_label_files,
@@ -21,9 +22,6 @@ from clipdebias.pseudolabels.files import (
     reference_format_files,
 )
 from clipdebias.pseudolabels.labels import (
-    DEFAULT_CHUNK_ROWS,
-    DEFAULT_TAU,
-    DEFAULT_THRESHOLD,
     FiniteRows,
     LogitRows,
     PseudoLabelSummary,
@@ -38,6 +36,7 @@ from clipdebias.utils.formatting import count_of
 from clipdebias.utils.paths import cache_dir as resolve_cache_dir
 from clipdebias.utils.paths import prepare_cache_dir
 from clipdebias.utils.progress import NoProgress, Progress
+from clipdebias.utils.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -47,20 +46,21 @@ class PseudoLabelConfig:
     dataset: str
     data_root: str | None
     out: str
-    split: str = "train"
+    split: str = defaults.SPLIT
     backbone: BackboneConfig = BackboneConfig()
     classnames: str | None = None
     templates: str | None = None
-    tau: float = DEFAULT_TAU
-    threshold: float = DEFAULT_THRESHOLD
+    tau: float = defaults.TAU
+    select_threshold: float = defaults.SELECT_THRESHOLD  # "selected": debiased confidence >= it
     logit_scale: float | None = None  # None: the model's own (100 for OpenAI CLIP)
     logits: str | None = None  # a teacher's [N, C] logits (.npy) instead of CLIP
     reference_dir: str | None = None
     cache_dir: str | None = None
-    batch_size: int = 64
-    num_workers: int | None = None
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    encode_batch_size: int = defaults.ENCODE_BATCH_SIZE
+    workers: int | None = None  # None: see clipdebias.utils.device.encode_workers
+    threads: int | None = None  # None: torch's own default
+    chunk_size: int = defaults.CHUNK_SIZE
+    chunk_rows: int = defaults.CHUNK_ROWS
 
 
 @dataclass(frozen=True)
@@ -81,20 +81,19 @@ class PseudoLabelRun:
 
 
 def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
-    """Raise :class:`UserError` for the first bad option value, before any work is done."""
+    """Raise :class:`~clipdebias.utils.errors.OptionError` (or ``UserError`` for an unknown name) for
+    the first bad option value, before any work is done."""
     check_finite(config)
-    checks = [
-        (config.tau >= 0, "--tau must be >= 0 (0 gives plain zero-shot labels)"),
-        (0.0 <= config.threshold <= 1.0, "--threshold must be in [0, 1]"),
-        (config.logit_scale is None or config.logit_scale > 0, "--logit-scale must be > 0"),
-        (config.batch_size >= 1, "--batch-size must be >= 1"),
-        (config.num_workers is None or config.num_workers >= 0, "--num-workers must be >= 0"),
-        (config.chunk_size >= 1, "--chunk-size must be >= 1"),
-        (config.chunk_rows >= 1, "--chunk-rows must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    check_encoding(config)
+    check_all(
+        [
+            (config.tau >= 0, "tau", "must be >= 0 (0 gives plain zero-shot labels)"),
+            (0.0 <= config.select_threshold <= 1.0, "select_threshold", "must be in [0, 1]"),
+            (config.logit_scale is None or config.logit_scale > 0, "logit_scale", "must be > 0"),
+            (config.chunk_rows >= 1, "chunk_rows", "must be >= 1"),
+        ]
+    )
+    check_choice("encode_precision", config.backbone.precision, defaults.PRECISIONS)
 
 
 def _check_out(out: str) -> Path:
@@ -139,12 +138,12 @@ def _clip_logits(
         backbone,
         root,
         config.data_root,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
+        batch_size=config.encode_batch_size,
+        num_workers=config.workers,
         chunk_size=config.chunk_size,
         progress=progress,
     )
-    classifier = text_classifier(backbone, prompts, root, batch_size=config.batch_size, progress=progress)
+    classifier = text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress)
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
     if not (scale > 0 and math.isfinite(scale)):
         raise OptionError("logit_scale", f"must be a positive number, got {scale}")
@@ -165,6 +164,11 @@ def _clip_logits(
 
 def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None) -> PseudoLabelRun:
     """The whole ``pseudolabel`` command; every file is written atomically."""
+    with torch_threads(config.threads):
+        return _run_pseudolabel(config, progress)
+
+
+def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> PseudoLabelRun:
     progress = progress or NoProgress()
     check_pseudolabel_config(config)
     check_dataset(config.dataset, config.split, config.data_root)
@@ -188,7 +192,9 @@ def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None)
     else:
         logits, indices, encoded, rows, scale = _clip_logits(config, backbone, source, progress)
         teacher = "clip"
-    result = debiased_pseudo_labels(ReportingRows(logits, progress), config.tau, config.threshold, config.chunk_rows)
+    result = debiased_pseudo_labels(
+        ReportingRows(logits, progress), config.tau, config.select_threshold, config.chunk_rows
+    )
     paths = [source.path(i) for i in range(len(source))]
     table = pseudo_label_table(result, indices, paths, source.labels, classes)
     summary = summarize(result, source.labels[indices], len(classes))

@@ -2,7 +2,8 @@
 
 data -> labeled/unlabeled split (seeded per class, or ``--labeled-index``) -> batch streams ->
 the training loop (:mod:`clipdebias.training.loop`) -> ``metrics.json`` in the run folder.
-Per-dataset defaults are in :data:`DEFAULTS` and documented in docs/usage.md.
+Per-dataset defaults are in :data:`clipdebias.config.defaults.SSL_DEFAULTS` (here :data:`DEFAULTS`),
+documented in docs/usage.md.
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipdebias import __version__
+from clipdebias.config import defaults
 from clipdebias.config.budgets import parse_label_budget
-from clipdebias.config.checks import check_training_ranges
-from clipdebias.config.defaults import PRECISIONS, PREFETCH_FACTOR
+from clipdebias.config.checks import check_all, check_choice, check_training_ranges
+from clipdebias.config.defaults import SSL_DEFAULTS as DEFAULTS
+from clipdebias.config.defaults import SSLDefaults as SSLDefaults
+from clipdebias.config.resolve import fill_options, run_config_json
 from clipdebias.data.skipped import SkippedImages
 from clipdebias.data.sources import DATASETS, ImageSource, open_dataset
 from clipdebias.data.splits import split_labeled
 from clipdebias.data.streams import StreamSpec, build_streams
 from clipdebias.pseudolabels.files import read_csv_columns
 from clipdebias.training.loop import ProgressEvent, Runtime, train
-from clipdebias.training.models import build_model
+from clipdebias.training.models import ARCHS, build_model
 from clipdebias.training.optim import cosine_schedule, make_sgd
 from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
 from clipdebias.training.step import Fallback, TrainConfig
@@ -37,130 +40,10 @@ from clipdebias.utils.atomic import prepare_dir
 from clipdebias.utils.device import resolve_device, training_workers
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import count_of
+from clipdebias.utils.threads import torch_threads
 
 # Fixed seed of the --holdout split (independent of --seed, so every seed is tuned on the same rows).
 HOLDOUT_SEED = 12345
-
-
-@dataclass(frozen=True)
-class SSLDefaults:
-    """The values an option takes when the user does not give it, for one dataset."""
-
-    labels: str
-    tau: float
-    threshold: float
-    prior_momentum: float
-    lambda_u: float
-    mu: int
-    batch_size: int
-    epochs: int
-    steps_per_epoch: int | None  # None: one pass over the unlabeled rows, ceil(N_u / (mu * B))
-    lr: float
-    weight_decay: float
-    warmup_epochs: int
-    ema_momentum: float
-    arch: str
-    image_size: int
-    multiviews: bool
-    clip_fallback: float = 0.3
-    eval_batch_size: int = 256
-
-
-# FixMatch (Sohn et al. 2020) for CIFAR; DebiasPL's ImageNet scripts (Wang et al. 2022: threshold
-# 0.7, lambda_u 10, mu 5, lr 0.003 from a pre-trained ResNet-50, 50 epochs, multi-views); the digits
-# prototype (docs/usage.md). DebiasPL: tau 0.4 and prior momentum 0.999 from the reference code.
-DEFAULTS: dict[str, SSLDefaults] = {
-    "digits": SSLDefaults(
-        labels="2-per-class",
-        tau=0.4,
-        threshold=0.95,
-        prior_momentum=0.99,
-        lambda_u=1.0,
-        mu=4,
-        batch_size=16,
-        epochs=10,
-        steps_per_epoch=250,
-        lr=0.03,
-        weight_decay=5e-4,
-        warmup_epochs=0,
-        ema_momentum=0.99,
-        arch="cnn",
-        image_size=16,
-        multiviews=False,
-    ),
-    "cifar10": SSLDefaults(
-        labels="4-per-class",
-        tau=0.4,
-        threshold=0.95,
-        prior_momentum=0.999,
-        lambda_u=1.0,
-        mu=7,
-        batch_size=64,
-        epochs=1024,
-        steps_per_epoch=1024,
-        lr=0.03,
-        weight_decay=5e-4,
-        warmup_epochs=0,
-        ema_momentum=0.999,
-        arch="resnet18",
-        image_size=32,
-        multiviews=False,
-    ),
-    "cifar100": SSLDefaults(
-        labels="4-per-class",
-        tau=0.4,
-        threshold=0.95,
-        prior_momentum=0.999,
-        lambda_u=1.0,
-        mu=7,
-        batch_size=64,
-        epochs=1024,
-        steps_per_epoch=1024,
-        lr=0.03,
-        weight_decay=1e-3,
-        warmup_epochs=0,
-        ema_momentum=0.999,
-        arch="resnet18",
-        image_size=32,
-        multiviews=False,
-    ),
-    "imagenet": SSLDefaults(
-        labels="0.2pct",
-        tau=0.4,
-        threshold=0.7,
-        prior_momentum=0.999,
-        lambda_u=10.0,
-        mu=5,
-        batch_size=64,
-        epochs=50,
-        steps_per_epoch=None,
-        lr=0.003,
-        weight_decay=1e-4,
-        warmup_epochs=5,
-        ema_momentum=0.999,
-        arch="resnet50",
-        image_size=224,
-        multiviews=True,
-    ),
-    "imagefolder": SSLDefaults(
-        labels="1pct",
-        tau=0.4,
-        threshold=0.95,
-        prior_momentum=0.999,
-        lambda_u=1.0,
-        mu=7,
-        batch_size=64,
-        epochs=50,
-        steps_per_epoch=None,
-        lr=0.03,
-        weight_decay=5e-4,
-        warmup_epochs=0,
-        ema_momentum=0.999,
-        arch="resnet18",
-        image_size=224,
-        multiviews=False,
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -197,10 +80,11 @@ class SSLConfig:
     workers: int
     eval_batch_size: int
     resume: bool
-    precision: str = "fp32"
+    precision: str = defaults.TRAIN_PRECISION
     compile: bool = False
     sync_bn: bool = False
-    prefetch_factor: int = PREFETCH_FACTOR
+    prefetch_factor: int = defaults.PREFETCH_FACTOR
+    threads: int | None = None  # None: torch's own default
 
     @property
     def method(self) -> str:
@@ -208,7 +92,9 @@ class SSLConfig:
 
 
 # Options that may differ between a run and its --resume (how it runs, not what it computes).
-RESUME_MAY_CHANGE = ("resume", "device", "workers", "eval_batch_size", "precision", "compile", "prefetch_factor")
+RESUME_MAY_CHANGE = (
+    "resume", "device", "workers", "threads", "eval_batch_size", "precision", "compile", "prefetch_factor",
+)  # fmt: skip
 
 
 def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig:
@@ -219,37 +105,20 @@ def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig
     """
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    defaults = dataclasses.asdict(DEFAULTS[dataset])
     no_debias = bool(given.pop("no_debias", False) or False)
     if no_debias and given.get("tau") not in (None, 0, 0.0):
         raise UserError(f"--no-debias means --tau 0; it cannot be combined with --tau {given['tau']}")
     if no_debias:
         given["tau"] = 0.0
-    values: dict[str, Any] = {
-        "data_root": None,
-        "labeled_index": None,
-        "holdout": 0.0,
-        "init_weights": None,
-        "clip_pseudolabels": None,
-        "seed": 0,
-        "device": "auto",
-        "workers": None,
-        "resume": False,
-        "precision": "fp32",
-        "compile": False,
-        "sync_bn": False,
-        "prefetch_factor": PREFETCH_FACTOR,
-    }
-    values.update(defaults)
-    values.update({k: v for k, v in given.items() if v is not None})
+    values = fill_options(
+        "ssl",
+        SSLConfig,
+        [defaults.SSL_OPTIONS, dataclasses.asdict(DEFAULTS[dataset])],
+        given,
+        ("data_root", "labeled_index", "init_weights", "clip_pseudolabels"),
+    )
     if values["workers"] is None:
         values["workers"] = 0 if dataset == "digits" else training_workers()
-    for key in ("data_root", "labeled_index", "init_weights", "clip_pseudolabels"):
-        if values[key] is not None:
-            values[key] = str(Path(values[key]).expanduser())
-    unknown = set(values) - {f.name for f in dataclasses.fields(SSLConfig)}
-    if unknown:
-        raise TypeError(f"unknown ssl options: {sorted(unknown)}")
     config = SSLConfig(dataset=dataset, out=str(Path(out).expanduser()), no_debias=no_debias, **values)
     _check_ranges(config)
     return config
@@ -258,20 +127,15 @@ def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig
 def _check_ranges(c: SSLConfig) -> None:
     check_training_ranges(c)
     parse_label_budget(c.labels)
-    checks = [
-        (c.image_size >= 8, "--image-size must be >= 8"),
-        (0.0 <= c.holdout < 1.0, "--holdout must be in [0, 1)"),
-        (c.workers >= 0, "--workers must be >= 0"),
-        (c.prefetch_factor >= 1, "--prefetch-factor must be >= 1"),
-        (c.precision in PRECISIONS, f"unknown --precision {c.precision!r}; choose one of: {', '.join(PRECISIONS)}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
-    from clipdebias.training.models import ARCHS
-
-    if c.arch not in ARCHS:
-        raise UserError(f"unknown --arch {c.arch!r}; choose one of: {', '.join(ARCHS)}")
+    check_all(
+        [
+            (c.image_size >= 8, "image_size", "must be >= 8"),
+            (0.0 <= c.holdout < 1.0, "holdout", "must be in [0, 1)"),
+            (c.prefetch_factor >= 1, "prefetch_factor", "must be >= 1"),
+        ]
+    )
+    check_choice("precision", c.precision, defaults.PRECISIONS)
+    check_choice("arch", c.arch, ARCHS)
 
 
 # --- splits -------------------------------------------------------------------------------------
@@ -393,13 +257,7 @@ def read_clip_pseudolabels(
 
 
 def _config_json(config: SSLConfig, classes: list[str]) -> dict[str, Any]:
-    return {
-        "command": "ssl",
-        "version": __version__,
-        **dataclasses.asdict(config),
-        "method": config.method,
-        "classes": classes,
-    }
+    return run_config_json("ssl", config, classes)
 
 
 def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None:
@@ -414,7 +272,7 @@ def run_ssl(config: SSLConfig, progress: Callable[[ProgressEvent], None] | None 
     every rank returns the same (global) metrics.
     """
     device = resolve_device(config.device)
-    with distributed.session(device):
+    with torch_threads(config.threads), distributed.session(device):
         return _run_ssl(config, device, progress)
 
 

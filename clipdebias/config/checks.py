@@ -1,17 +1,58 @@
 """Range checks of the options several commands share.
 
-Each raises :class:`~clipdebias.utils.errors.OptionError` naming the config field; the CLI turns it
-into ``error: --flag ...``. Each command keeps its own frozen dataclass of resolved options next to
-the code that runs it and calls these once, when it resolves that config.
+A value out of range raises :class:`~clipdebias.utils.errors.OptionError` naming the config field;
+the CLI turns it into ``error: --flag ...``. A name that is not one of the choices raises
+:class:`~clipdebias.utils.errors.UserError` (``unknown --flag 'value'; choose one of: ...``). Each
+command keeps its own frozen dataclass of resolved options next to the code that runs it and calls
+these once, when it resolves that config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from clipdebias.utils.errors import OptionError
+from clipdebias.utils.errors import OptionError, UserError, flag_name
+
+Check = tuple[bool, str, str]
+"""``(ok, field, problem)``: when ``ok`` is false, ``OptionError(field, problem)``."""
+
+
+def check_all(checks: Iterable[Check]) -> None:
+    """Raise :class:`OptionError` for the first check of ``checks`` that failed."""
+    for ok, option, problem in checks:
+        if not ok:
+            raise OptionError(option, problem)
+
+
+def check_choice(field: str, value: Any, choices: Sequence[str]) -> None:
+    """Raise :class:`UserError` when ``value`` (of the option ``field``) is not one of ``choices``."""
+    if value not in choices:
+        raise UserError(f"unknown {flag_name(field)} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _process_checks(config: Any) -> list[Check]:
+    """``workers`` (decoding / DataLoader processes) and ``threads`` (torch's CPU threads), which
+    every command that reads images has."""
+    return [
+        (config.workers is None or config.workers >= 0, "workers", "must be >= 0"),
+        (config.threads is None or config.threads >= 1, "threads", "must be >= 1"),
+    ]
+
+
+def check_encoding(config: Any) -> None:
+    """The options of encoding a split through CLIP that ``encode`` and ``pseudolabel`` share:
+    ``encode_batch_size``, ``chunk_size``, ``workers``, ``threads``."""
+    check_all(
+        [
+            (config.encode_batch_size >= 1, "encode_batch_size", "must be >= 1"),
+            (config.chunk_size >= 1, "chunk_size", "must be >= 1"),
+            *_process_checks(config),
+        ]
+    )
+
 
 SEED_LIMIT = 2**63
 """Seeds are in ``[0, SEED_LIMIT)``: what numpy's and torch's generators both accept."""
@@ -58,7 +99,6 @@ def check_training_ranges(config: Any) -> None:
             f"dataset/student) and --epochs is {c.epochs}: pass a smaller --warmup-epochs",
         ),
         (c.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
+        *_process_checks(c),
     ]
-    for ok, option, problem in checks:
-        if not ok:
-            raise OptionError(option, problem)
+    check_all(checks)

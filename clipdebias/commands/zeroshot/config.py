@@ -1,4 +1,5 @@
-"""The options of ``clipdebias zeroshot``: defaults per student, resolution and checks.
+"""The options of ``clipdebias zeroshot``: resolution and checks (the defaults per student are in
+:mod:`clipdebias.config.defaults`).
 
 :func:`resolve_zeroshot_config` turns what the user gave into a frozen :class:`ZeroShotConfig`
 (written to ``config.json``); :func:`loop_settings` hands its training knobs to the students.
@@ -13,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from clipdebias.config import defaults
-from clipdebias.config.checks import check_training_ranges
+from clipdebias.config.checks import check_all, check_choice, check_training_ranges
+from clipdebias.config.defaults import SHARED_DEFAULTS as SHARED_DEFAULTS
+from clipdebias.config.defaults import STUDENT_DEFAULTS as STUDENT_DEFAULTS
+from clipdebias.config.defaults import SharedDefaults as SharedDefaults
+from clipdebias.config.defaults import StudentDefaults as StudentDefaults
+from clipdebias.config.resolve import fill_options
 from clipdebias.data.sources import DATASETS
 from clipdebias.training.models import HEADS
 from clipdebias.training.step import TrainConfig
@@ -24,61 +30,9 @@ STUDENTS = ("head", "clip", "resnet50")
 RESUME_MAY_CHANGE = (
     "resume", "device", "workers", "threads", "eval_batch_size", "encode_batch_size", "cache_dir", "report",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SharedDefaults:
-    """Defaults of the options every student shares: the CVPR 2022 zero-shot recipe
-    (``scripts/zsl/train_DebiasPL_ImageNet.sh``: tau 0.4, threshold 0.8, prior momentum 0.99; the
-    confident set at CLIP confidence 0.95; CLIP's label where its confidence is >= 0.3)."""
-
-    tau: float = defaults.TAU
-    select_threshold: float = defaults.THRESHOLD
-    clip_fallback: float = 0.3
-    threshold: float = 0.8
-    prior_momentum: float = 0.99
-    head: str = "linear"
-    views: int = 2
-    feature_dropout: float = 0.1
-    feature_noise: float = 0.5
-    min_steps_per_epoch: int = 50
-
-
-@dataclass(frozen=True)
-class StudentDefaults:
-    """Per-student defaults (docs/usage.md explains where each comes from)."""
-
-    epochs: int
-    batch_size: int
-    mu: int
-    lambda_u: float
-    lr: float
-    weight_decay: float
-    warmup_epochs: int
-    ema_momentum: float
-    multiviews: bool
-    image_size: int | None  # None: not an option (head) or CLIP's own input size (clip)
-
-
-SHARED_DEFAULTS = SharedDefaults()
-STUDENT_DEFAULTS: dict[str, StudentDefaults] = {
-    # Chosen on the digits proxy's holdout (benchmarks/zeroshot_head_digits.py, docs/results.md).
-    "head": StudentDefaults(
-        epochs=10, batch_size=256, mu=4, lambda_u=1.0, lr=0.15, weight_decay=0.0, warmup_epochs=0,
-        ema_momentum=0.99, multiviews=False, image_size=None,
-    ),
-    # Common practice for fine-tuning CLIP (AdamW, small lr, wd 0.1); not tuned here (no GPU, no weights).
-    "clip": StudentDefaults(
-        epochs=10, batch_size=64, mu=2, lambda_u=1.0, lr=1e-5, weight_decay=0.1, warmup_epochs=1,
-        ema_momentum=0.999, multiviews=False, image_size=None,
-    ),
-    # The reference zero-shot script: lr 0.003, cosine, 5 warm-up epochs, 50 epochs, batch 64,
-    # mu 5, lambda_u 10, wd 1e-4, EMA 0.999, multi-views, 224 px.
-    "resnet50": StudentDefaults(
-        epochs=50, batch_size=64, mu=5, lambda_u=10.0, lr=0.003, weight_decay=1e-4, warmup_epochs=5,
-        ema_momentum=0.999, multiviews=True, image_size=224,
-    ),
-}  # fmt: skip
+# How a config.json written before the renames of 0.1.x spells the options: ``precision`` was the
+# encoding precision, ``amp`` (None / True / False) the training precision (auto / bf16 / fp32).
+_OLD_AMP = {"auto": None, "bf16": True, "fp32": False}
 
 
 @dataclass(frozen=True)
@@ -91,7 +45,7 @@ class ZeroShotConfig:
     model: str
     pretrained: str
     quick_gelu: bool | None
-    precision: str
+    encode_precision: str
     classnames: str | None
     templates: str | None
     logit_scale: float | None
@@ -120,7 +74,7 @@ class ZeroShotConfig:
     init_weights: str | None
     image_size: int | None
     multiviews: bool
-    amp: bool | None
+    precision: str  # training: auto (bf16 on CUDA, else fp32), fp32 or bf16 (clip / resnet50 students)
     seed: int
     device: str
     workers: int | None
@@ -135,6 +89,23 @@ class ZeroShotConfig:
     def method(self) -> str:
         return "debiaspl" if self.tau > 0 else "fixmatch"
 
+    def trains_in_bf16(self, device_type: str) -> bool:
+        """Whether the clip / resnet50 student runs under bf16 autocast on ``device_type``."""
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+
+
+def in_saved_names(current: dict[str, Any], run: Any) -> dict[str, Any]:
+    """``current`` (the ``config.json`` of this run) in the names of the one saved in ``run`` when
+    that run was started before ``precision`` / ``amp`` became ``encode_precision`` / ``precision``,
+    so that its ``--resume`` compares like with like; otherwise ``current`` itself."""
+    saved = run.read_config() if current.get("resume") and run.has_run() else None
+    if not saved or "amp" not in saved or "encode_precision" in saved:
+        return current
+    old = dict(current)
+    old["amp"] = _OLD_AMP.get(old.pop("precision"), "?")
+    old["precision"] = old.pop("encode_precision")
+    return old
+
 
 _HEAD_ONLY = ("views", "feature_dropout", "feature_noise")
 
@@ -146,7 +117,7 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
     """
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    student = student or "head"
+    student = student or defaults.STUDENT
     if student not in STUDENTS:
         raise UserError(f"unknown --student {student!r}; choose one of: {', '.join(STUDENTS)}")
     no_debias = bool(given.pop("no_debias", False))
@@ -163,21 +134,13 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
         raise UserError("--image-size applies to --student resnet50 only (head and clip use CLIP's input size)")
     if student == "head" and given.get("multiviews") is not None:
         raise UserError("--multiviews/--single-view apply to --student clip and resnet50 (the head uses --views)")
-    values: dict[str, Any] = {
-        "data_root": None, "model": "ViT-B-32", "pretrained": "openai", "quick_gelu": None, "precision": "fp32",
-        "classnames": None, "templates": None, "logit_scale": None, "select_topk_per_class": None,
-        "steps_per_epoch": None, "init_weights": None, "amp": None, "seed": 0, "device": "auto", "workers": None, "threads": None,
-        "encode_batch_size": 64, "eval_batch_size": 256, "cache_dir": None, "report": True, "resume": False,
-    }  # fmt: skip
-    values.update(dataclasses.asdict(SHARED_DEFAULTS))
-    values.update(dataclasses.asdict(STUDENT_DEFAULTS[student]))
-    values.update({k: v for k, v in given.items() if v is not None})
-    for key in ("data_root", "init_weights", "cache_dir", "classnames"):
-        if values[key] is not None:
-            values[key] = str(Path(values[key]).expanduser())
-    unknown = set(values) - {f.name for f in dataclasses.fields(ZeroShotConfig)}
-    if unknown:
-        raise TypeError(f"unknown zeroshot options: {sorted(unknown)}")
+    values = fill_options(
+        "zeroshot",
+        ZeroShotConfig,
+        [defaults.ZEROSHOT_OPTIONS, dataclasses.asdict(SHARED_DEFAULTS), dataclasses.asdict(STUDENT_DEFAULTS[student])],
+        given,
+        ("data_root", "init_weights", "cache_dir", "classnames"),
+    )
     config = ZeroShotConfig(
         dataset=dataset, out=str(Path(out).expanduser()), student=student, no_debias=no_debias, **values
     )
@@ -187,23 +150,25 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
 
 def _check_ranges(c: ZeroShotConfig) -> None:
     check_training_ranges(c)
-    checks = [
-        (0.0 <= c.select_threshold <= 1.0, "--select-threshold must be in [0, 1]"),
-        (c.select_topk_per_class is None or c.select_topk_per_class >= 1, "--select-topk-per-class must be >= 1"),
-        (c.views >= 0, "--views must be >= 0"),
-        (0.0 <= c.feature_dropout < 1.0, "--feature-dropout must be in [0, 1)"),
-        (c.feature_noise >= 0, "--feature-noise must be >= 0"),
-        (c.image_size is None or c.image_size >= 8, "--image-size must be >= 8"),
-        (c.logit_scale is None or (c.logit_scale > 0 and math.isfinite(c.logit_scale)), "--logit-scale must be > 0"),
-        (c.workers is None or c.workers >= 0, "--workers must be >= 0"),
-        (c.threads is None or c.threads >= 1, "--threads must be >= 1"),
-        (c.encode_batch_size >= 1, "--encode-batch-size must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
-    if c.head not in HEADS:
-        raise UserError(f"unknown --head {c.head!r}; choose one of: {', '.join(HEADS)}")
+    check_all(
+        [
+            (c.encode_batch_size >= 1, "encode_batch_size", "must be >= 1"),
+            (0.0 <= c.select_threshold <= 1.0, "select_threshold", "must be in [0, 1]"),
+            (c.select_topk_per_class is None or c.select_topk_per_class >= 1, "select_topk_per_class", "must be >= 1"),
+            (c.views >= 0, "views", "must be >= 0"),
+            (0.0 <= c.feature_dropout < 1.0, "feature_dropout", "must be in [0, 1)"),
+            (c.feature_noise >= 0, "feature_noise", "must be >= 0"),
+            (c.image_size is None or c.image_size >= 8, "image_size", "must be >= 8"),
+            (
+                c.logit_scale is None or (c.logit_scale > 0 and math.isfinite(c.logit_scale)),
+                "logit_scale",
+                "must be > 0",
+            ),
+        ]
+    )
+    check_choice("head", c.head, HEADS)
+    check_choice("encode_precision", c.encode_precision, defaults.PRECISIONS)
+    check_choice("precision", c.precision, defaults.ZEROSHOT_PRECISIONS)
 
 
 @dataclass(frozen=True)

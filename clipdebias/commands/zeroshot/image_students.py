@@ -45,7 +45,7 @@ class RelabeledStream:
 
 
 def _amp_dtype(config: ZeroShotConfig, device: torch.device) -> torch.dtype | None:
-    use = config.amp if config.amp is not None else device.type == "cuda"
+    use = config.trains_in_bf16(device.type)
     return getattr(torch, AMP_DTYPE) if use else None
 
 

@@ -17,9 +17,7 @@ streams of :mod:`clipdebias.data.streams`. Defaults are in :data:`SHARED_DEFAULT
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipdebias import __version__
 from clipdebias.clip.augmented_views import AugmentedView, augmented_view_id
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
 from clipdebias.clip.cache import EmbeddingStore, encode_split, read_manifest
 from clipdebias.clip.prompts import load_prompts, text_classifier
-from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, loop_settings
+from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, in_saved_names, loop_settings
 from clipdebias.commands.zeroshot.head import (
     HeadSettings,
     ZeroShotArrays,
@@ -42,6 +39,7 @@ from clipdebias.commands.zeroshot.head import (
     zero_shot_eval,
 )
 from clipdebias.commands.zeroshot.image_students import train_image_student
+from clipdebias.config.resolve import run_config_json
 from clipdebias.data.skipped import SkippedImage, skipped_from_manifest
 from clipdebias.data.sources import ArraySource, ImageSource, check_dataset, open_dataset
 from clipdebias.metrics import EvalResult, known_accuracy
@@ -58,6 +56,7 @@ from clipdebias.utils.device import encode_workers, resolve_device
 from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.paths import prepare_cache_dir
 from clipdebias.utils.progress import NoProgress, Progress
+from clipdebias.utils.threads import torch_threads
 
 # --- pieces -------------------------------------------------------------------------------------------
 
@@ -160,13 +159,7 @@ def _skipped(store: EmbeddingStore) -> list[SkippedImage]:
 
 
 def _config_json(config: ZeroShotConfig, classes: list[str]) -> dict[str, Any]:
-    return {
-        "command": "zeroshot",
-        "version": __version__,
-        **dataclasses.asdict(config),
-        "method": config.method,
-        "classes": classes,
-    }
+    return run_config_json("zeroshot", config, classes)
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -197,23 +190,9 @@ def run_zeroshot(
     the pseudo-labels and the confident set and hands them to the others, every process trains on
     its part of each global batch, and only rank 0 writes files and reports progress.
     """
-    with _torch_threads(config.threads), distributed.session(resolve_device(config.device)):
+    with torch_threads(config.threads), distributed.session(resolve_device(config.device)):
         shown = progress if progress is not None and distributed.is_main_process() else NoProgress()
         return _run(config, shown, train_progress)
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """torch's CPU threads set to ``count`` for the duration (``None``: left alone); see docs/performance.md."""
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(
@@ -223,7 +202,7 @@ def _run(
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
     root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
-        config.model, config.pretrained, config.precision, config.device, config.quick_gelu
+        config.model, config.pretrained, config.encode_precision, config.device, config.quick_gelu
     )
     backbone = load_backbone(backbone_config, digest_dir=root)  # first: missing weights fail in seconds
     device = backbone.device
@@ -240,7 +219,8 @@ def _run(
     run = RunFolder(config.out, writes=distributed.is_main_process())
 
     def check_run_folder() -> None:
-        check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
+        current = in_saved_names(_config_json(config, classes), run)  # a run started before the renames
+        check_resume(run, current, config.resume, RESUME_MAY_CHANGE)
         run.remove_abandoned_temporaries()
 
     distributed.on_main(check_run_folder)
