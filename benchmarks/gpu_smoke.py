@@ -427,7 +427,8 @@ def zeroshot_students(report: Report, device, folder: Path, sizes: Sizes, workdi
     for student in STUDENTS:
         options = dict(
             data_root=str(folder), model="ViT-B-32", pretrained="none", device=device.type, epochs=1,
-            steps_per_epoch=sizes.zeroshot_steps, batch_size=sizes.zeroshot_batch, select_topk_per_class=sizes.zeroshot_topk,
+            steps_per_epoch=sizes.zeroshot_steps, batch_size=sizes.zeroshot_batch,
+            select_topk_per_class=sizes.zeroshot_topk,
             cache_dir=str(workdir / "cache-zeroshot"), report=False, warmup_epochs=0,
         )  # fmt: skip
         if student == "resnet50":

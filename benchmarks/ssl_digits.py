@@ -118,7 +118,8 @@ def execute(runs: list[Run], out: Path, jobs: int, threads: int, log, executed: 
             if done.returncode != 0:
                 raise RuntimeError(f"{run.name} failed ({done.returncode}): {done.stderr[-2000:]}")
             log(
-                f"{run.phase:6} {run.name}: {json.loads((folder / 'metrics.json').read_text())['top1']:.1f}% in {time.perf_counter() - started:.0f} s"
+                f"{run.phase:6} {run.name}: {json.loads((folder / 'metrics.json').read_text())['top1']:.1f}% "
+                f"in {time.perf_counter() - started:.0f} s"
             )
             executed.append(run)
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -161,15 +162,17 @@ def _rows(results: dict[Run, dict], runs: list[Run]) -> list[str]:
         shown_tau = f"{tau:g}" if method == "debiaspl" else "–"
         lines.append(
             f"| {k} | {method} | {shown_tau} | {threshold:g} | {len(members)} | **{_mean_std(top1)}** | {gain} | "
-            f"{_mean_std(worst)} | {_mean_std(pl_acc)} | {_mean_std([m['pseudo_labels']['mask_rate'] * 100 for m in metrics])} | "
+            f"{_mean_std(worst)} | {_mean_std(pl_acc)} | "
+            f"{_mean_std([m['pseudo_labels']['mask_rate'] * 100 for m in metrics])} | "
             f"{statistics.median(ratios):.2f} ({min(ratios):.1f}–{max(ratios):.1f}) |"
         )
     return lines
 
 
 HEADER = (
-    "| labels per class | method | tau | threshold | seeds | top-1 % | paired gain over FixMatch (points) | worst class top-1 % | "
-    "pseudo-label accuracy % | mask rate % | imbalance ratio, median (min–max) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "| labels per class | method | tau | threshold | seeds | top-1 % | paired gain over FixMatch (points) | "
+    "worst class top-1 % | pseudo-label accuracy % | mask rate % | imbalance ratio, median (min–max) |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -311,14 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         HEADER,
         *_rows(results, paper),
         "",
-        "Per epoch (the same runs; mean top-1 over seeds, median imbalance ratio of the epoch's confident pseudo-labels):",
+        "Per epoch (the same runs; mean top-1 over seeds, median imbalance ratio of the epoch's confident "
+        "pseudo-labels):",
         "",
         *_trajectory(results, [r for r in paper if r.method != "labeled-only"]),
     ]
     if args.tune:
         body += [
             "",
-            f"### Tuning on a held-out {args.holdout:.0%} of train (seeds {TUNE_SEED_OFFSET}..{TUNE_SEED_OFFSET + args.tune_seeds - 1}; val unused)",
+            f"### Tuning on a held-out {args.holdout:.0%} of train "
+            f"(seeds {TUNE_SEED_OFFSET}..{TUNE_SEED_OFFSET + args.tune_seeds - 1}; val unused)",
             "",
             *_tuning_table(results, budgets),
             "",

@@ -126,7 +126,9 @@ class Proxy:
         if holdout:
             rng = np.random.default_rng(HOLDOUT_SEED)
             held = np.concatenate([
-                rng.permutation(np.flatnonzero(self.train_labels == c))[: round(HOLDOUT_FRACTION * np.sum(self.train_labels == c))]
+                rng.permutation(np.flatnonzero(self.train_labels == c))[
+                    : round(HOLDOUT_FRACTION * np.sum(self.train_labels == c))
+                ]
                 for c in np.unique(self.train_labels)
             ])  # fmt: skip
             rows, evaluation = np.setdiff1d(rows, held), np.sort(held)
@@ -190,17 +192,21 @@ def _final_table(results: dict[Run, dict], finals: dict[str, list[Run]]) -> list
     fix, deb = (finals[m] for m in ("fixmatch", "debiaspl"))
     zero = [results[r]["zeroshot"] for r in deb]
     lines = [
-        "| classifier | top-1 % | worst class % | paired gain vs zero-shot | pseudo-label acc. % | mask rate | median imbalance |",
+        "| classifier | top-1 % | worst class % | paired gain vs zero-shot | pseudo-label acc. % | mask rate "
+        "| median imbalance |",
         "|---|---|---|---|---|---|---|",
         f"| zero-shot (prototypes) | {mean_std(zero)} | | | | | |",
-        f"| zero-shot, debiased (tau 0.4, train prior) | {mean_std([results[r]['zeroshot_debiased'] for r in deb])} | | "
+        f"| zero-shot, debiased (tau 0.4, train prior) "
+        f"| {mean_std([results[r]['zeroshot_debiased'] for r in deb])} | | "
         f"{mean_std([results[r]['zeroshot_debiased'] - results[r]['zeroshot'] for r in deb])} | | | |",
     ]
     for name, runs in (("head, `--no-debias` (FixMatch)", fix), ("head, DebiasPL", deb)):
         rows = [results[r] for r in runs]
         lines.append(
-            f"| {name} (lr {runs[0].lr:g}, threshold {runs[0].threshold:g}) | {mean_std([m['student'] for m in rows])} | "
-            f"{mean_std([m['worst_class'] for m in rows])} | {mean_std([m['student'] - z for m, z in zip(rows, zero)])} | "
+            f"| {name} (lr {runs[0].lr:g}, threshold {runs[0].threshold:g}) "
+            f"| {mean_std([m['student'] for m in rows])} | "
+            f"{mean_std([m['worst_class'] for m in rows])} "
+            f"| {mean_std([m['student'] - z for m, z in zip(rows, zero)])} | "
             f"{mean_std([m['pl_accuracy'] for m in rows])} | {statistics.mean(m['mask_rate'] for m in rows):.2f} | "
             f"{statistics.median(m['imbalance'] for m in rows):.1f} |"
         )
@@ -251,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         for number, run in enumerate(runs, start=1):
             if run not in results:
                 results[run] = execute(run, proxy)
-                log(f"[{run.phase} {number}/{len(runs)}] {run.method} seed {run.seed} lr {run.lr:g} thr {run.threshold:g} "
-                    f"views {run.views}: student {results[run]['student']:.1f} (zero-shot {results[run]['zeroshot']:.1f})")  # fmt: skip
+                log(f"[{run.phase} {number}/{len(runs)}] {run.method} seed {run.seed} lr {run.lr:g} "
+                    f"thr {run.threshold:g} views {run.views}: student {results[run]['student']:.1f} "
+                    f"(zero-shot {results[run]['zeroshot']:.1f})")  # fmt: skip
 
     tune_seeds = [TUNE_SEED_OFFSET + i for i in range(args.tune_seeds)]
     tuning = [
@@ -295,14 +302,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{SHARED_DEFAULTS.clip_fallback:g}, the text-initialised linear head.",
         "",
         f"Reproduce: `{command}` ({len(results)} runs, {wall / 60:.1f} min wall time; "
-        f"{statistics.mean(r['seconds'] for r in results.values()):.1f} s per run with {args.threads} torch thread(s); "
+        f"{statistics.mean(r['seconds'] for r in results.values()):.1f} s per run "
+        f"with {args.threads} torch thread(s); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}). "
-        f"Head defaults of `zeroshot`: {head.epochs} epochs of max(50, one pass) steps, batch {head.batch_size} confident "
-        f"+ {head.mu * head.batch_size} unlabeled, EMA {head.ema_momentum}, prior momentum {SHARED_DEFAULTS.prior_momentum}, "
-        f"{args.views} augmented views (1-pixel shifts here), feature dropout {SHARED_DEFAULTS.feature_dropout} and noise "
+        f"Head defaults of `zeroshot`: {head.epochs} epochs of max(50, one pass) steps, "
+        f"batch {head.batch_size} confident "
+        f"+ {head.mu * head.batch_size} unlabeled, EMA {head.ema_momentum}, "
+        f"prior momentum {SHARED_DEFAULTS.prior_momentum}, "
+        f"{args.views} augmented views (1-pixel shifts here), "
+        f"feature dropout {SHARED_DEFAULTS.feature_dropout} and noise "
         f"{SHARED_DEFAULTS.feature_noise}, logit scale {PROXY_SCALE:g}.",
         "",
-        f"### Tuning on a held-out {HOLDOUT_FRACTION:.0%} of train (seeds {tune_seeds[0]}..{tune_seeds[-1]}; val unused)",
+        f"### Tuning on a held-out {HOLDOUT_FRACTION:.0%} of train "
+        f"(seeds {tune_seeds[0]}..{tune_seeds[-1]}; val unused)",
         "",
         "Mean holdout top-1 of the head student per (learning rate, student threshold), the same grid for both "
         "methods; the learning rate is the head's `--lr`, relative to the logit scale (the classifier's SGD step is "

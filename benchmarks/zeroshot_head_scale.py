@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pseudo-labels + split of the rows: {pseudo_s:.1f} s")
     print(f"{args.steps} steps + 1 evaluation of 50,000 rows: {total_s:.1f} s; median step {step_s * 1000:.1f} ms")
     print(
-        f"projected default ImageNet head run: {head.epochs} epochs x {per_epoch} steps = {projected / 60:.1f} min of steps"
+        f"projected default ImageNet head run: {head.epochs} epochs x {per_epoch} steps "
+        f"= {projected / 60:.1f} min of steps"
     )
     print(f"peak resident memory {peak:.2f} GiB; last-epoch mask rate {result.pseudo_labels.mask_rate:.2f}")
     return 0

@@ -109,7 +109,7 @@ def test_a_group_write_stopped_at_any_point_never_mixes_files_of_two_calls(tmp_p
         atomic_write_group([(file, bytes_writer(data)) for file, data in zip(files, old)])
         calls = []
 
-        def stop_at(name):
+        def stop_at(name, calls=calls, points=points):
             def call(*args, **kwargs):
                 calls.append(name)
                 if len(calls) == points + 1:

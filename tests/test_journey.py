@@ -110,8 +110,10 @@ def test_compare_table_wraps_the_long_group_names_not_the_numbers():
 
     header = ["group", "runs", "seeds", "top-1 %", "Δ top-1", "PL acc. %", "mask rate", "imbalance"]
     rows = [
-        ["debiaspl command=ssl arch=resnet18 labels=1pct threshold=0.95", "1", "0", "33.3", "baseline", "–", "0.00", "0.0×"],
-        ["debiaspl command=zeroshot student=head threshold=0.8", "1", "0", "33.3", "+0.0 (n=1)", "37.5", "1.00", "5.0×"],
+        ["debiaspl command=ssl arch=resnet18 labels=1pct threshold=0.95",
+         "1", "0", "33.3", "baseline", "–", "0.00", "0.0×"],
+        ["debiaspl command=zeroshot student=head threshold=0.8",
+         "1", "0", "33.3", "+0.0 (n=1)", "37.5", "1.00", "5.0×"],
     ]  # fmt: skip
     out = io.StringIO()
     Console(file=out, width=100).print(column_table("title", header, rows))

@@ -127,7 +127,7 @@ def _pseudolabel_growth(tmp_path: Path, rows: int, monkeypatch) -> int:
             dataset="imagenet", data_root=str(tmp_path), out=str(tmp_path / f"labels-{rows}-{attempt}.csv"),
             logits=str(logits), reference_dir=str(tmp_path / f"reference-{rows}-{attempt}"), chunk_rows=CHUNK_ROWS,
         )  # fmt: skip
-        growths.append(peak_growth(lambda: run_pseudolabel(config)))
+        growths.append(peak_growth(lambda config=config: run_pseudolabel(config)))
         logits.unlink()  # the page cache of a deleted file goes too
     return min(growths)
 
@@ -172,7 +172,9 @@ def _encode_growth(tmp_path: Path, rows: int, dim: int) -> int:
     for attempt in range(ATTEMPTS):
         cache = tmp_path / f"cache-{rows}-{attempt}"  # a fresh cache: every attempt encodes everything
         growths.append(
-            peak_growth(lambda: encode_split(source, encoder, torch.from_numpy, "as-is", cache, batch_size=512))
+            peak_growth(
+                lambda cache=cache: encode_split(source, encoder, torch.from_numpy, "as-is", cache, batch_size=512)
+            )
         )
         assert (next((cache / "embeddings").iterdir()) / "index.faiss").stat().st_size > rows * dim * 4
     return min(growths)

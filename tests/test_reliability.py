@@ -135,7 +135,8 @@ def _pseudolabel_files(folder: Path) -> list[Path]:
     """The files one ``pseudolabel --out FOLDER/labels.csv --reference-format FOLDER/reference``
     writes, in the order it writes them."""
     return [folder / "labels.csv", folder / "labels.json",
-            folder / "reference" / "CLIPPseudoLabel0.98.csv", folder / "reference" / "CLIPPseudoLabel0.98-Unselected.csv"]  # fmt: skip
+            folder / "reference" / "CLIPPseudoLabel0.98.csv",
+            folder / "reference" / "CLIPPseudoLabel0.98-Unselected.csv"]  # fmt: skip
 
 
 def _contents(files: list[Path]) -> list[bytes | None]:
@@ -168,7 +169,8 @@ def test_pseudolabel_killed_at_random_moments_never_leaves_a_partial_or_mixed_ou
 ):
     def args(folder: Path, tau: str) -> list[str]:
         return ["pseudolabel", "--dataset", "imagefolder", "--data-root", str(images), "--model", slow_clip,
-                "--pretrained", "none", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--templates", "simple",
+                "--pretrained", "none", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+                "--templates", "simple",
                 "--logit-scale", "100", "--select-threshold", "0.98", "--tau", tau, "--out", str(folder / "labels.csv"),
                 "--reference-format", str(folder / "reference")]  # fmt: skip
 
@@ -192,7 +194,7 @@ def test_pseudolabel_killed_at_random_moments_never_leaves_a_partial_or_mixed_ou
         # Every other kill comes at any moment, the others while the files are being written (after
         # the first temporary file appeared), the moments that could mix two runs' files.
         left = set(cut.glob("**/.*.tmp"))  # by an earlier kill
-        writing = lambda: bool(set(cut.glob("**/.*.tmp")) - left)  # noqa: E731
+        writing = lambda left=left: bool(set(cut.glob("**/.*.tmp")) - left)  # noqa: E731
         whole_run = rounds % 2 == 0
         killed = killer.run_and_kill(
             args(cut, "0.4"), seconds if whole_run else 8 * WRITE_PAUSE_S, watch=every_file_is_complete,
@@ -272,7 +274,7 @@ def _kill_training(killer: Killer, args: list[str], out: Path, seconds: float, w
             killed = killer.run_and_kill([*args, "--out", str(out), "--resume"], seconds)
             seconds = seconds if killed else killer.last_run_s  # what is left to do only gets shorter
         else:
-            saved = lambda: _inode(out / "checkpoint.pt") not in (None, checkpoint)  # noqa: E731
+            saved = lambda checkpoint=checkpoint: _inode(out / "checkpoint.pt") not in (None, checkpoint)  # noqa: E731
             killed = killer.run_and_kill([*args, "--out", str(out), "--resume"], epoch_s, after=saved)
         killer.note(_check_run_folder(out, epochs))
         kills, rounds = kills + killed, rounds + 1
@@ -316,7 +318,8 @@ def test_zeroshot_killed_at_random_moments_resumes_to_the_same_result(images, sl
         return ["zeroshot", "--dataset", "imagefolder", "--data-root", str(images), "--model", slow_clip,
                 "--pretrained", "none", "--device", "cpu", "--templates", "simple", "--logit-scale", "100",
                 "--cache-dir", str(tmp_path / cache), "--workers", "0", "--threads", "1", "--views", "1",
-                "--select-threshold", "0.98", "--epochs", "4", "--steps-per-epoch", "10", "--batch-size", "2", "--mu", "2",
+                "--select-threshold", "0.98", "--epochs", "4", "--steps-per-epoch", "10", "--batch-size", "2",
+                "--mu", "2",
                 "--no-report"]  # fmt: skip
 
     assert main([*args("cache"), "--out", str(tmp_path / "whole")]) == 0

@@ -55,7 +55,8 @@ def cache(tmp_path_factory):
 
 def _args(folder, cache, tiny_clip, *extra):
     return [
-        "zeroshot", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip, "--pretrained", "none",
+        "zeroshot", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip,
+        "--pretrained", "none",
         "--device", "cpu", "--templates", "simple", "--logit-scale", "100", "--cache-dir", str(cache), "--workers", "0",
         "--threads", "1",
         *TINY_TRAINING, "--no-report", *extra,
@@ -156,7 +157,8 @@ def test_fallback_rule_truth_table():
     # Train row r has dataset index 2r + 1. CLIP: labels and confidences per train row.
     pseudo = PseudoLabels(
         prior=np.full(3, 1 / 3), label=np.array([2, 2, 2, 2, 2]), confidence=np.array([0.9, 0.3, 0.29, 0.9, 0.9]),
-        raw_label=np.zeros(5, np.int64), raw_confidence=np.zeros(5), selected=np.zeros(5, bool), tau=0.4, threshold=0.95,
+        raw_label=np.zeros(5, np.int64), raw_confidence=np.zeros(5), selected=np.zeros(5, bool),
+        tau=0.4, threshold=0.95,
     )  # fmt: skip
     fallback = fallback_table(arrays, Selection(pseudo, np.array([], np.int64), np.arange(5)), threshold=0.3)
     assert fallback.targets.tolist() == [-1, 2, -1, 2, -1, 2, -1, 2, -1, 2, -1]
@@ -387,7 +389,8 @@ def test_resnet50_student_from_moco_style_weights(folder, cache, tiny_clip, tmp_
     torch.save({"state_dict": weights}, tmp_path / "moco.pth")
     out = tmp_path / "resnet"
     metrics = _zeroshot(
-        folder, cache, tiny_clip, out, "--student", "resnet50", "--image-size", "8", "--single-view", "--warmup-epochs", "0",
+        folder, cache, tiny_clip, out, "--student", "resnet50", "--image-size", "8", "--single-view",
+        "--warmup-epochs", "0",
         "--batch-size", "2", "--mu", "1", "--steps-per-epoch", "1",
         "--select-threshold", "0.9", "--init-weights", str(tmp_path / "moco.pth"),
     )  # fmt: skip

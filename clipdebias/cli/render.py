@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from clipdebias.training.run_folder import SKIPPED_IMAGES
+from clipdebias.training.run_layout import SKIPPED_IMAGES
 
 
 def key_value_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:

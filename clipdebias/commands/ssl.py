@@ -33,7 +33,8 @@ from clipdebias.pseudolabels.files import read_csv_columns
 from clipdebias.training.loop import ProgressEvent, Runtime, train
 from clipdebias.training.models import ARCHS, build_model
 from clipdebias.training.optim import cosine_schedule, make_sgd
-from clipdebias.training.run_folder import LABELED_INDEX, UNLABELED_INDEX, RunFolder, check_resume
+from clipdebias.training.run_folder import RunFolder, check_resume
+from clipdebias.training.run_layout import LABELED_INDEX, UNLABELED_INDEX
 from clipdebias.training.step import Fallback, TrainConfig
 from clipdebias.utils import distributed
 from clipdebias.utils.atomic import prepare_dir

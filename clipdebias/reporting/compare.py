@@ -21,7 +21,7 @@ import numpy as np
 from clipdebias import __version__, metrics
 from clipdebias.reporting import plots
 from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
-from clipdebias.training.run_folder import METRICS
+from clipdebias.training.run_layout import METRICS
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.formatting import MISSING, count_of, fmt, fmt_mean_std, markdown_table

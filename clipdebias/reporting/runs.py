@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clipdebias.pseudolabels.files import PseudoLabelTable, read_pseudolabels
-from clipdebias.training.run_folder import CONFIG, METRICS, METRICS_LINES, PSEUDOLABELS
+from clipdebias.training.run_layout import CONFIG, METRICS, METRICS_LINES, PSEUDOLABELS
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.json_values import as_number, as_text, as_vector, read_json_object
 

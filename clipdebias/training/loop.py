@@ -51,7 +51,8 @@ from clipdebias.config.defaults import PRECISIONS
 from clipdebias.data.batches import BatchStream, Evaluator, LabeledBatch, UnlabeledBatch
 from clipdebias.debias import ClassPrior
 from clipdebias.metrics import EvalResult, PseudoLabelCounter, PseudoLabelStats, entropy
-from clipdebias.training.run_folder import CHECKPOINT, RunFolder
+from clipdebias.training.run_folder import RunFolder
+from clipdebias.training.run_layout import CHECKPOINT
 from clipdebias.training.step import EMATeacher, Fallback, TrainConfig, fixmatch_step
 from clipdebias.utils import distributed
 from clipdebias.utils.errors import UserError

@@ -17,6 +17,15 @@ from typing import Any
 import torch
 
 from clipdebias.data.skipped import SkippedImage
+from clipdebias.training.run_layout import (
+    CHECKPOINT,
+    CONFIG,
+    INDEX_COLUMNS,
+    METRICS,
+    METRICS_LINES,
+    SKIPPED_COLUMNS,
+    SKIPPED_IMAGES,
+)
 from clipdebias.utils.atomic import (
     atomic_write,
     atomic_write_bytes,
@@ -25,17 +34,6 @@ from clipdebias.utils.atomic import (
     remove_abandoned_temporaries_in,
 )
 from clipdebias.utils.errors import UserError
-
-CONFIG = "config.json"
-METRICS = "metrics.json"
-METRICS_LINES = "metrics.jsonl"
-CHECKPOINT = "checkpoint.pt"
-PSEUDOLABELS = "pseudolabels.csv"  # zeroshot's pseudo-labels of the train split (and its .json sidecar)
-LABELED_INDEX = "labeled_index.csv"
-UNLABELED_INDEX = "unlabeled_index.csv"
-INDEX_COLUMNS = ("index", "path", "label")
-SKIPPED_IMAGES = "skipped_images.csv"
-SKIPPED_COLUMNS = ("split", "index", "path", "reason")
 
 
 class RunFolder:

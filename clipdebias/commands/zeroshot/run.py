@@ -49,7 +49,8 @@ from clipdebias.pseudolabels.selection import Selection
 from clipdebias.reporting.report import ReportResult, try_write_report
 from clipdebias.training.loop import ProgressEvent, TrainResult
 from clipdebias.training.models import build_model
-from clipdebias.training.run_folder import LABELED_INDEX, PSEUDOLABELS, UNLABELED_INDEX, RunFolder, check_resume
+from clipdebias.training.run_folder import RunFolder, check_resume
+from clipdebias.training.run_layout import LABELED_INDEX, PSEUDOLABELS, UNLABELED_INDEX
 from clipdebias.utils import distributed
 from clipdebias.utils.atomic import prepare_dir
 from clipdebias.utils.device import encode_workers, resolve_device
