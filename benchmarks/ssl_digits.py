@@ -35,8 +35,12 @@ from pathlib import Path
 from results_block import write_block  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clipdebias.config.defaults import SSL_DEFAULTS  # noqa: E402  (light: no torch)
+
 BEGIN, END = "<!-- ssl_digits:begin (written by benchmarks/ssl_digits.py) -->", "<!-- ssl_digits:end -->"
-DEFAULT_TAU, DEFAULT_THRESHOLD = 0.4, 0.95  # the digits defaults of clipdebias ssl
+DEFAULT_TAU, DEFAULT_THRESHOLD = SSL_DEFAULTS["digits"].tau, SSL_DEFAULTS["digits"].threshold
 FIXMATCH_GRID = (0.7, 0.8, 0.9, 0.95)  # thresholds
 DEBIASPL_GRID = tuple(itertools.product((0.4, 1.0), (0.8, 0.95)))  # (tau, threshold)
 TUNE_SEED_OFFSET = 100  # tuning seeds are 100, 101, ...: never the seeds of the final runs

@@ -14,8 +14,6 @@ from clipdebias.config import defaults
 from clipdebias.utils.formatting import count_of
 
 GROUP_KEYS_HELP = ",".join(defaults.COMPARE_GROUP_KEYS)
-"""Shown in --help; equal to clipdebias.reporting.compare.DEFAULT_GROUP_KEYS (a test checks), which is not
-imported here so that ``clipdebias --help`` does not load numpy."""
 
 
 def compare_command(

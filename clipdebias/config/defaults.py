@@ -38,7 +38,6 @@ TAU = 0.4
 # Debiased CLIP confidence at or above which a zero-shot pseudo-label is "selected" (--select-threshold):
 # the CVPR 2022 zero-shot recipe takes these images as the labeled set.
 SELECT_THRESHOLD = 0.95
-THRESHOLD = SELECT_THRESHOLD  # the name clipdebias.pseudolabels.labels reads (the sidecar's key)
 # Rows of logits in memory at once in `pseudolabel` (16384 x 1000 classes x 4 B = 64 MB per copy).
 CHUNK_ROWS = 16384
 
@@ -195,8 +194,9 @@ ZEROSHOT_OPTIONS: dict[str, Any] = {
 
 # Where `compare` writes compare.md and compare.png.
 COMPARE_OUT = "compare"
-# What `compare` groups runs by (--by); clipdebias.reporting.compare.DEFAULT_GROUP_KEYS, which a test
-# checks, repeated here so that `clipdebias compare --help` does not load numpy.
+# What `compare` groups runs by (--by): besides the method and its main options, what was trained
+# (ssl or zeroshot, the zeroshot student, the ssl network) and whether CLIP's labels were a fallback
+# (ssl --clip-pseudolabels), so that "DebiasPL w/ CLIP" is never pooled with DebiasPL.
 COMPARE_GROUP_KEYS = (
     "method",
     "command",

@@ -29,7 +29,7 @@ from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.progress import Progress
 
 DEFAULT_TAU = defaults.TAU
-DEFAULT_THRESHOLD = defaults.THRESHOLD
+DEFAULT_THRESHOLD = defaults.SELECT_THRESHOLD
 DEFAULT_CHUNK_ROWS = defaults.CHUNK_ROWS
 
 

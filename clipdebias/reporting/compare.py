@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from clipdebias import __version__, metrics
+from clipdebias.config import defaults
 from clipdebias.reporting import plots
 from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
 from clipdebias.training.run_layout import METRICS
@@ -27,17 +28,7 @@ from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.formatting import MISSING, count_of, fmt, fmt_mean_std, markdown_table
 from clipdebias.utils.json_values import as_number
 
-DEFAULT_GROUP_KEYS = (
-    "method",
-    "command",
-    "student",
-    "arch",
-    "dataset",
-    "labels",
-    "tau",
-    "threshold",
-    "clip_pseudolabels",
-)
+DEFAULT_GROUP_KEYS = defaults.COMPARE_GROUP_KEYS
 """What splits runs into groups: besides the method and its main options, what was trained
 (``ssl`` or ``zeroshot``, the ``zeroshot`` student, the ``ssl`` network) and whether CLIP's labels
 were a fallback (``ssl --clip-pseudolabels``), so that "DebiasPL w/ CLIP" is never pooled with
