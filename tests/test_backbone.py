@@ -243,5 +243,5 @@ def test_low_precision_still_gives_float32_unit_embeddings_and_its_own_key(rando
     images = half.encode_images(torch.randn(2, 3, 32, 32))
     assert images.dtype == torch.float32 and torch.allclose(images.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert half.cache_identity["precision"] == "bf16" and half.cache_identity != random_tiny.cache_identity
-    with pytest.raises(UserError, match="unknown --precision"):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         load_backbone(BackboneConfig(model=tiny_clip, pretrained="none", precision="fp8"))

@@ -193,7 +193,7 @@ def load_backbone(config: BackboneConfig, digest_dir: Path | None = None) -> Bac
     ``digest_dir`` keeps content hashes of weight files between runs (see :func:`file_sha256`).
     """
     if config.precision not in PRECISIONS:
-        raise UserError(f"unknown --precision {config.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        raise ValueError(f"unknown precision {config.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     device = resolve_device(config.device)
     if config.model.startswith(("hf-hub:", LOCAL_DIR_PREFIX)):
         raise UserError(

@@ -25,7 +25,7 @@ import torch
 from clipdebias.config import defaults
 from clipdebias.debias import dataset_prior, select_pseudo_labels
 from clipdebias.metrics import known_accuracy
-from clipdebias.utils.errors import OptionError, UserError
+from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import Progress
 
 DEFAULT_TAU = defaults.TAU
@@ -138,9 +138,9 @@ def debiased_pseudo_labels(
 ) -> PseudoLabels:
     """Two streaming passes over ``logits`` (see the module docstring); memory is O(chunk_rows x C)."""
     if tau < 0:
-        raise OptionError("tau", f"must be 0 or more (0 = plain zero-shot), got {tau}")
+        raise ValueError(f"tau must be 0 or more (0 = plain zero-shot), got {tau}")
     if not 0.0 <= threshold <= 1.0:
-        raise OptionError("threshold", f"must be in [0, 1], got {threshold}")
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] < 2:
         raise UserError(f"logits must have shape [N, C] with N >= 1 and C >= 2, got {tuple(logits.shape)}")
     prior = dataset_prior(logits, chunk_size=chunk_rows)
