@@ -93,7 +93,8 @@ def run_streaming(workdir: Path, chunk_rows: int) -> dict:
 
     from clipdebias.clip.cache import EmbeddingStore, open_entry
     from clipdebias.pseudolabels.files import pseudo_label_table, write_pseudo_labels
-    from clipdebias.pseudolabels.labels import ZeroShotLogits, debiased_pseudo_labels
+    from clipdebias.pseudolabels.labels import debiased_pseudo_labels
+    from clipdebias.pseudolabels.rows import ZeroShotLogits
 
     began = time.perf_counter()
     store = EmbeddingStore(open_entry(workdir / "entry"))

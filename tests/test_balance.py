@@ -1,10 +1,16 @@
 """The balanced correction: offsets whose corrected marginal is the target prior."""
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from fakes import make_image_folder
 
+from clipdebias.cli import main
 from clipdebias.pseudolabels.balance import balance_offsets, check_target_prior, corrected_marginal
+from clipdebias.pseudolabels.labels import debiased_pseudo_labels
 from clipdebias.utils.errors import OptionError
 
 
@@ -94,3 +100,134 @@ def test_a_target_prior_of_the_wrong_length_or_with_non_positive_values_is_refus
     with pytest.raises(OptionError) as info:
         check_target_prior(np.array(values), 3)
     assert info.value.option == "target_prior" and words in info.value.problem
+
+
+# --- the balanced mode of debiased_pseudo_labels and of `clipdebias pseudolabel --debias` ----------------
+
+
+def test_balance_mode_labels_are_argmax_of_the_logits_less_the_offsets_and_raw_labels_stay_exact():
+    logits, _ = _biased_logits(rows=900, seed=6)
+    result = debiased_pseudo_labels(logits, threshold=0.5, chunk_rows=100, mode="balance")
+    assert result.mode == "balance" and result.balance is not None and result.balance.converged
+    shifted = torch.from_numpy(logits - logits.max(axis=1, keepdims=True)).half().float()  # the float16 copy
+    probs = torch.softmax(shifted - torch.from_numpy(result.balance.offsets).float(), dim=-1)
+    np.testing.assert_array_equal(result.label, probs.argmax(dim=-1).numpy())
+    np.testing.assert_allclose(result.confidence, probs.max(dim=-1).values.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(result.selected, result.confidence >= 0.5)
+    np.testing.assert_array_equal(result.raw_label, logits.argmax(axis=1))  # from the float32 logits
+    np.testing.assert_allclose(result.prior, debiased_pseudo_labels(logits).prior, rtol=1e-6)
+    counts = np.bincount(result.label, minlength=5)
+    assert counts.max() / counts.min() < np.bincount(result.raw_label, minlength=5).max() / 1
+
+
+def test_none_mode_is_the_paper_mode_with_tau_0_bit_for_bit():
+    logits, _ = _biased_logits(seed=7)
+    none, plain = debiased_pseudo_labels(logits, mode="none"), debiased_pseudo_labels(logits, tau=0.0)
+    np.testing.assert_array_equal(none.label, plain.label)
+    np.testing.assert_array_equal(none.confidence, plain.confidence)
+    assert none.tau == 0.0 and none.correction == "no correction"
+
+
+def test_balance_passes_are_reported_as_progress_stages():
+    logits, _ = _biased_logits(seed=8)
+    progress = RecordingProgress()
+    debiased_pseudo_labels(logits, chunk_rows=200, mode="balance", progress=progress)
+    assert progress.stages == [
+        "class prior and a float16 copy of the logits",
+        "balancing: passes over the logits until converged",
+        "pseudo-labels",
+    ]
+
+
+class RecordingProgress:
+    def __init__(self):
+        self.stages = []
+
+    def start(self, label, total, completed=0):
+        self.stages.append(label)
+
+    def advance(self, count):
+        pass
+
+    def note(self, text, warning=False):
+        pass
+
+
+@pytest.fixture
+def teacher(tmp_path):
+    """An image folder of 3 classes x 6 images and a teacher's logits biased hard to class 0."""
+    folder = make_image_folder(tmp_path / "data", per_class=6, val_per_class=1)
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 6)
+    logits = rng.normal(0.0, 0.5, (18, 3)).astype(np.float32)
+    logits[np.arange(18), truth] += 2.0
+    logits[:, 0] += 2.5
+    np.save(tmp_path / "teacher.npy", logits)
+    return folder, tmp_path / "teacher.npy", logits
+
+
+def _pseudolabel(folder, logits, out, *extra):
+    return main(
+        ["pseudolabel", "--dataset", "imagefolder", "--data-root", str(folder), "--logits", str(logits),
+         "--out", str(out), "--no-report", *extra]
+    )  # fmt: skip
+
+
+def test_cli_debias_balance_writes_balanced_labels_and_records_the_fixed_point(teacher, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    folder, logits_file, logits = teacher
+    assert _pseudolabel(folder, logits_file, tmp_path / "paper.csv") == 0
+    assert _pseudolabel(folder, logits_file, tmp_path / "balance.csv", "--debias", "balance") == 0
+    out = capsys.readouterr().out
+    assert "balanced (uniform prior)" in out and "converged" in out
+    paper, balance = pd.read_csv(tmp_path / "paper.csv"), pd.read_csv(tmp_path / "balance.csv")
+    assert paper["raw_pseudo_label"].tolist() == balance["raw_pseudo_label"].tolist()
+    sidecar = json.loads((tmp_path / "balance.json").read_text())
+    assert sidecar["debias"] == "balance" and sidecar["balance"]["converged"]
+    np.testing.assert_allclose(sidecar["balance"]["marginal"], [1 / 3] * 3, rtol=1e-3)
+    assert sidecar["balance"]["target_prior"] is None
+    assert json.loads((tmp_path / "paper.json").read_text())["debias"] == "paper"
+    counts = np.bincount(balance["pseudo_label"], minlength=3)
+    assert counts.min() >= 4 and np.bincount(paper["raw_pseudo_label"], minlength=3)[0] >= 12
+
+
+def test_cli_target_prior_file_sets_the_marginal(teacher, tmp_path):
+    folder, logits_file, _ = teacher
+    (tmp_path / "prior.txt").write_text("# one count per class\n2\n1\n1\n")
+    args = ["--debias", "balance", "--target-prior", str(tmp_path / "prior.txt")]
+    assert _pseudolabel(folder, logits_file, tmp_path / "b.csv", *args) == 0
+    sidecar = json.loads((tmp_path / "b.json").read_text())
+    np.testing.assert_allclose(sidecar["balance"]["target_prior"], [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(sidecar["balance"]["marginal"], [0.5, 0.25, 0.25], rtol=1e-3)
+
+
+def test_cli_debias_none_equals_tau_0(teacher, tmp_path):
+    folder, logits_file, _ = teacher
+    assert _pseudolabel(folder, logits_file, tmp_path / "none.csv", "--debias", "none") == 0
+    assert _pseudolabel(folder, logits_file, tmp_path / "zero.csv", "--tau", "0") == 0
+    assert (tmp_path / "none.csv").read_bytes() == (tmp_path / "zero.csv").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("extra", "prior", "message"),
+    [
+        (["--debias", "balance", "--tau", "0.4"], None, "error: --tau applies to --debias paper only"),
+        (["--debias", "none", "--tau", "0.4"], None, "error: --tau applies to --debias paper only"),
+        (["--target-prior", "{prior}"], "1\n1\n1\n", "error: --target-prior applies to --debias balance only"),
+        (["--debias", "balance", "--target-prior", "{prior}"], "1\n1\n", "has 2 values; there are 3 classes"),
+        (["--debias", "balance", "--target-prior", "{prior}"], "1\n-1\n1\n", "class 1 has -1"),
+        (["--debias", "balance", "--target-prior", "{prior}"], "0\n0\n0\n", "must be > 0 for every class"),
+        (["--debias", "balance", "--target-prior", "{prior}"], "a\nb\nc\n", "not one number per line"),
+        (["--debias", "balance", "--target-prior", "{missing}"], None, "no such file"),
+        (["--debias", "sideways"], None, "error: unknown --debias 'sideways'; choose one of: paper, balance, none"),
+    ],
+)
+def test_bad_debias_options_are_one_line_errors_and_write_nothing(teacher, tmp_path, capsys, extra, prior, message):
+    folder, logits_file, _ = teacher
+    if prior is not None:
+        (tmp_path / "prior.txt").write_text(prior)
+    extra = [x.format(prior=tmp_path / "prior.txt", missing=tmp_path / "missing.txt") for x in extra]
+    assert _pseudolabel(folder, logits_file, tmp_path / "x.csv", *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.json").exists()

@@ -10,7 +10,8 @@ from fakes import make_image_folder
 
 from clipdebias.cli import main
 from clipdebias.pseudolabels.files import CSV_COLUMNS, pseudo_label_table, reference_file_names, write_reference_format
-from clipdebias.pseudolabels.labels import ZeroShotLogits, debiased_pseudo_labels
+from clipdebias.pseudolabels.labels import debiased_pseudo_labels
+from clipdebias.pseudolabels.rows import ZeroShotLogits
 from clipdebias.utils.errors import UserError
 
 

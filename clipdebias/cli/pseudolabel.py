@@ -36,9 +36,31 @@ def pseudolabel_command(
     quick_gelu: options.QuickGelu = None,
     classnames: options.Classnames = None,
     templates: options.Templates = None,
+    debias: Annotated[
+        str,
+        Option(
+            "--debias",
+            help="How CLIP's bias is corrected: paper (z - tau log q), balance (per-class offsets that make "
+            "the labels follow --target-prior, uniform by default) or none (plain zero-shot labels).",
+        ),
+    ] = defaults.DEBIAS,
     tau: Annotated[
-        float, Option("--tau", min=0.0, help="Debiasing strength; 0 gives plain zero-shot labels.")
-    ] = defaults.TAU,
+        float | None,
+        Option(
+            "--tau",
+            min=0.0,
+            help="Debiasing strength of --debias paper; 0 gives plain zero-shot labels."
+            + options.default(defaults.TAU),
+        ),
+    ] = None,
+    target_prior: Annotated[
+        str | None,
+        Option(
+            "--target-prior",
+            help="--debias balance: a file of one frequency or count per class, in label order (or a .npy)."
+            + options.default("uniform"),
+        ),
+    ] = None,
     select_threshold: Annotated[
         float | None,
         Option(
@@ -98,6 +120,8 @@ def pseudolabel_command(
         classnames=classnames,
         templates=templates,
         tau=tau,
+        debias=debias,
+        target_prior=target_prior,
         select_threshold=options.or_default(select_threshold, defaults.SELECT_THRESHOLD),
         logit_scale=logit_scale,
         logits=logits,
@@ -130,7 +154,7 @@ def pseudolabel_command(
     table = Table(title="pseudo-labels")
     table.add_column("")
     table.add_column("plain zero-shot (tau 0)", justify="right")
-    table.add_column(f"debiased (tau {run.tau:g})", justify="right")
+    table.add_column(run.correction, justify="right")
     if summary.zeroshot_top1 is not None:
         table.add_row("top-1 vs ground truth", percent(summary.zeroshot_top1), percent(summary.zeroshot_debiased_top1))
     table.add_row(
@@ -154,6 +178,14 @@ def pseudolabel_command(
     if summary.selected_top1 is not None:
         selected += f"; {summary.selected_top1:.2f}% of them are correct"
     console.print(f"selected: {selected}")
+    if run.balance is not None:
+        gap = float(abs(run.balance.marginal - run.balance.target).max()) * 100
+        done = "converged" if run.balance.converged else "stopped at the pass limit"
+        passes = run.balance.iterations
+        console.print(
+            f"balance: {passes:,} pass{'' if passes == 1 else 'es'} over the logits, {done}; "
+            f"largest gap to the target share {gap:.3f} points"
+        )
     console.print(escape(f"wrote {run.csv} and {run.sidecar}"))
     if run.reference is not None:
         console.print(escape(f"wrote {run.reference[0]} and {run.reference[1]} (reference format)"))

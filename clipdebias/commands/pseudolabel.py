@@ -15,21 +15,15 @@ from clipdebias.clip.prompts import load_classnames, load_prompts, text_classifi
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_all, check_choice, check_encoding, check_finite
 from clipdebias.data.sources import ImageSource, check_dataset, open_dataset
+from clipdebias.pseudolabels.balance import BalancedOffsets, read_target_prior
 from clipdebias.pseudolabels.files import (
     pseudo_label_files,
     pseudo_label_sidecar,
     pseudo_label_table,
     reference_format_files,
 )
-from clipdebias.pseudolabels.labels import (
-    FiniteRows,
-    LogitRows,
-    PseudoLabelSummary,
-    ReportingRows,
-    ZeroShotLogits,
-    debiased_pseudo_labels,
-    summarize,
-)
+from clipdebias.pseudolabels.labels import PseudoLabelSummary, debiased_pseudo_labels, summarize
+from clipdebias.pseudolabels.rows import FiniteRows, LogitRows, ZeroShotLogits
 from clipdebias.utils.atomic import atomic_write_group, prepare_dir
 from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.formatting import count_of
@@ -50,7 +44,9 @@ class PseudoLabelConfig:
     backbone: BackboneConfig = BackboneConfig()
     classnames: str | None = None
     templates: str | None = None
-    tau: float = defaults.TAU
+    tau: float | None = None  # None: defaults.TAU with --debias paper (tau applies to that mode only)
+    debias: str = defaults.DEBIAS  # paper | balance | none
+    target_prior: str | None = None  # balance: a file of one frequency per class (default: uniform)
     select_threshold: float = defaults.SELECT_THRESHOLD  # "selected": debiased confidence >= it
     logit_scale: float | None = None  # None: the model's own (100 for OpenAI CLIP)
     logits: str | None = None  # a teacher's [N, C] logits (.npy) instead of CLIP
@@ -75,6 +71,8 @@ class PseudoLabelRun:
     teacher: str
     tau: float
     threshold: float
+    correction: str  # e.g. "debiased (tau 0.4)", "balanced (uniform prior)"
+    balance: BalancedOffsets | None  # --debias balance: the passes it took, whether it converged
     num_images: int
     encode: EncodeResult | None
     backbone_rows: list[tuple[str, str]]
@@ -85,9 +83,14 @@ def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
     the first bad option value, before any work is done."""
     check_finite(config)
     check_encoding(config)
+    check_choice("debias", config.debias, defaults.DEBIAS_MODES)
+    if config.tau is not None and config.debias != "paper":
+        raise OptionError("tau", f"applies to --debias paper only; --debias {config.debias} does not use it")
+    if config.target_prior is not None and config.debias != "balance":
+        raise OptionError("target_prior", f"applies to --debias balance only (not {config.debias})")
     check_all(
         [
-            (config.tau >= 0, "tau", "must be >= 0 (0 gives plain zero-shot labels)"),
+            (config.tau is None or config.tau >= 0, "tau", "must be >= 0 (0 gives plain zero-shot labels)"),
             (0.0 <= config.select_threshold <= 1.0, "select_threshold", "must be in [0, 1]"),
             (config.logit_scale is None or config.logit_scale > 0, "logit_scale", "must be > 0"),
             (config.chunk_rows >= 1, "chunk_rows", "must be >= 1"),
@@ -183,6 +186,7 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
         backbone = load_backbone(config.backbone, digest_dir=resolve_cache_dir(config.cache_dir))
     source = open_dataset(config.dataset, config.split, config.data_root)
     classes, _ = load_classnames(config.dataset, source.classes, config.classnames)
+    target = read_target_prior(config.target_prior, len(classes)) if config.target_prior is not None else None
     encoded: EncodeResult | None = None
     scale: float | None = None
     if config.logits is not None:
@@ -193,7 +197,13 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
         logits, indices, encoded, rows, scale = _clip_logits(config, backbone, source, progress)
         teacher = "clip"
     result = debiased_pseudo_labels(
-        ReportingRows(logits, progress), config.tau, config.select_threshold, config.chunk_rows
+        logits,
+        defaults.TAU if config.tau is None else config.tau,
+        config.select_threshold,
+        config.chunk_rows,
+        mode=config.debias,
+        target_prior=target,
+        progress=progress,
     )
     paths = [source.path(i) for i in range(len(source))]
     table = pseudo_label_table(result, indices, paths, source.labels, classes)
@@ -225,6 +235,8 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
         teacher,
         result.tau,
         result.threshold,
+        result.correction,
+        result.balance,
         len(source),
         encoded,
         rows,

@@ -40,6 +40,15 @@ TAU = 0.4
 SELECT_THRESHOLD = 0.95
 # Rows of logits in memory at once in `pseudolabel` (16384 x 1000 classes x 4 B = 64 MB per copy).
 CHUNK_ROWS = 16384
+# How the zero-shot logits are corrected (--debias): paper = the DebiasPL paper's z - tau log q; balance =
+# per-class offsets b with mean_i softmax(z_i - b) = the target prior (uniform, or --target-prior);
+# none = the plain zero-shot labels.
+DEBIAS_MODES = ("paper", "balance", "none")
+DEBIAS = "paper"
+# balance: stop when every class's corrected share is within this relative distance of its target share,
+# or after this many passes over the logits (each pass is one softmax over [N, C]).
+BALANCE_TOLERANCE = 1e-4
+BALANCE_MAX_ITERATIONS = 100
 
 # --- training (ssl, zeroshot) ---------------------------------------------------------------------
 

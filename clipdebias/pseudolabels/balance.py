@@ -17,26 +17,30 @@ offset changes nothing; the offsets returned have mean 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from clipdebias.pseudolabels.labels import LogitRows
+from clipdebias.config import defaults
+from clipdebias.pseudolabels.rows import LogitRows, as_tensor
 from clipdebias.utils.errors import OptionError
+from clipdebias.utils.progress import NoProgress, Progress
 
-# Stop when every class's corrected share is within this relative distance of its target share.
-DEFAULT_TOLERANCE = 1e-4
-# Passes over the logits at most (each is one softmax over [N, C]).
-DEFAULT_MAX_ITERATIONS = 100
+DEFAULT_TOLERANCE = defaults.BALANCE_TOLERANCE
+DEFAULT_MAX_ITERATIONS = defaults.BALANCE_MAX_ITERATIONS
+BALANCE_STAGE = "balancing: passes over the logits until converged"
 
 
 @dataclass(frozen=True)
 class BalancedOffsets:
     """``offsets`` ``b`` ``[C]`` (mean 0), the corrected ``marginal`` ``mean_i softmax(z_i - b)`` they
-    reach, the passes that took, and whether the marginal came within the tolerance."""
+    reach, the ``target`` prior it aims at, the passes that took, and whether the marginal came within
+    the tolerance."""
 
     offsets: np.ndarray
     marginal: np.ndarray
+    target: np.ndarray
     iterations: int
     converged: bool
 
@@ -56,18 +60,29 @@ def check_target_prior(values: np.ndarray, num_classes: int) -> np.ndarray:
     return prior / prior.sum()
 
 
-def _chunk(rows: LogitRows, start: int, stop: int) -> torch.Tensor:
-    chunk = rows[start:stop]
-    if isinstance(chunk, np.ndarray):
-        return torch.from_numpy(np.asarray(chunk, dtype=np.float32))
-    return chunk.float()
+def read_target_prior(path: str | Path, num_classes: int) -> np.ndarray:
+    """The target prior of ``--target-prior``: a ``.npy`` vector, or a text file with one number per
+    line (a frequency or a count per class, in label order; blank lines and ``#`` comments skipped),
+    checked by :func:`check_target_prior`."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise OptionError("target_prior", f"{str(path)!r}: no such file")
+    try:
+        if file.suffix.lower() == ".npy":
+            values = np.load(file, allow_pickle=False)
+        else:
+            lines = [line.split("#", 1)[0].strip() for line in file.read_text().splitlines()]
+            values = np.array([float(line) for line in lines if line], dtype=np.float64)
+    except (OSError, ValueError) as err:
+        raise OptionError("target_prior", f"{str(path)!r}: not one number per line or a .npy vector ({err})") from err
+    return check_target_prior(values, num_classes)
 
 
 def corrected_marginal(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
     """``mean_i softmax(z_i - offsets)`` over every row, in float64 (one streaming pass)."""
     total = torch.zeros(rows.shape[1], dtype=torch.float64)
     for start in range(0, rows.shape[0], chunk_rows):
-        chunk = _chunk(rows, start, start + chunk_rows)
+        chunk = as_tensor(rows[start : start + chunk_rows])
         shifted = chunk - offsets.to(chunk.device, torch.float32)
         total += torch.softmax(shifted, dim=-1).sum(dim=0, dtype=torch.float64).cpu()
     return total / rows.shape[0]
@@ -79,10 +94,16 @@ def balance_offsets(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
-    chunk_rows: int = 16384,
+    chunk_rows: int = defaults.CHUNK_ROWS,
+    start: np.ndarray | None = None,
+    progress: Progress | None = None,
 ) -> BalancedOffsets:
     """Offsets ``b`` with ``mean_i softmax(z_i - b) = target`` (uniform when ``None``), to a relative
-    ``tolerance`` per class, in at most ``max_iterations`` passes over ``rows`` (``[N, C]`` logits)."""
+    ``tolerance`` per class, in at most ``max_iterations`` passes over ``rows`` (``[N, C]`` logits).
+
+    ``start``: the marginal at ``b = 0`` (the dataset prior) when the caller already has it, which
+    saves the first pass. ``progress`` sees one stage, counting passes up to ``max_iterations`` (it
+    stops there early once the marginal is within the tolerance)."""
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] < 2:
         raise ValueError(f"logits must have shape [N, C] with N >= 1 and C >= 2, got {tuple(rows.shape)}")
     num_classes = int(rows.shape[1])
@@ -90,8 +111,14 @@ def balance_offsets(
         check_target_prior(target, num_classes) if target is not None else np.full(num_classes, 1.0 / num_classes)
     )
     offsets = torch.zeros(num_classes, dtype=torch.float64)
-    marginal = corrected_marginal(rows, offsets, chunk_rows)
-    iterations, converged = 1, False
+    progress = progress or NoProgress()
+    progress.start(BALANCE_STAGE, max_iterations)
+    if start is not None:
+        marginal, iterations = torch.as_tensor(np.asarray(start, dtype=np.float64)), 0
+    else:
+        marginal, iterations = corrected_marginal(rows, offsets, chunk_rows), 1
+        progress.advance(1)
+    converged = False
     while True:
         gap = torch.log(marginal.clamp_min(torch.finfo(torch.float64).tiny) / prior)
         converged = bool((torch.exp(gap.abs()) - 1.0).max() <= tolerance)
@@ -101,4 +128,5 @@ def balance_offsets(
         offsets = offsets - offsets.mean()
         marginal = corrected_marginal(rows, offsets, chunk_rows)
         iterations += 1
-    return BalancedOffsets(offsets.numpy(), marginal.numpy(), iterations, converged)
+        progress.advance(1)
+    return BalancedOffsets(offsets.numpy(), marginal.numpy(), prior.numpy(), iterations, converged)

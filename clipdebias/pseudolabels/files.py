@@ -87,6 +87,7 @@ def pseudo_label_sidecar(
     """The JSON sidecar of a pseudo-label CSV (docs/formats.md), as ``pseudolabel`` and ``zeroshot`` write it."""
     return {
         "classes": classes,
+        "debias": result.mode,
         "tau": result.tau,
         "threshold": result.threshold,
         "prior": [float(x) for x in result.prior],
@@ -108,7 +109,21 @@ def pseudo_label_sidecar(
         "raw_class_counts": summary.raw_counts.tolist(),
         "imbalance_ratio": imbalance_ratio(summary.counts),
         "raw_imbalance_ratio": imbalance_ratio(summary.raw_counts),
+        **({"balance": _balance_record(result)} if result.balance is not None else {}),
         "clipdebias": __version__,
+    }
+
+
+def _balance_record(result: PseudoLabels) -> dict:
+    """The balanced correction's sidecar entry: its target, the marginal and offsets it reached."""
+    balance = result.balance
+    assert balance is not None
+    return {
+        "target_prior": None if result.target_prior is None else [float(x) for x in result.target_prior],
+        "iterations": balance.iterations,
+        "converged": balance.converged,
+        "marginal": [float(x) for x in balance.marginal],
+        "offsets": [float(x) for x in balance.offsets],
     }
 
 

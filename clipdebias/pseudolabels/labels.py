@@ -1,23 +1,26 @@
 """Debiased pseudo-labels from any teacher's logits: the dataset prior and the labels.
 
-The core, :func:`debiased_pseudo_labels`, streams over row chunks of an ``[N, C]`` logit matrix
-in two passes and never holds ``[N, C]`` in memory:
+The core, :func:`debiased_pseudo_labels`, streams over row chunks of an ``[N, C]`` logit matrix.
+With the paper's correction (``mode="paper"``) it takes two passes and never holds ``[N, C]``:
 
 1. the dataset prior ``q = mean_i softmax(z_i)`` (:func:`clipdebias.debias.dataset_prior`);
 2. per row, the debiased label and confidence ``max softmax(z - tau log q)``, the plain (raw)
    label and confidence ``max softmax(z)``, and ``selected = confidence >= threshold``.
 
-The matrix is anything with ``shape``, ``ndim`` and row slicing: a memory-mapped ``.npy`` of a
-teacher's logits (``--logits``), or :class:`ZeroShotLogits`, which computes
-``scale * embeddings @ classifier.T`` one slice at a time from cached CLIP embeddings.
-``tau = 0`` gives plain zero-shot labels. The files made of them are in
-:mod:`clipdebias.pseudolabels.files`.
+``mode="none"`` is the same with ``tau = 0`` (plain zero-shot labels). ``mode="balance"`` replaces
+``tau log q`` by per-class offsets whose corrected marginal is a target prior
+(:mod:`clipdebias.pseudolabels.balance`); it keeps a float16 copy of the rows (2 bytes per logit)
+for its passes.
+
+The matrix is anything with ``shape``, ``ndim`` and row slicing (:mod:`clipdebias.pseudolabels.rows`):
+a memory-mapped ``.npy`` of a teacher's logits (``--logits``), or ``ZeroShotLogits``, which computes
+``scale * embeddings @ classifier.T`` one slice at a time from cached CLIP embeddings. The files made
+of them are in :mod:`clipdebias.pseudolabels.files`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,94 +28,22 @@ import torch
 from clipdebias.config import defaults
 from clipdebias.debias import dataset_prior, select_pseudo_labels
 from clipdebias.metrics import known_accuracy
+from clipdebias.pseudolabels.balance import BalancedOffsets, balance_offsets, check_target_prior
+from clipdebias.pseudolabels.rows import HalfRows, LogitRows, ReportingRows, as_tensor
 from clipdebias.utils.errors import UserError
-from clipdebias.utils.progress import Progress
+from clipdebias.utils.progress import NoProgress, Progress
 
 DEFAULT_TAU = defaults.TAU
 DEFAULT_THRESHOLD = defaults.SELECT_THRESHOLD
 DEFAULT_CHUNK_ROWS = defaults.CHUNK_ROWS
 
 
-class LogitRows(Protocol):
-    """An ``[N, C]`` matrix of logits read by row slices (``numpy.memmap``, tensor, :class:`ZeroShotLogits`)."""
-
-    shape: tuple[int, ...]
-    ndim: int
-
-    def __getitem__(self, rows: slice) -> np.ndarray | torch.Tensor: ...
-
-
-class ZeroShotLogits:
-    """``scale * embeddings @ classifier.T``, computed for one row slice at a time.
-
-    ``embeddings``: ``[N, D]`` float32 (a memory-mapped view is fine), ``classifier``: ``[C, D]``.
-    """
-
-    ndim = 2
-
-    def __init__(
-        self, embeddings: np.ndarray, classifier: torch.Tensor, scale: float, device: str | torch.device = "cpu"
-    ):
-        if embeddings.ndim != 2 or embeddings.shape[1] != classifier.shape[1]:
-            raise ValueError(
-                f"embeddings {tuple(embeddings.shape)} and classifier {tuple(classifier.shape)} do not match"
-            )
-        self.embeddings = embeddings
-        self.device = torch.device(device)
-        self.scale = float(scale)
-        self.classifier_t = (self.scale * classifier.to(self.device, torch.float32)).T.contiguous()  # scale folded in
-        self.shape = (int(embeddings.shape[0]), int(classifier.shape[0]))
-
-    def __getitem__(self, rows: slice) -> torch.Tensor:
-        chunk = torch.from_numpy(np.array(self.embeddings[rows], dtype=np.float32)).to(self.device)
-        return chunk @ self.classifier_t
-
-
-class FiniteRows:
-    """A :class:`LogitRows` over a numpy matrix that raises :class:`UserError` at the first row holding
-    NaN or an infinity, checked as the rows are read (no extra pass over a large file)."""
-
-    ndim = 2
-
-    def __init__(self, rows: np.ndarray, name: str):
-        self.rows, self.name, self.shape = rows, name, tuple(rows.shape)
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        chunk = self.rows[rows]
-        bad = ~np.isfinite(chunk).all(axis=1)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0]) + (rows.start or 0)
-            raise UserError(
-                f"{self.name}: row {first} holds NaN or infinite values; every logit must be a finite number"
-            )
-        return chunk
-
-
-class ReportingRows:
-    """A :class:`LogitRows` that reports each pass over its rows as a progress stage."""
-
-    ndim = 2
-    STAGES = ("class prior (pass 1/2)", "pseudo-labels (pass 2/2)")
-
-    def __init__(self, rows: LogitRows, progress: Progress):
-        self.rows = rows
-        self.shape = tuple(rows.shape)
-        self.progress = progress
-        self.passes = 0
-
-    def __getitem__(self, rows: slice) -> np.ndarray | torch.Tensor:
-        chunk = self.rows[rows]  # first: a bad first chunk fails before a bar is drawn
-        if not rows.start:
-            self.progress.start(self.STAGES[min(self.passes, len(self.STAGES) - 1)], self.shape[0])
-            self.passes += 1
-        self.progress.advance(int(chunk.shape[0]))
-        return chunk
-
-
 @dataclass(frozen=True)
 class PseudoLabels:
-    """Per logit row: debiased ``label``/``confidence``, plain ``raw_label``/``raw_confidence`` and
-    ``selected`` (``confidence >= threshold``); ``prior`` is the dataset prior ``q`` (``[C]``)."""
+    """Per logit row: corrected ``label``/``confidence`` (``mode``: ``paper``, ``balance`` or ``none``),
+    plain ``raw_label``/``raw_confidence`` and ``selected`` (``confidence >= threshold``); ``prior`` is
+    the dataset prior ``q`` (``[C]``). ``balance`` holds the balanced correction's offsets, the marginal
+    they reach and the passes that took (``mode == "balance"`` only)."""
 
     prior: np.ndarray
     label: np.ndarray
@@ -122,12 +53,22 @@ class PseudoLabels:
     selected: np.ndarray
     tau: float
     threshold: float
+    mode: str = defaults.DEBIAS
+    balance: BalancedOffsets | None = None
+    target_prior: np.ndarray | None = None
+
+    @property
+    def correction(self) -> str:
+        """The correction in a few words, for tables: ``debiased (tau 0.4)``, ``balanced (uniform prior)``."""
+        if self.mode == "balance":
+            return f"balanced ({'uniform' if self.target_prior is None else 'given'} prior)"
+        if self.mode == "none":
+            return "no correction"
+        return f"debiased (tau {self.tau:g})"
 
 
-def _as_tensor(chunk: np.ndarray | torch.Tensor) -> torch.Tensor:
-    if isinstance(chunk, np.ndarray):
-        return torch.from_numpy(np.array(chunk, dtype=np.float32))
-    return chunk.float()
+PAPER_STAGES = ("class prior (pass 1/2)", "pseudo-labels (pass 2/2)")
+BALANCE_STAGES = ("class prior and a float16 copy of the logits", "pseudo-labels")
 
 
 def debiased_pseudo_labels(
@@ -135,14 +76,38 @@ def debiased_pseudo_labels(
     tau: float = DEFAULT_TAU,
     threshold: float = DEFAULT_THRESHOLD,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    *,
+    mode: str = defaults.DEBIAS,
+    target_prior: np.ndarray | None = None,
+    progress: Progress | None = None,
 ) -> PseudoLabels:
-    """Two streaming passes over ``logits`` (see the module docstring); memory is O(chunk_rows x C)."""
+    """Pseudo-labels of ``logits`` corrected by ``mode``, streamed over row chunks.
+
+    ``paper``: two passes (see the module docstring), memory O(chunk_rows x C); ``none`` is ``paper``
+    with ``tau = 0``. ``balance``: one pass over ``logits`` (raw labels, the dataset prior, a float16
+    copy of the rows, see :class:`~clipdebias.pseudolabels.rows.HalfRows`), the fixed point of
+    :func:`~clipdebias.pseudolabels.balance.balance_offsets` over that copy, and the labels
+    ``argmax(z - b)``; ``tau`` does not apply. ``progress`` sees one stage per pass.
+    """
+    if mode not in defaults.DEBIAS_MODES:
+        raise ValueError(f"unknown debias mode {mode!r}; choose one of: {', '.join(defaults.DEBIAS_MODES)}")
     if tau < 0:
         raise ValueError(f"tau must be 0 or more (0 = plain zero-shot), got {tau}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] < 2:
         raise UserError(f"logits must have shape [N, C] with N >= 1 and C >= 2, got {tuple(logits.shape)}")
+    if mode == "balance":
+        return _balanced(logits, threshold, chunk_rows, target_prior, progress or NoProgress())
+    if target_prior is not None:
+        raise ValueError("a target prior applies to the balance mode only")
+    return _paper(logits, 0.0 if mode == "none" else tau, threshold, chunk_rows, mode, progress or NoProgress())
+
+
+def _paper(
+    logits: LogitRows, tau: float, threshold: float, chunk_rows: int, mode: str, progress: Progress
+) -> PseudoLabels:
+    logits = ReportingRows(logits, progress, PAPER_STAGES)
     prior = dataset_prior(logits, chunk_size=chunk_rows)
     if not torch.isfinite(prior).all():
         raise UserError("the logits contain NaN or infinite values")
@@ -153,7 +118,7 @@ def debiased_pseudo_labels(
     raw_confidence = np.empty(rows, np.float32)
     selected = np.empty(rows, bool)
     for start in range(0, rows, chunk_rows):
-        chunk = _as_tensor(logits[start : start + chunk_rows])
+        chunk = as_tensor(logits[start : start + chunk_rows])
         part = slice(start, start + chunk.shape[0])
         targets, conf, mask = select_pseudo_labels(chunk, prior, tau, threshold)
         raw_conf, raw_targets = torch.softmax(chunk, dim=-1).max(dim=-1)
@@ -164,7 +129,61 @@ def debiased_pseudo_labels(
         )
         raw_label[part], raw_confidence[part] = raw_targets.cpu().numpy(), raw_conf.cpu().numpy()
     return PseudoLabels(
-        prior.cpu().numpy(), label, confidence, raw_label, raw_confidence, selected, float(tau), float(threshold)
+        prior.cpu().numpy(),
+        label,
+        confidence,
+        raw_label,
+        raw_confidence,
+        selected,
+        float(tau),
+        float(threshold),
+        mode=mode,
+    )
+
+
+def _balanced(
+    logits: LogitRows, threshold: float, chunk_rows: int, target_prior: np.ndarray | None, progress: Progress
+) -> PseudoLabels:
+    rows, num_classes = int(logits.shape[0]), int(logits.shape[1])
+    target = check_target_prior(target_prior, num_classes) if target_prior is not None else None
+    raw_label = np.empty(rows, np.int64)
+    raw_confidence = np.empty(rows, np.float32)
+    copy = HalfRows((rows, num_classes))
+    total = torch.zeros(num_classes, dtype=torch.float64)
+    source = ReportingRows(logits, progress, BALANCE_STAGES[:1])
+    for start in range(0, rows, chunk_rows):
+        chunk = as_tensor(source[start : start + chunk_rows])
+        if not torch.isfinite(chunk).all():
+            raise UserError("the logits contain NaN or infinite values")
+        probs = torch.softmax(chunk, dim=-1)
+        total += probs.sum(dim=0, dtype=torch.float64).cpu()
+        conf, targets = probs.max(dim=-1)
+        part = slice(start, start + chunk.shape[0])
+        raw_label[part], raw_confidence[part] = targets.cpu().numpy(), conf.cpu().numpy()
+        copy.add(start, chunk)
+    prior = total / rows
+    result = balance_offsets(copy, target, chunk_rows=chunk_rows, start=prior.numpy(), progress=progress)
+    offsets = torch.from_numpy(result.offsets).float()
+    label = np.empty(rows, np.int64)
+    confidence = np.empty(rows, np.float32)
+    final = ReportingRows(copy, progress, BALANCE_STAGES[1:])
+    for start in range(0, rows, chunk_rows):
+        probs = torch.softmax(final[start : start + chunk_rows] - offsets, dim=-1)
+        conf, targets = probs.max(dim=-1)
+        part = slice(start, start + probs.shape[0])
+        label[part], confidence[part] = targets.numpy(), conf.numpy()
+    return PseudoLabels(
+        (prior / prior.sum()).float().numpy(),
+        label,
+        confidence,
+        raw_label,
+        raw_confidence,
+        confidence >= threshold,
+        0.0,
+        float(threshold),
+        mode="balance",
+        balance=result,
+        target_prior=target,
     )
 
 

@@ -21,7 +21,8 @@ from clipdebias.commands.zeroshot.config import HeadSettings, LoopSettings
 from clipdebias.data.streams import Shard
 from clipdebias.debias import debias_logits
 from clipdebias.metrics import EvalResult, eval_result
-from clipdebias.pseudolabels.labels import LogitRows, ZeroShotLogits, debiased_pseudo_labels
+from clipdebias.pseudolabels.labels import debiased_pseudo_labels
+from clipdebias.pseudolabels.rows import ZeroShotLogits
 from clipdebias.pseudolabels.selection import Selection, select_confident
 from clipdebias.training.embedding_streams import EmbeddingStream, FeatureNoise, as_device_tensor, embedding_evaluator
 from clipdebias.training.loop import ProgressEvent, TrainResult, train
@@ -30,6 +31,7 @@ from clipdebias.training.optim import SGD_MOMENTUM, cosine_schedule, param_group
 from clipdebias.training.run_folder import RunFolder
 from clipdebias.training.step import Fallback
 from clipdebias.utils.errors import UserError
+from clipdebias.utils.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,11 @@ def pseudo_label_train_rows(
     select_threshold: float,
     topk_per_class: int | None,
     device: torch.device | str = "cpu",
-    logits: LogitRows | None = None,
+    progress: Progress | None = None,
 ) -> Selection:
     """Debiased zero-shot pseudo-labels (``tau``; ``selected`` at ``select_threshold``) of the train
-    rows and the confident/rest split. ``logits`` (``[N, C]`` rows) replaces the zero-shot logits
-    when given (e.g. to report progress while they stream)."""
-    rows = logits if logits is not None else train_logits(arrays, device)
-    pseudo = debiased_pseudo_labels(rows, tau, select_threshold)
+    rows and the confident/rest split; ``progress`` sees the passes over the logits."""
+    pseudo = debiased_pseudo_labels(train_logits(arrays, device), tau, select_threshold, progress=progress)
     confident, rest = select_confident(pseudo.label, pseudo.confidence, select_threshold, topk_per_class)
     if len(confident) == 0:
         raise UserError(

@@ -35,7 +35,6 @@ from clipdebias.commands.zeroshot.head import (
     ZeroShotArrays,
     fit_head,
     pseudo_label_train_rows,
-    train_logits,
     zero_shot_eval,
 )
 from clipdebias.commands.zeroshot.image_students import train_image_student
@@ -44,7 +43,7 @@ from clipdebias.data.skipped import SkippedImage, skipped_from_manifest
 from clipdebias.data.sources import ArraySource, ImageSource, check_dataset, open_dataset
 from clipdebias.metrics import EvalResult, known_accuracy
 from clipdebias.pseudolabels.files import pseudo_label_sidecar, pseudo_label_table, write_pseudo_labels
-from clipdebias.pseudolabels.labels import ReportingRows, summarize
+from clipdebias.pseudolabels.labels import summarize
 from clipdebias.pseudolabels.selection import Selection
 from clipdebias.reporting.report import ReportResult, try_write_report
 from clipdebias.training.loop import ProgressEvent, TrainResult
@@ -236,9 +235,8 @@ def _run(
 
     def label_and_write() -> tuple[Selection, Path, EvalResult, EvalResult]:
         """Rank 0's part: the pseudo-labels, the confident set and the files made of them."""
-        rows = ReportingRows(train_logits(arrays, device), progress)
         selection = pseudo_label_train_rows(
-            arrays, config.tau, config.select_threshold, config.select_topk_per_class, device, logits=rows
+            arrays, config.tau, config.select_threshold, config.select_topk_per_class, device, progress
         )
         csv = _write_pseudolabels(config, run, arrays, selection, train_split, classes, scale)
         zeroshot, zeroshot_debiased = zero_shot_eval(arrays, selection.pseudo.prior, config.tau)
