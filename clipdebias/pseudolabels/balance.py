@@ -9,8 +9,9 @@ target prior ``pi`` (uniform unless given)::
     mean_i softmax(z_i - b) = pi
 
 by the fixed point ``b <- b + log(mean_i softmax(z_i - b) / pi)``: the prior-shift correction of
-Saerens et al. (2002) with the target prior held fixed. Each iteration is one streaming pass over the
-logits (memory ``O(chunk_rows x C)``). The labels are ``argmax(z - b)``. Adding a constant to every
+Saerens et al. (2002) with the target prior held fixed, each step scaled per class by a Newton factor
+(see :func:`balance_offsets`). Each iteration is one streaming pass over the logits (memory
+``O(chunk_rows x C)``). The labels are ``argmax(z - b)``. Adding a constant to every
 offset changes nothing; the offsets returned have mean 0.
 """
 
@@ -29,6 +30,9 @@ from clipdebias.utils.progress import NoProgress, Progress
 
 DEFAULT_TOLERANCE = defaults.BALANCE_TOLERANCE
 DEFAULT_MAX_ITERATIONS = defaults.BALANCE_MAX_ITERATIONS
+# The smallest divisor of a step: a class whose posteriors are all near one-hot moves its share little
+# per unit of offset; its step is at most 20x the fixed point's.
+MIN_CURVATURE = 0.05
 BALANCE_STAGE = "balancing: passes over the logits until converged"
 
 
@@ -78,14 +82,25 @@ def read_target_prior(path: str | Path, num_classes: int) -> np.ndarray:
     return check_target_prior(values, num_classes)
 
 
-def corrected_marginal(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
-    """``mean_i softmax(z_i - offsets)`` over every row, in float64 (one streaming pass)."""
-    total = torch.zeros(rows.shape[1], dtype=torch.float64)
+def corrected_moments(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, ``mean_i p_ic`` and ``mean_i p_ic^2`` of ``p_i = softmax(z_i - offsets)`` over every
+    row, in float64 (one streaming pass). The first is the corrected marginal; the second gives the
+    step size of :func:`balance_offsets`."""
+    first = torch.zeros(rows.shape[1], dtype=torch.float64)
+    second = torch.zeros(rows.shape[1], dtype=torch.float64)
     for start in range(0, rows.shape[0], chunk_rows):
         chunk = as_tensor(rows[start : start + chunk_rows])
-        shifted = chunk - offsets.to(chunk.device, torch.float32)
-        total += torch.softmax(shifted, dim=-1).sum(dim=0, dtype=torch.float64).cpu()
-    return total / rows.shape[0]
+        probs = torch.softmax(chunk - offsets.to(chunk.device, torch.float32), dim=-1)
+        first += probs.sum(dim=0, dtype=torch.float64).cpu()
+        second += (probs * probs).sum(dim=0, dtype=torch.float64).cpu()
+    return first / rows.shape[0], second / rows.shape[0]
+
+
+def _worst_gap(marginal: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``log(marginal / prior)`` per class and the largest relative distance ``|marginal / prior - 1|``
+    (bounded above by ``exp|gap| - 1``)."""
+    gap = torch.log(marginal.clamp_min(torch.finfo(torch.float64).tiny) / prior)
+    return gap, float((torch.exp(gap.abs()) - 1.0).max())
 
 
 def balance_offsets(
@@ -95,15 +110,18 @@ def balance_offsets(
     tolerance: float = DEFAULT_TOLERANCE,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     chunk_rows: int = defaults.CHUNK_ROWS,
-    start: np.ndarray | None = None,
+    start: tuple[np.ndarray, np.ndarray] | None = None,
     progress: Progress | None = None,
 ) -> BalancedOffsets:
     """Offsets ``b`` with ``mean_i softmax(z_i - b) = target`` (uniform when ``None``), to a relative
     ``tolerance`` per class, in at most ``max_iterations`` passes over ``rows`` (``[N, C]`` logits).
 
-    ``start``: the marginal at ``b = 0`` (the dataset prior) when the caller already has it, which
-    saves the first pass. ``progress`` sees one stage, counting passes up to ``max_iterations`` (it
-    stops there early once the marginal is within the tolerance)."""
+    Each step is the fixed point's ``log(m / pi)`` divided by ``1 - mean_i p_ic^2 / m_c`` (a Newton step
+    for each class on its own: confident posteriors move little per unit of offset, so they need
+    larger steps); a step that makes the largest gap worse is replaced by the plain fixed-point step
+    ``b <- b + log(m / pi)``, which costs one more pass. ``start``: the two moments of
+    :func:`corrected_moments` at ``b = 0`` when the caller already has them, which saves the first
+    pass. ``progress`` sees one stage, counting passes up to ``max_iterations``."""
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] < 2:
         raise ValueError(f"logits must have shape [N, C] with N >= 1 and C >= 2, got {tuple(rows.shape)}")
     num_classes = int(rows.shape[1])
@@ -114,19 +132,24 @@ def balance_offsets(
     progress = progress or NoProgress()
     progress.start(BALANCE_STAGE, max_iterations)
     if start is not None:
-        marginal, iterations = torch.as_tensor(np.asarray(start, dtype=np.float64)), 0
+        marginal, second = (torch.as_tensor(np.asarray(part, dtype=np.float64)) for part in start)
+        iterations = 0
     else:
-        marginal, iterations = corrected_marginal(rows, offsets, chunk_rows), 1
+        (marginal, second), iterations = corrected_moments(rows, offsets, chunk_rows), 1
         progress.advance(1)
-    converged = False
-    while True:
-        gap = torch.log(marginal.clamp_min(torch.finfo(torch.float64).tiny) / prior)
-        converged = bool((torch.exp(gap.abs()) - 1.0).max() <= tolerance)
-        if converged or iterations >= max_iterations:
-            break
-        offsets = offsets + gap
-        offsets = offsets - offsets.mean()
-        marginal = corrected_marginal(rows, offsets, chunk_rows)
+    gap, worst = _worst_gap(marginal, prior)
+    while worst > tolerance and iterations < max_iterations:
+        curvature = (1.0 - second / marginal.clamp_min(torch.finfo(torch.float64).tiny)).clamp_min(MIN_CURVATURE)
+        candidate = offsets + gap / curvature
+        moments = corrected_moments(rows, candidate - candidate.mean(), chunk_rows)
         iterations += 1
         progress.advance(1)
-    return BalancedOffsets(offsets.numpy(), marginal.numpy(), prior.numpy(), iterations, converged)
+        if _worst_gap(moments[0], prior)[1] > worst and iterations < max_iterations:
+            candidate = offsets + gap
+            moments = corrected_moments(rows, candidate - candidate.mean(), chunk_rows)
+            iterations += 1
+            progress.advance(1)
+        offsets = candidate - candidate.mean()
+        marginal, second = moments
+        gap, worst = _worst_gap(marginal, prior)
+    return BalancedOffsets(offsets.numpy(), marginal.numpy(), prior.numpy(), iterations, worst <= tolerance)

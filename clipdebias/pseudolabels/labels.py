@@ -150,6 +150,7 @@ def _balanced(
     raw_confidence = np.empty(rows, np.float32)
     copy = HalfRows((rows, num_classes))
     total = torch.zeros(num_classes, dtype=torch.float64)
+    squares = torch.zeros(num_classes, dtype=torch.float64)
     source = ReportingRows(logits, progress, BALANCE_STAGES[:1])
     for start in range(0, rows, chunk_rows):
         chunk = as_tensor(source[start : start + chunk_rows])
@@ -157,12 +158,14 @@ def _balanced(
             raise UserError("the logits contain NaN or infinite values")
         probs = torch.softmax(chunk, dim=-1)
         total += probs.sum(dim=0, dtype=torch.float64).cpu()
+        squares += (probs * probs).sum(dim=0, dtype=torch.float64).cpu()
         conf, targets = probs.max(dim=-1)
         part = slice(start, start + chunk.shape[0])
         raw_label[part], raw_confidence[part] = targets.cpu().numpy(), conf.cpu().numpy()
         copy.add(start, chunk)
     prior = total / rows
-    result = balance_offsets(copy, target, chunk_rows=chunk_rows, start=prior.numpy(), progress=progress)
+    start = (prior.numpy(), (squares / rows).numpy())
+    result = balance_offsets(copy, target, chunk_rows=chunk_rows, start=start, progress=progress)
     offsets = torch.from_numpy(result.offsets).float()
     label = np.empty(rows, np.int64)
     confidence = np.empty(rows, np.float32)
