@@ -40,6 +40,8 @@ TAU = 0.4
 SELECT_THRESHOLD = 0.95
 # Rows of logits in memory at once in `pseudolabel` (16384 x 1000 classes x 4 B = 64 MB per copy).
 CHUNK_ROWS = 16384
+# Classes per image in CLIPRankedPredictions.csv of --reference-format (at most the number of classes).
+REFERENCE_TOP_K = 5
 
 # --- training (ssl, zeroshot) ---------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from clipdebias.config import defaults
-from clipdebias.debias import dataset_prior, select_pseudo_labels
+from clipdebias.debias import dataset_prior, debias_logits, select_pseudo_labels
 from clipdebias.metrics import known_accuracy
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import Progress
@@ -112,7 +112,9 @@ class ReportingRows:
 @dataclass(frozen=True)
 class PseudoLabels:
     """Per logit row: debiased ``label``/``confidence``, plain ``raw_label``/``raw_confidence`` and
-    ``selected`` (``confidence >= threshold``); ``prior`` is the dataset prior ``q`` (``[C]``)."""
+    ``selected`` (``confidence >= threshold``); ``prior`` is the dataset prior ``q`` (``[C]``).
+    With ``top_k``: ``ranked_label`` / ``ranked_prob`` (``[N, k]``) are the ``k`` most probable
+    classes of ``softmax(z - tau log q)`` and their probabilities, most probable first."""
 
     prior: np.ndarray
     label: np.ndarray
@@ -122,6 +124,8 @@ class PseudoLabels:
     selected: np.ndarray
     tau: float
     threshold: float
+    ranked_label: np.ndarray | None = None
+    ranked_prob: np.ndarray | None = None
 
 
 def _as_tensor(chunk: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -135,8 +139,12 @@ def debiased_pseudo_labels(
     tau: float = DEFAULT_TAU,
     threshold: float = DEFAULT_THRESHOLD,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    top_k: int = 0,
 ) -> PseudoLabels:
-    """Two streaming passes over ``logits`` (see the module docstring); memory is O(chunk_rows x C)."""
+    """Two streaming passes over ``logits`` (see the module docstring); memory is O(chunk_rows x C).
+    ``top_k`` > 0 also keeps the ``min(top_k, C)`` most probable debiased classes of every row."""
+    if top_k < 0:
+        raise ValueError(f"top_k must be 0 or more, got {top_k}")
     if tau < 0:
         raise ValueError(f"tau must be 0 or more (0 = plain zero-shot), got {tau}")
     if not 0.0 <= threshold <= 1.0:
@@ -152,6 +160,9 @@ def debiased_pseudo_labels(
     confidence = np.empty(rows, np.float32)
     raw_confidence = np.empty(rows, np.float32)
     selected = np.empty(rows, bool)
+    k = min(top_k, logits.shape[1])
+    ranked_label = np.empty((rows, k), np.int32) if k else None
+    ranked_prob = np.empty((rows, k), np.float32) if k else None
     for start in range(0, rows, chunk_rows):
         chunk = _as_tensor(logits[start : start + chunk_rows])
         part = slice(start, start + chunk.shape[0])
@@ -163,8 +174,20 @@ def debiased_pseudo_labels(
             mask.cpu().numpy() > 0,
         )
         raw_label[part], raw_confidence[part] = raw_targets.cpu().numpy(), raw_conf.cpu().numpy()
+        if k:
+            probs, classes = torch.softmax(debias_logits(chunk, prior, tau), dim=-1).topk(k, dim=-1)
+            ranked_label[part], ranked_prob[part] = classes.cpu().numpy(), probs.cpu().numpy()
     return PseudoLabels(
-        prior.cpu().numpy(), label, confidence, raw_label, raw_confidence, selected, float(tau), float(threshold)
+        prior.cpu().numpy(),
+        label,
+        confidence,
+        raw_label,
+        raw_confidence,
+        selected,
+        float(tau),
+        float(threshold),
+        ranked_label,
+        ranked_prob,
     )
 
 
