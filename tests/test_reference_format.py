@@ -231,3 +231,12 @@ def test_no_warning_when_both_csvs_have_rows(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().err
     selected = pd.read_csv(tmp_path / "ref" / "CLIPPseudoLabel0.5.csv")
     assert 0 < len(selected) < 12
+
+
+def test_an_empty_val_folder_is_left_to_imagefolder(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2, val_per_class=1)
+    for folder in (root / "val").iterdir():
+        for file in folder.iterdir():
+            file.unlink()
+        folder.rmdir()
+    assert reference_indices(open_dataset("imagefolder", "train", root)).tolist() == list(range(6))

@@ -56,22 +56,27 @@ def _quoted(names: list[str]) -> str:
 
 def _check_classes(split_dir: Path, classes: list[str]) -> None:
     """torchvision's classes of ``split_dir`` (``find_classes``: every sub-folder, sorted) must be
-    clipdebias's, in the same order: the reference code's labels are their positions."""
-    found, _ = find_classes(split_dir)
+    clipdebias's, in the same order: the reference code's labels are their positions. A folder
+    without sub-folders is left alone (``ImageFolder`` refuses it itself)."""
+    try:
+        found, _ = find_classes(split_dir)
+    except FileNotFoundError:
+        return
     if found == classes:
         return
     extra = [name for name in found if name not in classes]
     missing = [name for name in classes if name not in found]
     differs = (
-        f"takes {_quoted(extra)} as class folder(s), which clipdebias skips"
+        f"takes {_quoted(extra)} as class folder(s) in {str(split_dir)!r}, which are not among clipdebias's "
+        f"classes (it skips dot-folders)"
         if extra
-        else f"lacks the class folder(s) {_quoted(missing)}"
+        else f"finds no class folder(s) {_quoted(missing)} in {str(split_dir)!r}"
         if missing
-        else "orders the class folders differently"
+        else f"orders the class folders of {str(split_dir)!r} differently"
     )
     raise UserError(
-        f"--reference-format: torchvision's ImageFolder {differs} in {str(split_dir)!r}, so the reference code's "
-        f"class indices would not be clipdebias's; move them out of that folder, or run without --reference-format"
+        f"--reference-format: torchvision's ImageFolder {differs}, so the reference code's class indices would "
+        f"not be clipdebias's; move them out of that folder, or run without --reference-format"
     )
 
 
