@@ -99,7 +99,8 @@ EXPECTED = {
     "encode": {k: SHARED[k] for k in ("--model", "--pretrained", "--split", "--device", "--encode-precision",
                                       "--encode-batch-size", "--chunk-size")},
     "pseudolabel": {"--tau": defaults.TAU, "--select-threshold": defaults.SELECT_THRESHOLD,
-                    "--chunk-rows": defaults.CHUNK_ROWS, "--debias": defaults.DEBIAS},
+                    "--chunk-rows": defaults.CHUNK_ROWS, "--debias": defaults.DEBIAS,
+                    "--reference-top-k": defaults.REFERENCE_TOP_K},
     "zeroshot": {
         "--student": defaults.STUDENT, "--model": defaults.MODEL, "--pretrained": defaults.PRETRAINED,
         **{f"--{k.replace('_', '-')}": v for k, v in _SHARED.items() if k != "min_steps_per_epoch"},

@@ -9,7 +9,7 @@ import torch
 from fakes import make_image_folder
 
 from clipdebias.cli import main
-from clipdebias.pseudolabels.files import CSV_COLUMNS, pseudo_label_table, reference_file_names, write_reference_format
+from clipdebias.pseudolabels.files import CSV_COLUMNS
 from clipdebias.pseudolabels.labels import debiased_pseudo_labels
 from clipdebias.pseudolabels.rows import ZeroShotLogits
 from clipdebias.utils.errors import UserError
@@ -69,30 +69,6 @@ def test_bad_logits_are_user_errors():
         debiased_pseudo_labels(logits)
     with pytest.raises(UserError, match="shape"):
         debiased_pseudo_labels(np.zeros((4, 1), np.float32))
-
-
-def test_reference_format_splits_selected_and_the_rest(tmp_path):
-    result = debiased_pseudo_labels(_biased_logits(rows=50), tau=0.4, threshold=0.8)
-    indices = np.arange(100, 150)
-    table = pseudo_label_table(
-        result, indices, [f"p{i}" for i in range(150)], np.full(150, -1), [f"c{i}" for i in range(7)]
-    )
-    assert list(table.columns) == list(CSV_COLUMNS) and table["label"].isna().all()
-    selected_file, rest_file = write_reference_format(table, tmp_path, 0.8)
-    assert (
-        (selected_file.name, rest_file.name)
-        == reference_file_names(0.8)
-        == ("CLIPPseudoLabel0.8.csv", "CLIPPseudoLabel0.8-Unselected.csv")
-    )
-    selected, rest = pd.read_csv(selected_file), pd.read_csv(rest_file)
-    assert list(selected.columns) == ["Index", "PseudoLabel"] and list(rest.columns) == [
-        "Index",
-        "PseudoLabel",
-        "Probs",
-    ]
-    assert sorted(selected["Index"].tolist() + rest["Index"].tolist()) == list(range(100, 150))
-    assert selected["Index"].tolist() == indices[result.selected].tolist()
-    assert np.allclose(rest["Probs"], result.confidence[~result.selected], atol=1e-6) and (rest["Probs"] < 0.8).all()
 
 
 @pytest.fixture

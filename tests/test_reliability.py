@@ -136,7 +136,8 @@ def _pseudolabel_files(folder: Path) -> list[Path]:
     writes, in the order it writes them."""
     return [folder / "labels.csv", folder / "labels.json",
             folder / "reference" / "CLIPPseudoLabel0.98.csv",
-            folder / "reference" / "CLIPPseudoLabel0.98-Unselected.csv"]  # fmt: skip
+            folder / "reference" / "CLIPPseudoLabel0.98-Unselected.csv",
+            folder / "reference" / "CLIPRankedPredictions.csv"]  # fmt: skip
 
 
 def _contents(files: list[Path]) -> list[bytes | None]:

@@ -75,8 +75,17 @@ def pseudolabel_command(
         Option("--logits", help="Use a teacher's [N, C] logits (.npy, rows in dataset order) instead of CLIP."),
     ] = None,
     reference_format: Annotated[
-        str | None, Option("--reference-format", help="Also write the CVPR 2022 code's two CSVs into this folder.")
+        str | None,
+        Option(
+            "--reference-format",
+            help="Also write the files of the CVPR 2022 code into this folder: its two pseudo-label CSVs "
+            "(Index = torchvision ImageFolder order) and CLIPRankedPredictions.csv.",
+        ),
     ] = None,
+    reference_top_k: Annotated[
+        int,
+        Option("--reference-top-k", min=1, help="Classes per image in CLIPRankedPredictions.csv (--reference-format)."),
+    ] = defaults.REFERENCE_TOP_K,
     device: options.Device = defaults.DEVICE,
     encode_precision: options.EncodePrecision = None,
     encode_batch_size: options.EncodeBatchSize = None,
@@ -126,6 +135,7 @@ def pseudolabel_command(
         logit_scale=logit_scale,
         logits=logits,
         reference_dir=reference_format,
+        reference_top_k=reference_top_k,
         cache_dir=cache_dir,
         encode_batch_size=options.or_default(encode_batch_size, defaults.ENCODE_BATCH_SIZE),
         workers=workers,
@@ -188,6 +198,6 @@ def pseudolabel_command(
         )
     console.print(escape(f"wrote {run.csv} and {run.sidecar}"))
     if run.reference is not None:
-        console.print(escape(f"wrote {run.reference[0]} and {run.reference[1]} (reference format)"))
+        console.print(escape(f"wrote {', '.join(map(str, run.reference))} (reference format)"))
     if report:
         print_report_outcome(console, run.csv, *try_write_report(run.csv))

@@ -1,5 +1,5 @@
 """The ``clipdebias pseudolabel`` job: dataset → (cached CLIP embeddings + prompts, or a teacher's
-logits) → debiased pseudo-labels → CSV, JSON sidecar and, optionally, the reference code's CSVs."""
+logits) → debiased pseudo-labels → CSV, JSON sidecar and, optionally, the reference code's files."""
 
 from __future__ import annotations
 
@@ -16,13 +16,9 @@ from clipdebias.config import defaults
 from clipdebias.config.checks import check_all, check_choice, check_encoding, check_finite
 from clipdebias.data.sources import ImageSource, check_dataset, open_dataset
 from clipdebias.pseudolabels.balance import BalancedOffsets, read_target_prior
-from clipdebias.pseudolabels.files import (
-    pseudo_label_files,
-    pseudo_label_sidecar,
-    pseudo_label_table,
-    reference_format_files,
-)
+from clipdebias.pseudolabels.files import pseudo_label_files, pseudo_label_sidecar, pseudo_label_table
 from clipdebias.pseudolabels.labels import PseudoLabelSummary, debiased_pseudo_labels, summarize
+from clipdebias.pseudolabels.reference import empty_reference_file, reference_format_files, reference_indices
 from clipdebias.pseudolabels.rows import FiniteRows, LogitRows, ZeroShotLogits
 from clipdebias.utils.atomic import atomic_write_group, prepare_dir
 from clipdebias.utils.errors import OptionError, UserError
@@ -51,6 +47,7 @@ class PseudoLabelConfig:
     logit_scale: float | None = None  # None: the model's own (100 for OpenAI CLIP)
     logits: str | None = None  # a teacher's [N, C] logits (.npy) instead of CLIP
     reference_dir: str | None = None
+    reference_top_k: int = defaults.REFERENCE_TOP_K  # classes per image in CLIPRankedPredictions.csv
     cache_dir: str | None = None
     encode_batch_size: int = defaults.ENCODE_BATCH_SIZE
     workers: int | None = None  # None: see clipdebias.utils.device.encode_workers
@@ -65,7 +62,7 @@ class PseudoLabelRun:
 
     csv: Path
     sidecar: Path
-    reference: tuple[Path, Path] | None
+    reference: tuple[Path, ...] | None  # the --reference-format files
     summary: PseudoLabelSummary
     classes: list[str]
     teacher: str
@@ -94,6 +91,7 @@ def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
             (0.0 <= config.select_threshold <= 1.0, "select_threshold", "must be in [0, 1]"),
             (config.logit_scale is None or config.logit_scale > 0, "logit_scale", "must be > 0"),
             (config.chunk_rows >= 1, "chunk_rows", "must be >= 1"),
+            (config.reference_top_k >= 1, "reference_top_k", "must be >= 1"),
         ]
     )
     check_choice("encode_precision", config.backbone.precision, defaults.PRECISIONS)
@@ -187,6 +185,8 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
     source = open_dataset(config.dataset, config.split, config.data_root)
     classes, _ = load_classnames(config.dataset, source.classes, config.classnames)
     target = read_target_prior(config.target_prior, len(classes)) if config.target_prior is not None else None
+    # from the file listing alone, before any logit is computed
+    reference_index = reference_indices(source) if config.reference_dir is not None else None
     encoded: EncodeResult | None = None
     scale: float | None = None
     if config.logits is not None:
@@ -204,6 +204,7 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
         mode=config.debias,
         target_prior=target,
         progress=progress,
+        top_k=config.reference_top_k if config.reference_dir is not None else 0,
     )
     paths = [source.path(i) for i in range(len(source))]
     table = pseudo_label_table(result, indices, paths, source.labels, classes)
@@ -222,10 +223,13 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
         num_images=len(source),
     )
     files = pseudo_label_files(table, out, sidecar)
-    if config.reference_dir:
-        files += reference_format_files(table, config.reference_dir, result.threshold)
-    csv, sidecar_path, *pair = atomic_write_group(files)  # a kill never leaves files of two runs side by side
-    reference = (pair[0], pair[1]) if pair else None
+    if config.reference_dir is not None:
+        files += reference_format_files(table, result, config.reference_dir, reference_index)
+        warning = empty_reference_file(table, result.threshold)
+        if warning:
+            progress.note(warning, warning=True)
+    csv, sidecar_path, *written = atomic_write_group(files)  # a kill never leaves files of two runs side by side
+    reference = tuple(written) if written else None
     return PseudoLabelRun(
         csv,
         sidecar_path,

@@ -49,6 +49,8 @@ DEBIAS = "paper"
 # or after this many passes over the logits (each pass is one softmax over [N, C]).
 BALANCE_TOLERANCE = 1e-4
 BALANCE_MAX_ITERATIONS = 100
+# Classes per image in CLIPRankedPredictions.csv of --reference-format (at most the number of classes).
+REFERENCE_TOP_K = 5
 
 # --- training (ssl, zeroshot) ---------------------------------------------------------------------
 

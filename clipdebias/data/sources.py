@@ -97,11 +97,15 @@ class ArraySource(ImageSource):
 
 
 class FolderSource(ImageSource):
-    """Image files on disk, one folder per class."""
+    """Image files on disk, one folder per class: ``split_dir/<class>/**/<file>`` (every path starts
+    with ``str(split_dir)``)."""
 
-    def __init__(self, name: str, split: str, classes: list[str], paths: list[str], labels: np.ndarray):
+    def __init__(
+        self, name: str, split: str, classes: list[str], paths: list[str], labels: np.ndarray, split_dir: Path
+    ):
         super().__init__(name, split, classes, labels)
         self.paths = list(paths)
+        self.split_dir = split_dir
 
     def path(self, index: int) -> str:
         return self.paths[index]
@@ -226,4 +230,4 @@ def load_folder_split(name: str, split: str, root: Path) -> FolderSource:
             )
         paths.extend(files)
         labels.extend([label] * len(files))
-    return FolderSource(name, split, classes, paths, np.asarray(labels))
+    return FolderSource(name, split, classes, paths, np.asarray(labels), split_dir)

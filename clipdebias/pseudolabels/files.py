@@ -1,5 +1,6 @@
-"""The pseudo-label files: the CSV and its JSON sidecar (docs/formats.md), the reference code's two
-CSVs, and the reader of a pseudo-label CSV that ``report`` and ``ssl --clip-pseudolabels`` share.
+"""The pseudo-label files: the CSV and its JSON sidecar (docs/formats.md), and the reader of a
+pseudo-label CSV that ``report`` and ``ssl --clip-pseudolabels`` share. The reference code's files
+are in :mod:`clipdebias.pseudolabels.reference`.
 
 ``pseudolabel`` and ``zeroshot`` write a CSV with one row per logit row (:data:`CSV_COLUMNS`) and
 ``FILE.json`` beside it (the prior, the settings, the summary). Reading one back is defensive: the
@@ -24,8 +25,6 @@ from clipdebias.utils.atomic import Writer, atomic_write_group, bytes_writer, js
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.json_values import as_number, as_text, as_vector, read_json_object
 
-REFERENCE_SELECTED = "CLIPPseudoLabel{threshold}.csv"
-REFERENCE_UNSELECTED = "CLIPPseudoLabel{threshold}-Unselected.csv"
 CSV_COLUMNS = (
     "index",
     "path",
@@ -142,42 +141,6 @@ def write_pseudo_labels(table: pd.DataFrame, out: str | Path, sidecar: dict) -> 
     sidecar removed before the CSV is replaced: a kill never leaves a new CSV beside an old sidecar."""
     csv, sidecar_path = atomic_write_group(pseudo_label_files(table, out, sidecar))
     return csv, sidecar_path
-
-
-def reference_file_names(threshold: float) -> tuple[str, str]:
-    """The CVPR 2022 code's file names, e.g. ``CLIPPseudoLabel0.95.csv`` and ``CLIPPseudoLabel0.95-Unselected.csv``."""
-    return REFERENCE_SELECTED.format(threshold=f"{threshold:g}"), REFERENCE_UNSELECTED.format(
-        threshold=f"{threshold:g}"
-    )
-
-
-def reference_format_files(table: pd.DataFrame, directory: str | Path, threshold: float) -> list[tuple[Path, Writer]]:
-    """The two CSVs the reference code reads (``--trainindex_x`` / ``--trainindex_u``), as
-    ``(path, writer)`` pairs: ``Index,PseudoLabel`` for the selected rows and
-    ``Index,PseudoLabel,Probs`` (the debiased confidence) for the others. ``Index`` is the dataset
-    position."""
-    directory = Path(directory).expanduser()
-    selected_name, unselected_name = reference_file_names(threshold)
-    chosen = table["selected"].to_numpy(dtype=bool)
-    selected = pd.DataFrame({"Index": table["index"][chosen], "PseudoLabel": table["pseudo_label"][chosen]})
-    rest = pd.DataFrame(
-        {
-            "Index": table["index"][~chosen],
-            "PseudoLabel": table["pseudo_label"][~chosen],
-            "Probs": table["confidence"][~chosen],
-        }
-    )
-    return [
-        (directory / selected_name, lambda handle: selected.to_csv(handle, index=False, errors="surrogateescape")),
-        (directory / unselected_name, lambda handle: rest.to_csv(handle, index=False, errors="surrogateescape")),
-    ]
-
-
-def write_reference_format(table: pd.DataFrame, directory: str | Path, threshold: float) -> tuple[Path, Path]:
-    """:func:`reference_format_files` written atomically, as a pair
-    (see :func:`clipdebias.utils.atomic.atomic_write_group`)."""
-    selected, rest = atomic_write_group(reference_format_files(table, directory, threshold))
-    return selected, rest
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from clipdebias.config import defaults
-from clipdebias.debias import dataset_prior, select_pseudo_labels
+from clipdebias.debias import dataset_prior, debias_logits, select_pseudo_labels
 from clipdebias.metrics import known_accuracy
 from clipdebias.pseudolabels.balance import BalancedOffsets, balance_offsets, check_target_prior
 from clipdebias.pseudolabels.rows import HalfRows, LogitRows, ReportingRows, as_tensor
@@ -42,8 +42,10 @@ DEFAULT_CHUNK_ROWS = defaults.CHUNK_ROWS
 class PseudoLabels:
     """Per logit row: corrected ``label``/``confidence`` (``mode``: ``paper``, ``balance`` or ``none``),
     plain ``raw_label``/``raw_confidence`` and ``selected`` (``confidence >= threshold``); ``prior`` is
-    the dataset prior ``q`` (``[C]``). ``balance`` holds the balanced correction's offsets, the marginal
-    they reach and the passes that took (``mode == "balance"`` only)."""
+    the dataset prior ``q`` (``[C]``). With ``top_k``: ``ranked_label`` / ``ranked_prob`` (``[N, k]``)
+    are the ``k`` most probable classes of the corrected probabilities, most probable first.
+    ``balance`` holds the balanced correction's offsets, the marginal they reach and the passes that
+    took (``mode == "balance"`` only)."""
 
     prior: np.ndarray
     label: np.ndarray
@@ -53,6 +55,8 @@ class PseudoLabels:
     selected: np.ndarray
     tau: float
     threshold: float
+    ranked_label: np.ndarray | None = None
+    ranked_prob: np.ndarray | None = None
     mode: str = defaults.DEBIAS
     balance: BalancedOffsets | None = None
     target_prior: np.ndarray | None = None
@@ -76,6 +80,7 @@ def debiased_pseudo_labels(
     tau: float = DEFAULT_TAU,
     threshold: float = DEFAULT_THRESHOLD,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    top_k: int = 0,
     *,
     mode: str = defaults.DEBIAS,
     target_prior: np.ndarray | None = None,
@@ -87,25 +92,33 @@ def debiased_pseudo_labels(
     with ``tau = 0``. ``balance``: one pass over ``logits`` (raw labels, the dataset prior, a float16
     copy of the rows, see :class:`~clipdebias.pseudolabels.rows.HalfRows`), the fixed point of
     :func:`~clipdebias.pseudolabels.balance.balance_offsets` over that copy, and the labels
-    ``argmax(z - b)``; ``tau`` does not apply. ``progress`` sees one stage per pass.
+    ``argmax(z - b)``; ``tau`` does not apply. ``top_k`` > 0 also keeps the ``min(top_k, C)`` most
+    probable corrected classes of every row. ``progress`` sees one stage per pass.
     """
     if mode not in defaults.DEBIAS_MODES:
         raise ValueError(f"unknown debias mode {mode!r}; choose one of: {', '.join(defaults.DEBIAS_MODES)}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be 0 or more, got {top_k}")
     if tau < 0:
         raise ValueError(f"tau must be 0 or more (0 = plain zero-shot), got {tau}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] < 2:
         raise UserError(f"logits must have shape [N, C] with N >= 1 and C >= 2, got {tuple(logits.shape)}")
+    k = min(top_k, int(logits.shape[1]))
     if mode == "balance":
-        return _balanced(logits, threshold, chunk_rows, target_prior, progress or NoProgress())
+        return _balanced(logits, threshold, chunk_rows, k, target_prior, progress or NoProgress())
     if target_prior is not None:
         raise ValueError("a target prior applies to the balance mode only")
-    return _paper(logits, 0.0 if mode == "none" else tau, threshold, chunk_rows, mode, progress or NoProgress())
+    return _paper(logits, 0.0 if mode == "none" else tau, threshold, chunk_rows, k, mode, progress or NoProgress())
+
+
+def _ranked(rows: int, k: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    return (np.empty((rows, k), np.int32), np.empty((rows, k), np.float32)) if k else (None, None)
 
 
 def _paper(
-    logits: LogitRows, tau: float, threshold: float, chunk_rows: int, mode: str, progress: Progress
+    logits: LogitRows, tau: float, threshold: float, chunk_rows: int, k: int, mode: str, progress: Progress
 ) -> PseudoLabels:
     logits = ReportingRows(logits, progress, PAPER_STAGES)
     prior = dataset_prior(logits, chunk_size=chunk_rows)
@@ -117,6 +130,7 @@ def _paper(
     confidence = np.empty(rows, np.float32)
     raw_confidence = np.empty(rows, np.float32)
     selected = np.empty(rows, bool)
+    ranked_label, ranked_prob = _ranked(rows, k)
     for start in range(0, rows, chunk_rows):
         chunk = as_tensor(logits[start : start + chunk_rows])
         part = slice(start, start + chunk.shape[0])
@@ -128,6 +142,9 @@ def _paper(
             mask.cpu().numpy() > 0,
         )
         raw_label[part], raw_confidence[part] = raw_targets.cpu().numpy(), raw_conf.cpu().numpy()
+        if k:
+            probs, classes = torch.softmax(debias_logits(chunk, prior, tau), dim=-1).topk(k, dim=-1)
+            ranked_label[part], ranked_prob[part] = classes.cpu().numpy(), probs.cpu().numpy()
     return PseudoLabels(
         prior.cpu().numpy(),
         label,
@@ -137,12 +154,19 @@ def _paper(
         selected,
         float(tau),
         float(threshold),
+        ranked_label,
+        ranked_prob,
         mode=mode,
     )
 
 
 def _balanced(
-    logits: LogitRows, threshold: float, chunk_rows: int, target_prior: np.ndarray | None, progress: Progress
+    logits: LogitRows,
+    threshold: float,
+    chunk_rows: int,
+    k: int,
+    target_prior: np.ndarray | None,
+    progress: Progress,
 ) -> PseudoLabels:
     rows, num_classes = int(logits.shape[0]), int(logits.shape[1])
     target = check_target_prior(target_prior, num_classes) if target_prior is not None else None
@@ -169,12 +193,16 @@ def _balanced(
     offsets = torch.from_numpy(result.offsets).float()
     label = np.empty(rows, np.int64)
     confidence = np.empty(rows, np.float32)
+    ranked_label, ranked_prob = _ranked(rows, k)
     final = ReportingRows(copy, progress, BALANCE_STAGES[1:])
     for start in range(0, rows, chunk_rows):
         probs = torch.softmax(final[start : start + chunk_rows] - offsets, dim=-1)
         conf, targets = probs.max(dim=-1)
         part = slice(start, start + probs.shape[0])
         label[part], confidence[part] = targets.numpy(), conf.numpy()
+        if k:
+            top, classes = probs.topk(k, dim=-1)
+            ranked_label[part], ranked_prob[part] = classes.numpy(), top.numpy()
     return PseudoLabels(
         (prior / prior.sum()).float().numpy(),
         label,
@@ -184,6 +212,8 @@ def _balanced(
         confidence >= threshold,
         0.0,
         float(threshold),
+        ranked_label,
+        ranked_prob,
         mode="balance",
         balance=result,
         target_prior=target,
