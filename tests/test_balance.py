@@ -243,3 +243,11 @@ def test_bad_debias_options_are_one_line_errors_and_write_nothing(teacher, tmp_p
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_balance_mode_ranks_the_balanced_probabilities():
+    logits, _ = _biased_logits(seed=10)
+    result = debiased_pseudo_labels(logits, top_k=3, mode="balance")
+    np.testing.assert_array_equal(result.ranked_label[:, 0], result.label)
+    np.testing.assert_allclose(result.ranked_prob[:, 0], result.confidence)
+    assert (np.diff(result.ranked_prob, axis=1) <= 0).all()
