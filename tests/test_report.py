@@ -8,12 +8,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from fakes import make_pseudolabel_csv, make_run_folder
+from fakes import attach_image_files, make_pseudolabel_csv, make_run_folder
 from PIL import Image
 
 from clipdebias.cli import main
 from clipdebias.pseudolabels.files import read_pseudolabels
-from clipdebias.reporting import plots
+from clipdebias.reporting import gallery, plots
+from clipdebias.reporting.gallery import build_gallery
 from clipdebias.reporting.report import TABLE_EXTREMES, pseudolabel_section, run_section, write_report
 from clipdebias.reporting.runs import read_run
 from clipdebias.utils.errors import UserError
@@ -337,3 +338,63 @@ def test_cli_import_stays_light():
 def test_the_input_line_counts_epochs_in_words(tmp_path, epochs, text):
     result = write_report(make_run_folder(tmp_path / "run", epochs=epochs))
     assert summary_value(result, "input").endswith(text)
+
+
+def test_a_csv_of_image_files_gets_a_gallery(tmp_path):
+    csv = make_pseudolabel_csv(tmp_path / "pl.csv", num_classes=8, rows_per_class=12)
+    table = read_pseudolabels(csv)
+    kept = np.flatnonzero((table.pseudo_label == 0) & (table.raw_pseudo_label == 0))
+    best = int(kept[np.argmax(table.confidence[kept])])  # the first image the gallery reads: a broken file
+    table = read_pseudolabels(attach_image_files(csv, broken=(best,)))
+
+    found, why_not = build_gallery(table)
+    assert why_not is None and found.classes == tuple(range(8))
+    assert found.unreadable == 1 and "1 image file(s) could not be read" in found.caption
+    for label, confident, changed in zip(found.classes, found.confident, found.changed, strict=True):
+        assert len(confident) <= gallery.PER_KIND and len(changed) <= gallery.PER_KIND
+        assert best not in [tile.row for tile in confident]
+        for tile in confident:
+            assert table.pseudo_label[tile.row] == table.raw_pseudo_label[tile.row] == label
+            assert tile.image.shape == (gallery.THUMB - 2 * gallery.FRAME,) * 2 + (3,)  # 24 px images enlarged
+        for tile in changed:
+            assert table.pseudo_label[tile.row] == label != table.raw_pseudo_label[tile.row]
+            assert tile.caption == f"was {table.classes[table.raw_pseudo_label[tile.row]]}"
+        confidences = table.confidence[[tile.row for tile in confident]]
+        assert (np.diff(confidences) <= 0).all()  # the most confident first
+    assert sum(map(len, found.confident)) == 8 * gallery.PER_KIND - 1  # every class has 4 kept, but class 7
+    assert any(found.changed)
+
+    result = write_report(csv)
+    assert [p.name for p in result.images][-1] == "gallery.png"
+    with Image.open(result.out_dir / "gallery.png") as image:
+        row_height = gallery.THUMB + gallery.CAPTION_HEIGHT + gallery.PAD
+        assert image.size[0] >= 1000
+        assert image.size[1] == gallery.HEADER_HEIGHT + 8 * row_height + gallery.FOOTER_HEIGHT
+    assert "![Gallery](gallery.png)" in result.markdown.read_text()
+
+
+def test_many_classes_show_twenty_in_the_gallery(tmp_path):
+    csv = attach_image_files(
+        make_pseudolabel_csv(tmp_path / "pl.csv", num_classes=50, rows_per_class=4), relative=False
+    )
+    table = read_pseudolabels(csv)
+    found, _ = build_gallery(table)
+    assert len(found.classes) == gallery.GALLERY_CLASSES
+    assert "20 of 50 classes: those the correction moved the most images into" in found.caption
+    moved = np.bincount(table.pseudo_label[table.pseudo_label != table.raw_pseudo_label], minlength=50)
+    assert min(moved[list(found.classes)]) >= max(np.delete(moved, list(found.classes)))
+
+
+def test_no_gallery_without_image_files(tmp_path):
+    in_memory = write_report(make_pseudolabel_csv(tmp_path / "digits.csv", num_classes=10))
+    assert "gallery.png" not in [p.name for p in in_memory.images]
+    assert not (in_memory.out_dir / "gallery.png").exists()
+    assert any(note.startswith("no gallery.png: the images are held in memory") for note in in_memory.notes)
+    csv = attach_image_files(make_pseudolabel_csv(tmp_path / "moved" / "pl.csv", num_classes=4))
+    for image in (tmp_path / "moved" / "images").iterdir():
+        image.unlink()
+    moved = write_report(csv)
+    assert not (moved.out_dir / "gallery.png").exists()
+    assert any("paths are not image files here" in note for note in moved.notes)
+    run = write_report(make_run_folder(tmp_path / "zs", with_pseudolabels_csv=True))
+    assert any(note.startswith("pseudolabels.csv: no gallery.png") for note in run.notes)

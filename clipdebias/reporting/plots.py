@@ -142,13 +142,14 @@ def _extremes_text(values: np.ndarray, names: Sequence[str], label: str) -> str:
     tied = f" ({ties} classes at {_plain_number(float(smallest))})" if ties > count else ""
 
     def listed(indices: np.ndarray) -> str:
-        return ", ".join(f"{_short(names[i])} {_plain_number(float(values[i]))}" for i in indices)
+        return ", ".join(f"{short_name(names[i])} {_plain_number(float(values[i]))}" for i in indices)
 
     return f"largest by {label}: {listed(order[:count])}\nsmallest{tied}: {listed(order[order.size - count :][::-1])}"
 
 
-def _short(name: str) -> str:
-    return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 1] + "…"
+def short_name(name: str, limit: int = NAME_CHARS) -> str:
+    """``name`` cut to ``limit`` characters (the last one an ellipsis) when longer."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def sorted_class_panel(
@@ -210,7 +211,7 @@ def sorted_class_panel(
                 label=f"flat: {curve.label} ({_plain_number(level) if level >= 10 else f'{level:.3g}'} per class)",
             )
     if named and names is not None:
-        labels = [_short(names[i]) for i in common]
+        labels = [short_name(names[i]) for i in common]
         turned = max(len(label) for label in labels) > UPRIGHT_NAME_CHARS
         ax.set_xticks(
             np.arange(1, size + 1), labels, rotation=60 if turned else 0, ha="right" if turned else "center", fontsize=8

@@ -25,7 +25,7 @@ import numpy as np
 
 from clipdebias import __version__, metrics
 from clipdebias.pseudolabels.files import PseudoLabelTable, read_pseudolabels
-from clipdebias.reporting import plots
+from clipdebias.reporting import gallery, plots
 from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import UserError
@@ -67,6 +67,7 @@ class Section:
     summary: tuple[Row, ...]
     charts: tuple[Chart, ...]
     tables: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,10 @@ def pseudolabel_section(
     tables = (
         class_table("Per-class pseudo-labels, sorted by raw count", names, table_columns, raw_counts, ascending=False),
     )
-    return Section(heading, tuple(summary), tuple(charts), tables)
+    found, why_not = gallery.build_gallery(table)
+    if found is not None:
+        charts.append(Chart(gallery.GALLERY_FILE, "Gallery", found.caption, found.figure))
+    return Section(heading, tuple(summary), tuple(charts), tables, (why_not,) if why_not else ())
 
 
 def _kept_lines(table: PseudoLabelTable) -> list[plots.Line]:
@@ -644,17 +648,16 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> ReportR
         sections = [run_section(run)]
         notes = list(run.notes)
         if run.pseudolabels is not None:
-            sections.append(
-                pseudolabel_section(
-                    run.pseudolabels, ZEROSHOT_PREFIX, "zero-shot ", "Zero-shot pseudo-labels (pseudolabels.csv)"
-                )
+            section = pseudolabel_section(
+                run.pseudolabels, ZEROSHOT_PREFIX, "zero-shot ", "Zero-shot pseudo-labels (pseudolabels.csv)"
             )
-            notes += [f"pseudolabels.csv: {note}" for note in run.pseudolabels.notes]
+            sections.append(section)
+            notes += [f"pseudolabels.csv: {note}" for note in (*run.pseudolabels.notes, *section.notes)]
         kind = "training run"
     else:
         table = read_pseudolabels(path)
         sections = [pseudolabel_section(table)]
-        notes = list(table.notes)
+        notes = [*table.notes, *sections[0].notes]
         kind = "pseudo-label CSV"
     images = []
     for section in sections:
