@@ -7,7 +7,9 @@ What a report shows (docs/usage.md has a picture of each):
 - per-class accuracy, sorted (and per-class pseudo-label precision/recall when labels are known);
 - confidence histograms raw vs debiased, with the threshold marked;
 - for training runs: accuracy, mask rate, loss and imbalance per epoch, and how the class prior
-  evolved (its entropy and the lines of the classes it favours and disfavours most).
+  evolved (its entropy and the lines of the classes it favours and disfavours most);
+- for a CSV of image files: ``gallery.png``, thumbnails of what each class was labeled with
+  (:mod:`clipdebias.reporting.gallery`).
 
 Pure of printing: the CLI renders :class:`ReportResult`. Optional fields that are missing only
 leave a chart or a row out (with a note); only foreign input raises :class:`UserError`.
