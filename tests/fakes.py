@@ -371,3 +371,25 @@ def stop_after_first_epoch(event: object) -> None:
 
     if isinstance(event, EpochEnd):
         raise StopTraining
+
+
+def attach_image_files(csv: Path, size: int = 24, broken: tuple[int, ...] = (), relative: bool = True) -> Path:
+    """Give a pseudo-label CSV real image files: one PNG per row (coloured by its ground-truth class)
+    under ``images/`` beside it, its ``path`` column relative to the CSV's folder (or absolute); the
+    rows in ``broken`` get a file that is not an image."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    folder = csv.parent / "images"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for row, label in enumerate(frame["label"].fillna(0).astype(int)):
+        file = folder / f"img_{row:05d}.png"
+        if row in broken:
+            file.write_bytes(b"not an image")
+        else:
+            Image.fromarray(class_image(int(label), row, size)).save(file)
+        paths.append(str(file.relative_to(csv.parent)) if relative else str(file))
+    frame["path"] = paths
+    frame.to_csv(csv, index=False)
+    return csv

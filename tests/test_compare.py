@@ -9,7 +9,7 @@ from PIL import Image
 
 from clipdebias.cli import main
 from clipdebias.cli.compare import GROUP_KEYS_HELP
-from clipdebias.reporting.compare import DEFAULT_GROUP_KEYS, compare_runs
+from clipdebias.reporting.compare import DEFAULT_GROUP_KEYS, chart_figure, compare_runs
 from clipdebias.utils.errors import UserError
 
 
@@ -122,3 +122,28 @@ def test_non_runs_are_one_line_errors(tmp_path, capsys, case):
     assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and str(path) in err
+
+
+def test_the_std_band_of_a_percentage_stays_within_0_and_100(tmp_path):
+    """Seeds at 100, 96 and 99.9% pseudo-label accuracy: mean ± std reaches above 100; the band stops there."""
+    groups = []
+    for method in ("fixmatch", "debiaspl"):
+        for seed, accuracy in enumerate((100.0, 96.0, 99.9)):
+            run = make_run_folder(tmp_path / method / f"seed{seed}", method=method, seed=seed, epochs=3)
+            lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            for record in lines:
+                record["pseudo_label_accuracy"] = accuracy
+            (run / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in lines))
+        groups.append(tmp_path / method)
+    result = compare_runs(groups, tmp_path / "cmp")
+    assert np.mean([100.0, 96.0, 99.9]) + np.std([100.0, 96.0, 99.9], ddof=1) > 100.0
+    figure = chart_figure(result.groups)
+    accuracy_panel = figure.axes[3]
+    assert accuracy_panel.get_title() == "pseudo-label accuracy per epoch"
+    bands = [collection for collection in accuracy_panel.collections if len(collection.get_paths())]
+    assert len(bands) == 2  # one shaded band per group
+    tops = [max(path.vertices[:, 1].max() for path in band.get_paths()) for band in bands]
+    assert tops == [pytest.approx(100.0), pytest.approx(100.0)]
+    imbalance_panel = figure.axes[2]
+    bottoms = [min(path.vertices[:, 1].min() for path in band.get_paths()) for band in imbalance_panel.collections]
+    assert min(bottoms) >= 1.0  # an imbalance ratio is never below 1

@@ -8,12 +8,15 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from fakes import make_pseudolabel_csv, make_run_folder
+from fakes import attach_image_files, make_pseudolabel_csv, make_run_folder
 from PIL import Image
 
 from clipdebias.cli import main
-from clipdebias.reporting import plots
-from clipdebias.reporting.report import TABLE_EXTREMES, write_report
+from clipdebias.pseudolabels.files import read_pseudolabels
+from clipdebias.reporting import gallery, plots
+from clipdebias.reporting.gallery import build_gallery
+from clipdebias.reporting.report import TABLE_EXTREMES, pseudolabel_section, run_section, write_report
+from clipdebias.reporting.runs import read_run
 from clipdebias.utils.errors import UserError
 
 
@@ -135,7 +138,7 @@ def test_thousand_classes_stay_readable(tmp_path):
         assert len(class_rows) == 2 * TABLE_EXTREMES + 1  # both ends and one "…" row, not 1000 rows
 
 
-def test_sorted_curves_name_classes_only_when_few():
+def test_sorted_curves_name_every_class_up_to_30_and_the_extremes_beyond():
     names = [f"class{i}" for i in range(1000)]
     figure, (many, few) = plots.new_figure(2, "t")
     values = np.random.default_rng(0).integers(0, 50, 1000).astype(float)
@@ -143,9 +146,78 @@ def test_sorted_curves_name_classes_only_when_few():
     plots.sorted_class_panel(few, [plots.Curve("counts", values[:10])], "few", "rows", names=names[:10])
     figure.canvas.draw()  # the canvas exists without pyplot
     assert len(many.get_xticks()) <= 12
+    largest, smallest = many.get_xlabel().splitlines()[1:]
+    order = np.argsort(-values, kind="stable")
+    assert largest.startswith(f"largest by counts: {names[order[0]]} {values[order[0]]:.0f}, {names[order[1]]}")
+    assert smallest.startswith("smallest (") and f"{names[order[-1]]} 0" in smallest
     labels = [label.get_text() for label in few.get_xticklabels()]
     order = np.argsort(-values[:10], kind="stable")
     assert labels == [names[i] for i in order]
+
+
+def test_several_curves_share_the_named_class_order_of_one():
+    names = [f"n{i}" for i in range(30)]
+    first, last = np.arange(30.0), np.arange(30.0)[::-1] + 100
+    figure, (ax,) = plots.new_figure(1, "t")
+    curves = [plots.Curve("epoch 1", first), plots.Curve("epoch 9", last)]
+    plots.sorted_class_panel(ax, curves, "counts", "rows", names=names, flat_line=True, sort_by=-1)
+    assert [label.get_text() for label in ax.get_xticklabels()] == names  # the last curve falls from n0 to n29
+    assert ax.get_xlabel() == "class (sorted by epoch 9, largest first)"
+    drawn = [line for line in ax.get_lines() if line.get_label() in ("epoch 1", "epoch 9")]
+    np.testing.assert_array_equal(drawn[0].get_ydata(), first)  # epoch 1 follows epoch 9's order, unsorted
+
+
+def test_the_reports_name_their_classes(tmp_path):
+    run = read_run(make_run_folder(tmp_path / "run", num_classes=10, epochs=3))
+    charts = {chart.filename: chart for chart in run_section(run).charts}
+    final = run.final_counts()
+    for filename, order in (
+        ("class_counts.png", np.argsort(-final, kind="stable")),
+        ("per_class_accuracy.png", np.argsort(-np.asarray(run.metrics["per_class_top1"]), kind="stable")),
+    ):
+        (ax,) = charts[filename].figure.axes
+        assert [label.get_text() for label in ax.get_xticklabels()] == [run.classes[i] for i in order], filename
+    table = read_pseudolabels(make_pseudolabel_csv(tmp_path / "pl.csv", num_classes=12))
+    for chart in pseudolabel_section(table).charts[:2]:  # counts, per-class quality
+        raw_order_names = {label.get_text() for ax in chart.figure.axes for label in ax.get_xticklabels()}
+        assert raw_order_names == set(table.classes), chart.filename
+
+
+def test_a_towering_class_turns_the_count_axis_logarithmic_with_plain_ticks():
+    """The demo's first epoch: every confident pseudo-label in one of 10 classes (169x on a floor of 1),
+    which a linear axis beside the last epoch's ~1,300 per class flattens to nothing."""
+    names = [str(i) for i in range(10)]
+    first = np.array([169.0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    last = np.array([1556.0, 1177, 1563, 775, 1335, 1304, 1517, 1235, 1062, 1169])
+    figure, (spiky, calm) = plots.new_figure(2, "t")
+    curves = [plots.Curve("epoch 1", first), plots.Curve("epoch 10", last)]
+    plots.sorted_class_panel(spiky, curves, "counts", "rows", names=names, flat_line=True, sort_by=-1)
+    plots.sorted_class_panel(calm, [plots.Curve("epoch 10", last)], "counts", "rows", names=names, flat_line=True)
+    figure.canvas.draw()
+    assert spiky.get_yscale() == "symlog" and spiky.get_ylabel() == "rows (log scale)"
+    ticks = {label.get_text() for label in spiky.get_yticklabels()}
+    assert {"0", "1", "10", "100", "1,000"} <= ticks  # plain numbers, no 10^3
+    assert calm.get_yscale() == "linear"  # 2x between the largest and the smallest class
+
+
+def test_an_empty_threshold_panel_says_so(tmp_path):
+    csv = make_pseudolabel_csv(tmp_path / "pl.csv", num_classes=10, threshold=0.99999999)
+    table = read_pseudolabels(csv)
+    assert table.selected is not None and not table.selected.any() and not table.raw_selected.any()
+    counts = pseudolabel_section(table).charts[0]
+    _, kept = counts.figure.axes
+    assert [text.get_text() for text in kept.texts] == ["no row reached the threshold"]
+    assert not kept.get_yticks().size and not kept.get_lines()
+
+
+def test_run_counts_say_they_are_per_draw(tmp_path):
+    path = make_run_folder(tmp_path / "run", num_classes=10, epochs=2, unlabeled_per_class=40)
+    metrics = json.loads((path / "metrics.json").read_text())
+    metrics["unlabeled_images"] = 100  # the fake draws 400 rows per epoch: 4 draws per image
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (ax,) = next(c for c in run_section(read_run(path)).charts if c.filename == "class_counts.png").figure.axes
+    assert ax.get_ylabel().startswith("confident pseudo-labels (per draw)")
+    assert ax.get_title().endswith("counted per draw, about 4.0 draws per unlabeled image")
 
 
 def test_unfinished_run_reports_its_epochs(tmp_path):
@@ -266,3 +338,63 @@ def test_cli_import_stays_light():
 def test_the_input_line_counts_epochs_in_words(tmp_path, epochs, text):
     result = write_report(make_run_folder(tmp_path / "run", epochs=epochs))
     assert summary_value(result, "input").endswith(text)
+
+
+def test_a_csv_of_image_files_gets_a_gallery(tmp_path):
+    csv = make_pseudolabel_csv(tmp_path / "pl.csv", num_classes=8, rows_per_class=12)
+    table = read_pseudolabels(csv)
+    kept = np.flatnonzero((table.pseudo_label == 0) & (table.raw_pseudo_label == 0))
+    best = int(kept[np.argmax(table.confidence[kept])])  # the first image the gallery reads: a broken file
+    table = read_pseudolabels(attach_image_files(csv, broken=(best,)))
+
+    found, why_not = build_gallery(table)
+    assert why_not is None and found.classes == tuple(range(8))
+    assert found.unreadable == 1 and "1 image file(s) could not be read" in found.caption
+    for label, confident, changed in zip(found.classes, found.confident, found.changed, strict=True):
+        assert len(confident) <= gallery.PER_KIND and len(changed) <= gallery.PER_KIND
+        assert best not in [tile.row for tile in confident]
+        for tile in confident:
+            assert table.pseudo_label[tile.row] == table.raw_pseudo_label[tile.row] == label
+            assert tile.image.shape == (gallery.THUMB - 2 * gallery.FRAME,) * 2 + (3,)  # 24 px images enlarged
+        for tile in changed:
+            assert table.pseudo_label[tile.row] == label != table.raw_pseudo_label[tile.row]
+            assert tile.caption == f"was {table.classes[table.raw_pseudo_label[tile.row]]}"
+        confidences = table.confidence[[tile.row for tile in confident]]
+        assert (np.diff(confidences) <= 0).all()  # the most confident first
+    assert sum(map(len, found.confident)) == 8 * gallery.PER_KIND - 1  # every class has 4 kept, but class 7
+    assert any(found.changed)
+
+    result = write_report(csv)
+    assert [p.name for p in result.images][-1] == "gallery.png"
+    with Image.open(result.out_dir / "gallery.png") as image:
+        row_height = gallery.THUMB + gallery.CAPTION_HEIGHT + gallery.PAD
+        assert image.size[0] >= 1000
+        assert image.size[1] == gallery.HEADER_HEIGHT + 8 * row_height + gallery.FOOTER_HEIGHT
+    assert "![Gallery](gallery.png)" in result.markdown.read_text()
+
+
+def test_many_classes_show_twenty_in_the_gallery(tmp_path):
+    csv = attach_image_files(
+        make_pseudolabel_csv(tmp_path / "pl.csv", num_classes=50, rows_per_class=4), relative=False
+    )
+    table = read_pseudolabels(csv)
+    found, _ = build_gallery(table)
+    assert len(found.classes) == gallery.GALLERY_CLASSES
+    assert "20 of 50 classes: those the correction moved the most images into" in found.caption
+    moved = np.bincount(table.pseudo_label[table.pseudo_label != table.raw_pseudo_label], minlength=50)
+    assert min(moved[list(found.classes)]) >= max(np.delete(moved, list(found.classes)))
+
+
+def test_no_gallery_without_image_files(tmp_path):
+    in_memory = write_report(make_pseudolabel_csv(tmp_path / "digits.csv", num_classes=10))
+    assert "gallery.png" not in [p.name for p in in_memory.images]
+    assert not (in_memory.out_dir / "gallery.png").exists()
+    assert any(note.startswith("no gallery.png: the images are held in memory") for note in in_memory.notes)
+    csv = attach_image_files(make_pseudolabel_csv(tmp_path / "moved" / "pl.csv", num_classes=4))
+    for image in (tmp_path / "moved" / "images").iterdir():
+        image.unlink()
+    moved = write_report(csv)
+    assert not (moved.out_dir / "gallery.png").exists()
+    assert any("paths are not image files here" in note for note in moved.notes)
+    run = write_report(make_run_folder(tmp_path / "zs", with_pseudolabels_csv=True))
+    assert any(note.startswith("pseudolabels.csv: no gallery.png") for note in run.notes)

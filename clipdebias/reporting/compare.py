@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.formatting import MISSING, count_of, fmt, fmt_mean_std, markdown_table
 from clipdebias.utils.json_values import as_number
+
+if TYPE_CHECKING:  # matplotlib is heavy: plots.py imports it only when a chart is drawn
+    from matplotlib.figure import Figure
 
 DEFAULT_GROUP_KEYS = defaults.COMPARE_GROUP_KEYS
 """What splits runs into groups: besides the method and its main options, what was trained
@@ -46,6 +49,9 @@ COMPARE_FILE = "compare.md"
 COMPARE_CHART = "compare.png"
 CLASS_COUNT_LISTED = 4
 """How many runs the different-class-counts error names."""
+PERCENT = (0.0, 100.0)
+IMBALANCE = (1.0, math.inf)
+"""The ranges of the charted quantities: a ± std band never leaves them (a 99% accuracy ± 3 stops at 100)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -255,7 +261,8 @@ def _epoch_mean(
     return np.asarray(epochs), means, spread if len(runs) > 1 else None
 
 
-def _chart(groups: Sequence[GroupSummary], out: Path) -> Path:
+def chart_figure(groups: Sequence[GroupSummary]) -> Figure:
+    """The four panels of ``compare.png``."""
     figure, axes = plots.new_figure(
         4, "Runs compared" + (" (mean ± std over runs)" if any(len(g.runs) > 1 for g in groups) else "")
     )
@@ -269,26 +276,25 @@ def _chart(groups: Sequence[GroupSummary], out: Path) -> Path:
         "top-1 %",
     )
 
-    def lines(key: str, geometric: bool = False) -> list[plots.Line]:
+    def lines(key: str, bounds: tuple[float, float], geometric: bool = False) -> list[plots.Line]:
         drawn = []
         for index, group in enumerate(groups):
             epochs, means, spread = _epoch_mean(group.runs, key, geometric)
-            drawn.append(
-                plots.Line(group.name, epochs, means, plots.PALETTE[index % len(plots.PALETTE)], spread=spread)
-            )
+            color = plots.PALETTE[index % len(plots.PALETTE)]
+            drawn.append(plots.Line(group.name, epochs, means, color, spread=spread, bounds=bounds))
         return drawn
 
-    plots.line_panel(axes[1], lines("top1"), "top-1 per epoch", "top-1 %")
+    plots.line_panel(axes[1], lines("top1", PERCENT), "top-1 per epoch", "top-1 %")
     plots.line_panel(
         axes[2],
-        lines("imbalance_ratio", geometric=True),
+        lines("imbalance_ratio", IMBALANCE, geometric=True),
         "pseudo-label imbalance per epoch (geometric mean)",
         "largest / smallest class (log scale)",
         log_scale=True,
         reference=(1.0, "balanced"),
     )
-    plots.line_panel(axes[3], lines("pseudo_label_accuracy"), "pseudo-label accuracy per epoch", "%")
-    return plots.save_png(figure, out)
+    plots.line_panel(axes[3], lines("pseudo_label_accuracy", PERCENT), "pseudo-label accuracy per epoch", "%")
+    return figure
 
 
 def _seed_text(group: GroupSummary) -> str:
@@ -408,6 +414,6 @@ def compare_runs(
                 f"{group.name}: no paired gain (no seed shared with {groups[0].name}, or a seed repeats within a group)"
             )
     out = Path(out_dir).expanduser()
-    chart = _chart(groups, out / COMPARE_CHART)
+    chart = plots.save_png(chart_figure(groups), out / COMPARE_CHART)
     markdown = atomic_write_text(out / COMPARE_FILE, _markdown(groups, varying, num_classes, notes))
     return CompareResult(out, markdown, chart, groups, varying, num_classes, tuple(notes))

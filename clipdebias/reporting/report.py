@@ -7,7 +7,9 @@ What a report shows (docs/usage.md has a picture of each):
 - per-class accuracy, sorted (and per-class pseudo-label precision/recall when labels are known);
 - confidence histograms raw vs debiased, with the threshold marked;
 - for training runs: accuracy, mask rate, loss and imbalance per epoch, and how the class prior
-  evolved (its entropy and the lines of the classes it favours and disfavours most).
+  evolved (its entropy and the lines of the classes it favours and disfavours most);
+- for a CSV of image files: ``gallery.png``, thumbnails of what each class was labeled with
+  (:mod:`clipdebias.reporting.gallery`).
 
 Pure of printing: the CLI renders :class:`ReportResult`. Optional fields that are missing only
 leave a chart or a row out (with a note); only foreign input raises :class:`UserError`.
@@ -25,7 +27,7 @@ import numpy as np
 
 from clipdebias import __version__, metrics
 from clipdebias.pseudolabels.files import PseudoLabelTable, read_pseudolabels
-from clipdebias.reporting import plots
+from clipdebias.reporting import gallery, plots
 from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import UserError
@@ -67,6 +69,7 @@ class Section:
     summary: tuple[Row, ...]
     charts: tuple[Chart, ...]
     tables: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,18 +186,26 @@ def pseudolabel_section(
         )
 
     figure, axes = plots.new_figure(2 if kept_curves else 1, "Pseudo-label counts per class, sorted")
-    plots.sorted_class_panel(axes[0], count_curves, "all rows (argmax)", "rows", flat_line=True)
+    plots.sorted_class_panel(axes[0], count_curves, "all rows (argmax)", "rows", names=names, flat_line=True)
     if kept_curves:
         plots.sorted_class_panel(
-            axes[1], kept_curves, f"rows with confidence ≥ {_threshold_text(table)}", "rows", flat_line=True
+            axes[1],
+            kept_curves,
+            f"rows with confidence ≥ {_threshold_text(table)}",
+            "rows",
+            names=names,
+            flat_line=True,
+            empty_text="no row reached the threshold",
         )
     charts = [
         Chart(
             f"{prefix}class_counts.png",
             "Pseudo-label counts per class",
-            "Each curve is one labelling's class counts sorted from the most to the least predicted class; "
-            "the dashed line is a perfectly balanced labelling with the same total. The closer a curve "
-            "hugs its line, the less biased the pseudo-labels.",
+            "Each curve is one labelling's class counts, the classes sorted from the most to the least "
+            "predicted by the raw zero-shot labels (beyond 30 classes each curve is sorted on its own and "
+            "the largest and smallest classes are named under the axis); the dashed line is a perfectly balanced "
+            "labelling with the same total. The closer a curve hugs its line, the less biased the "
+            "pseudo-labels. The count axis is logarithmic when one class has over 10 times another's rows.",
             figure,
         )
     ]
@@ -248,6 +259,7 @@ def pseudolabel_section(
             ],
             "per-class accuracy (recall)",
             "% of the class's rows",
+            names=names,
         )
         plots.sorted_class_panel(
             axes[1],
@@ -257,6 +269,7 @@ def pseudolabel_section(
             ],
             "per-class precision",
             "% of the rows labelled with the class",
+            names=names,
         )
         charts.append(
             Chart(
@@ -264,9 +277,9 @@ def pseudolabel_section(
                 "Per-class accuracy and precision",
                 "Left: for each class, the share of its images that get the right pseudo-label (recall); "
                 "right: the share of the images labelled with a class that truly belong to it (precision); "
-                "each curve sorted on its own. Biased pseudo-labels show as a steep recall curve (starved "
-                "classes are rarely predicted) and low precision for the dominant classes; debiasing "
-                "should narrow both gaps.",
+                "the classes sorted by the raw zero-shot value (each curve on its own beyond 30 classes). "
+                "Biased pseudo-labels show as a steep recall curve (starved classes are rarely predicted) "
+                "and low precision for the dominant classes; debiasing should narrow both gaps.",
                 figure,
             )
         )
@@ -310,7 +323,10 @@ def pseudolabel_section(
     tables = (
         class_table("Per-class pseudo-labels, sorted by raw count", names, table_columns, raw_counts, ascending=False),
     )
-    return Section(heading, tuple(summary), tuple(charts), tables)
+    found, why_not = gallery.build_gallery(table)
+    if found is not None:
+        charts.append(Chart(gallery.GALLERY_FILE, "Gallery", found.caption, found.figure))
+    return Section(heading, tuple(summary), tuple(charts), tables, (why_not,) if why_not else ())
 
 
 def _kept_lines(table: PseudoLabelTable) -> list[plots.Line]:
@@ -401,6 +417,17 @@ def _run_summary(run: RunRecord, per_class: np.ndarray | None) -> list[Row]:
     return rows
 
 
+def _draws_per_image(run: RunRecord) -> float | None:
+    """How many times the last epoch drew each unlabeled image, on average: its confident
+    pseudo-labels / its mask rate (the rows seen) / the unlabeled images; ``None`` if unknown."""
+    _, counts = run.epoch_vectors("pseudo_label_counts")
+    _, mask_rates = run.epoch_series("mask_rate")
+    images = run.number("unlabeled_images")
+    if not len(counts) or not mask_rates.size or not mask_rates[-1] > 0 or not images:
+        return None
+    return float(counts[-1].sum() / mask_rates[-1] / images)
+
+
 def _counts_chart(run: RunRecord) -> Chart | None:
     epochs, counts = run.epoch_vectors("pseudo_label_counts")
     curves = []
@@ -410,16 +437,29 @@ def _counts_chart(run: RunRecord) -> Chart | None:
     if final is None:
         return None
     curves.append(plots.Curve(f"epoch {epochs[-1]:g}" if len(counts) else "last epoch", final, plots.DEBIASED_COLOR))
-    figure, axes = plots.new_figure(1, "Confident pseudo-label counts per class, sorted")
+    draws = _draws_per_image(run)
+    per_image = f", about {draws:.1f} draws per unlabeled image" if draws is not None and draws >= 1.05 else ""
+    figure, axes = plots.new_figure(1, "Confident pseudo-labels per class, sorted")
     plots.sorted_class_panel(
-        axes[0], curves, "pseudo-labels at or above the threshold", "rows", names=run.classes, flat_line=True
+        axes[0],
+        curves,
+        f"pseudo-labels at or above the threshold, counted per draw{per_image}",
+        "confident pseudo-labels (per draw)",
+        names=run.classes,
+        flat_line=True,
+        empty_text="no pseudo-label reached the threshold",
+        sort_by=-1,
     )
     return Chart(
         "class_counts.png",
         "Pseudo-label counts per class",
-        "The confident (mask = 1) pseudo-labels of the unlabeled data per class, sorted from the most to "
-        "the least predicted class, for the first and the last epoch; each dashed line is a perfectly "
-        "balanced labelling with the same total. Natural imbalance shows as a steep curve.",
+        "The confident (mask = 1) pseudo-labels of the unlabeled data per class, for the first and the "
+        "last epoch, the classes sorted from the most to the least predicted in the last epoch (beyond 30 "
+        "classes each curve is sorted on its own and the largest and smallest classes are named under the axis); each "
+        "dashed line is a perfectly balanced labelling with the same total. Natural imbalance shows as a "
+        "steep curve; the count axis is logarithmic when one class has over 10 times another's. Counts "
+        "are per draw, not per image: an unlabeled image drawn in k steps of an epoch counts k times "
+        "(each draw is one training target), so the totals exceed the number of unlabeled images.",
         figure,
     )
 
@@ -465,7 +505,8 @@ def _training_chart(run: RunRecord) -> Chart | None:
         "Training curves",
         "Accuracy of the EMA teacher on the evaluation split and of the confident pseudo-labels, the "
         "share of unlabeled rows above the threshold, the losses, and the imbalance of the confident "
-        "pseudo-labels, per epoch.",
+        "pseudo-labels (largest / smallest class count, counted per draw, the smallest floored at 1: "
+        "while a class gets no confident pseudo-label the ratio is the largest class's count), per epoch.",
         figure,
     )
 
@@ -609,17 +650,16 @@ def write_report(path: str | Path, out_dir: str | Path | None = None) -> ReportR
         sections = [run_section(run)]
         notes = list(run.notes)
         if run.pseudolabels is not None:
-            sections.append(
-                pseudolabel_section(
-                    run.pseudolabels, ZEROSHOT_PREFIX, "zero-shot ", "Zero-shot pseudo-labels (pseudolabels.csv)"
-                )
+            section = pseudolabel_section(
+                run.pseudolabels, ZEROSHOT_PREFIX, "zero-shot ", "Zero-shot pseudo-labels (pseudolabels.csv)"
             )
-            notes += [f"pseudolabels.csv: {note}" for note in run.pseudolabels.notes]
+            sections.append(section)
+            notes += [f"pseudolabels.csv: {note}" for note in (*run.pseudolabels.notes, *section.notes)]
         kind = "training run"
     else:
         table = read_pseudolabels(path)
         sections = [pseudolabel_section(table)]
-        notes = list(table.notes)
+        notes = [*table.notes, *sections[0].notes]
         kind = "pseudo-label CSV"
     images = []
     for section in sections:
