@@ -96,6 +96,14 @@ CASES = [
     ("encode train/val mismatch", [*ENCODE, "--data-root", "{mismatch}", "--split", "val"], "differ"),
     ("ssl no --data-root", ["ssl", "--dataset", "imagefolder", "--out", "{out}"], "needs --data-root DIR"),
     ("ssl cifar10 missing", [*SSL, "--dataset", "cifar10", "--data-root", "{empty}"], "cifar10 not found"),
+    *_each(
+        ["--data-root", "{one_class}"],
+        "has 1 class folder (cat); pseudo-labels and training need at least 2 classes",
+        ("ssl", "zeroshot", "pseudolabel"),
+    ),
+    *_each(["--dataset", "digits"], "--data-root does not apply to --dataset digits"),
+    ("zeroshot digits clip", [*ZEROSHOT, "--dataset", "digits", "--student", "clip"], "--student clip needs RGB"),
+    ("ssl digits resnet18", [*SSL, "--dataset", "digits", "--arch", "resnet18"], "--arch resnet18 needs RGB images"),
     # class names and templates
     ("pseudolabel empty classnames", [*PSEUDOLABEL, "--classnames", "{empty_file}"], "has 0 class names"),
     ("zeroshot wrong classnames count", [*ZEROSHOT, "--classnames", "{two_names}"], "has 2 class names"),
@@ -144,6 +152,7 @@ def files(tmp_path_factory, tiny_clip_path):
     (empty_class / "train" / "dog" / "notes.txt").write_text("not an image")
     mismatch = make_image_folder(base / "mismatch", per_class=2, val_per_class=1, size=16)
     (mismatch / "val" / "dog").rename(mismatch / "val" / "wolf")
+    one_class = make_image_folder(base / "one_class", classes=("cat",), per_class=2, val_per_class=1, size=16)
     all_broken = make_image_folder(base / "all_broken", per_class=2, val_per_class=1, size=16)
     for image in (all_broken / "train").rglob("*.png"):
         image.write_bytes(b"")
@@ -153,7 +162,8 @@ def files(tmp_path_factory, tiny_clip_path):
         "pl_columns": "index,pseudo_label\n0,1\n", "pl_range": "index,pseudo_label,confidence\n0,7,0.5\n",
     }  # fmt: skip
     values = {"root": root, "empty": base / "empty", "no_classes": base / "no_classes", "empty_class": empty_class,
-              "mismatch": mismatch, "all_broken": all_broken, "nowhere": base / "nowhere", "tiny": tiny_clip_path,
+              "mismatch": mismatch, "one_class": one_class, "all_broken": all_broken, "nowhere": base / "nowhere",
+              "tiny": tiny_clip_path,
               "inside_file": base / "a_file" / "sub", "run": make_run_folder(base / "finished_run")}  # fmt: skip
     for name, text in texts.items():
         values[name] = base / name
@@ -201,6 +211,12 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, files, tmp_path, c
     assert message in _one_error_line(capsys)
 
 
+def test_encode_takes_a_single_class_folder(files, tmp_path, capsys):
+    """Embeddings do not depend on labels: a folder of unlabeled images in one class folder is encoded."""
+    assert main(_fill([*ENCODE, "--data-root", "{one_class}"], files, tmp_path)) == 0
+    assert "images in split │ 2" in " ".join(capsys.readouterr().out.split())
+
+
 def test_debug_adds_the_traceback(files, tmp_path, capsys):
     assert main(["--debug", *_fill([*SSL, "--tau", "-1"], files, tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -215,17 +231,31 @@ def test_debug_adds_the_traceback(files, tmp_path, capsys):
         ([*ENCODE, "--data-root", "{nowhere}"], "is not a directory"),
         ([*ZEROSHOT, "--data-root", "{nowhere}"], "is not a directory"),
         ([*ZEROSHOT, "--lr", "inf"], "--lr must be a finite number"),
+        ([*PSEUDOLABEL, "--data-root", "{one_class}"], "need at least 2 classes"),
+        ([*ZEROSHOT, "--data-root", "{one_class}"], "need at least 2 classes"),
+        ([*SSL, "--data-root", "{one_class}"], "need at least 2 classes"),
+        ([*ZEROSHOT, "--dataset", "digits", "--student", "clip"], "--student clip needs RGB images"),
+        ([*ENCODE, "--dataset", "digits"], "--data-root does not apply to --dataset digits"),
     ],
-    ids=["pseudolabel option", "pseudolabel dataset", "encode data root", "zeroshot data root", "zeroshot option"],
-)
+    ids=[
+        "pseudolabel option", "pseudolabel dataset", "encode data root", "zeroshot data root", "zeroshot option",
+        "pseudolabel one class", "zeroshot one class", "ssl one class", "zeroshot grayscale student",
+        "encode digits with a data root",
+    ],
+)  # fmt: skip
 def test_cheap_checks_come_before_the_model_loads_or_anything_is_written(
     args, message, files, tmp_path, capsys, monkeypatch
 ):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the cheap checks")
 
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the images were listed before the cheap checks")
+
     for module in ("clipdebias.clip.backbone", "clipdebias.commands.pseudolabel", "clipdebias.commands.zeroshot.run"):
         monkeypatch.setattr(f"{module}.load_backbone", no_model)
+    for module in ("pseudolabel", "zeroshot.run", "ssl", "encode"):
+        monkeypatch.setattr(f"clipdebias.commands.{module}.open_dataset", no_scan)
     assert main(_fill(args, files, tmp_path)) == 2
     assert message in _one_error_line(capsys)
     assert not {p.name for p in tmp_path.iterdir()} & {"cache", "out", "labels.csv"}

@@ -14,7 +14,7 @@ from clipdebias.clip.cache import EmbeddingStore, EncodeResult, cached_embedding
 from clipdebias.clip.prompts import load_classnames, load_prompts, text_classifier
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_all, check_choice, check_encoding, check_finite
-from clipdebias.data.sources import ImageSource, check_dataset, open_dataset
+from clipdebias.data.sources import MIN_CLASSES, ImageSource, check_dataset, open_dataset
 from clipdebias.pseudolabels.files import (
     pseudo_label_files,
     pseudo_label_sidecar,
@@ -171,7 +171,7 @@ def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None)
 def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> PseudoLabelRun:
     progress = progress or NoProgress()
     check_pseudolabel_config(config)
-    check_dataset(config.dataset, config.split, config.data_root)
+    check_dataset(config.dataset, config.split, config.data_root, MIN_CLASSES)
     out = _check_out(config.out)
     prepare_dir(out.parent, "folder of --out")  # the checks that cost nothing come before the long work
     if config.reference_dir is not None:

@@ -41,7 +41,7 @@ from clipdebias.commands.zeroshot.head import (
 from clipdebias.commands.zeroshot.image_students import train_image_student
 from clipdebias.config.resolve import run_config_json
 from clipdebias.data.skipped import SkippedImage, skipped_from_manifest
-from clipdebias.data.sources import ArraySource, ImageSource, check_dataset, open_dataset
+from clipdebias.data.sources import MIN_CLASSES, ImageSource, check_dataset, open_dataset
 from clipdebias.metrics import EvalResult, known_accuracy
 from clipdebias.pseudolabels.files import pseudo_label_sidecar, pseudo_label_table, write_pseudo_labels
 from clipdebias.pseudolabels.labels import ReportingRows, summarize
@@ -54,7 +54,7 @@ from clipdebias.training.run_layout import LABELED_INDEX, PSEUDOLABELS, UNLABELE
 from clipdebias.utils import distributed
 from clipdebias.utils.atomic import prepare_dir
 from clipdebias.utils.device import encode_workers, resolve_device
-from clipdebias.utils.errors import OptionError, UserError
+from clipdebias.utils.errors import UserError
 from clipdebias.utils.paths import prepare_cache_dir
 from clipdebias.utils.progress import NoProgress, Progress
 from clipdebias.utils.threads import torch_threads
@@ -199,7 +199,7 @@ def run_zeroshot(
 def _run(
     config: ZeroShotConfig, progress: Progress, train_progress: Callable[[ProgressEvent], None] | None
 ) -> ZeroShotRun:
-    check_dataset(config.dataset, "train", config.data_root)  # the checks that cost nothing come first
+    check_dataset(config.dataset, "train", config.data_root, MIN_CLASSES)  # the checks that cost nothing come first
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
     root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
@@ -209,10 +209,6 @@ def _run(
     device = backbone.device
     train_split = open_dataset(config.dataset, "train", config.data_root)
     evaluation = open_dataset(config.dataset, "val", config.data_root)
-    if config.student != "head" and isinstance(train_split, ArraySource) and train_split.images.ndim == 3:
-        raise OptionError(
-            "student", f"{config.student} needs RGB images; {config.dataset} is grayscale, use --student head"
-        )
     prompts = load_prompts(config.dataset, train_split.classes, config.classnames, config.templates)
     classes = list(prompts.classnames)
     if config.init_weights is not None:  # a bad weights file fails now, before hours of encoding
