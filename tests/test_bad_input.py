@@ -350,3 +350,44 @@ def test_a_gpu_number_beyond_the_count_is_refused(monkeypatch):
         resolve_device("cuda:2")
     with pytest.raises(UserError, match="unknown --device 'cuda:one'"):
         resolve_device("cuda:one")
+
+
+# --- results an earlier run wrote -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "existing, extra, message",
+    [
+        ("labels.csv", [], "--out {csv}: {csv} already exists; pass --overwrite to replace it"),
+        ("labels.json", [], "--out {csv}: {tmp}/labels.json already exists; pass --overwrite"),
+        (
+            "ref/CLIPPseudoLabel0.95-Unselected.csv",
+            ["--reference-format", "{tmp}/ref"],
+            "--reference-format {tmp}/ref: {tmp}/ref/CLIPPseudoLabel0.95-Unselected.csv already exists",
+        ),
+    ],
+    ids=["the csv", "its sidecar", "a reference-format file"],
+)
+def test_pseudolabel_never_replaces_earlier_files_without_overwrite(
+    existing, extra, message, files, tmp_path, capsys, monkeypatch
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr("clipdebias.commands.pseudolabel.load_backbone", no_model)
+    (tmp_path / existing).parent.mkdir(exist_ok=True)
+    (tmp_path / existing).write_text("an earlier result")
+    values = {"csv": str(tmp_path / "labels.csv"), "tmp": str(tmp_path)}
+    args = [*_fill(PSEUDOLABEL, files, tmp_path), *(arg.format(**values) for arg in extra)]
+    assert main(args) == 2
+    assert message.format(**values) in _one_error_line(capsys)
+    assert (tmp_path / existing).read_text() == "an earlier result"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_pseudolabel_overwrite_replaces_the_csv_and_its_sidecar(files, tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text("an earlier result")
+    (tmp_path / "labels.json").write_text("{}")
+    assert main([*_fill(PSEUDOLABEL, files, tmp_path), "--no-report", "--overwrite"]) == 0
+    assert (tmp_path / "labels.csv").read_text().startswith("index,")
+    assert '"teacher": "clip"' in (tmp_path / "labels.json").read_text()

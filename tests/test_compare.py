@@ -37,7 +37,7 @@ def test_compare_methods_over_seeds(seeds, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "fixmatch" in printed and "debiaspl" in printed and str(out / "compare.md") in printed
 
-    result = compare_runs([root / "fixmatch", root / "debiaspl"], out)
+    result = compare_runs([root / "fixmatch", root / "debiaspl"], out, overwrite=True)
     assert [group.name for group in result.groups] == ["fixmatch", "debiaspl"]
     fixmatch, debiaspl = result.groups
     values = {method: np.array([top1(run) for run in paths]) for method, paths in runs.items()}
@@ -86,7 +86,7 @@ def test_groups_are_named_by_the_keys_that_differ(tmp_path):
         ("debiaspl tau=1", 1),
     ]
     assert result.group_keys == ("method", "tau")
-    merged = compare_runs(paths, tmp_path / "out", group_by=["method"])
+    merged = compare_runs(paths, tmp_path / "out", group_by=["method"], overwrite=True)
     assert [(group.name, len(group.runs)) for group in merged.groups] == [("fixmatch", 2), ("debiaspl", 2)]
 
 
@@ -122,3 +122,21 @@ def test_non_runs_are_one_line_errors(tmp_path, capsys, case):
     assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and str(path) in err
+
+
+def test_compare_never_replaces_an_earlier_comparison_without_overwrite(seeds, capsys):
+    root, _ = seeds
+    out = root / "cmp"
+    args = ["compare", str(root / "fixmatch"), str(root / "debiaspl"), "--out", str(out)]
+    assert main(args) == 0
+    (out / "compare.md").write_text("my notes")
+    capsys.readouterr()
+    assert main([*args, "--by", "method"]) == 2
+    err = capsys.readouterr().err
+    expected = (
+        f"--out {out}: {out / 'compare.md'} already exists; pass --overwrite to replace it, or give another --out"
+    )
+    assert err == f"error: {expected}\n"
+    assert (out / "compare.md").read_text() == "my notes"
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "compare.md").read_text().startswith("# clipdebias compare")

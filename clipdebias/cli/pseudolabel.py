@@ -68,6 +68,10 @@ def pseudolabel_command(
     report: Annotated[
         bool, Option("--report/--no-report", help="Write FILE_report/ (charts, report.md) beside the CSV.")
     ] = True,
+    overwrite: Annotated[
+        bool,
+        Option("--overwrite", help="Replace an existing --out CSV, its sidecar and --reference-format files."),
+    ] = False,
     old_threshold: options.OldThreshold = None,
     old_precision: options.OldPrecision = None,
     old_batch_size: options.OldBatchSize = None,
@@ -108,6 +112,7 @@ def pseudolabel_command(
         threads=threads,
         chunk_size=chunk_size,
         chunk_rows=chunk_rows,
+        overwrite=overwrite,
     )
     with RichProgress() as progress:
         run = run_pseudolabel(config, progress)

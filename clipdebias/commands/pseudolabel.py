@@ -19,7 +19,9 @@ from clipdebias.pseudolabels.files import (
     pseudo_label_files,
     pseudo_label_sidecar,
     pseudo_label_table,
+    reference_file_names,
     reference_format_files,
+    sidecar_path,
 )
 from clipdebias.pseudolabels.labels import (
     FiniteRows,
@@ -61,6 +63,7 @@ class PseudoLabelConfig:
     threads: int | None = None  # None: torch's own default
     chunk_size: int = defaults.CHUNK_SIZE
     chunk_rows: int = defaults.CHUNK_ROWS
+    overwrite: bool = False  # replace an existing --out CSV, its sidecar and --reference-format files
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,27 @@ def _check_out(out: str) -> Path:
     if path.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name ending in .csv")
     return path
+
+
+def check_not_written(config: PseudoLabelConfig, out: Path) -> None:
+    """Refuse, unless ``config.overwrite``, to replace a file that an earlier run wrote: the CSV, its
+    sidecar, or the reference format's two files."""
+    if config.overwrite:
+        return
+    for path in (out, sidecar_path(out)):
+        if path.exists():
+            raise UserError(
+                f"--out {config.out}: {path} already exists; pass --overwrite to replace it "
+                "(the CSV and its .json sidecar), or give another --out"
+            )
+    if config.reference_dir is not None:
+        folder = Path(config.reference_dir).expanduser()
+        for name in reference_file_names(config.select_threshold):
+            if (folder / name).exists():
+                raise UserError(
+                    f"--reference-format {config.reference_dir}: {folder / name} already exists; "
+                    "pass --overwrite to replace it, or give another folder"
+                )
 
 
 def load_logits_file(path: str, num_images: int, num_classes: int) -> FiniteRows:
@@ -173,6 +197,7 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
     check_pseudolabel_config(config)
     check_dataset(config.dataset, config.split, config.data_root, MIN_CLASSES)
     out = _check_out(config.out)
+    check_not_written(config, out)
     prepare_dir(out.parent, "folder of --out")  # the checks that cost nothing come before the long work
     if config.reference_dir is not None:
         prepare_dir(config.reference_dir, "--reference-format")

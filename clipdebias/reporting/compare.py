@@ -374,15 +374,25 @@ def compare_runs(
     out_dir: str | Path,
     group_by: Sequence[str] = DEFAULT_GROUP_KEYS,
     known_keys_only: bool = False,
+    overwrite: bool = False,
 ) -> CompareResult:
     """Group finished runs, write ``compare.md`` and ``compare.png`` into ``out_dir``.
 
     Raises :class:`UserError` for a path that is not a finished run (nor a folder of runs), for
     runs with different numbers of classes, and, with ``known_keys_only`` (keys the user typed), for
-    a key that no run has.
+    a key that no run has; unless ``overwrite``, when ``out_dir`` already holds ``compare.md`` or
+    ``compare.png``.
     """
     if not paths:
         raise UserError("give at least one run folder to compare")
+    out = Path(out_dir).expanduser()
+    if not overwrite:
+        for name in (COMPARE_FILE, COMPARE_CHART):
+            if (out / name).exists():
+                raise UserError(
+                    f"--out {out_dir}: {out / name} already exists; "
+                    "pass --overwrite to replace it, or give another --out"
+                )
     keys = tuple(dict.fromkeys(key.strip() for key in group_by if key.strip()))
     records = [read_run(path) for path in find_runs(paths)]
     if known_keys_only:
@@ -407,7 +417,6 @@ def compare_runs(
             notes.append(
                 f"{group.name}: no paired gain (no seed shared with {groups[0].name}, or a seed repeats within a group)"
             )
-    out = Path(out_dir).expanduser()
     chart = _chart(groups, out / COMPARE_CHART)
     markdown = atomic_write_text(out / COMPARE_FILE, _markdown(groups, varying, num_classes, notes))
     return CompareResult(out, markdown, chart, groups, varying, num_classes, tuple(notes))
