@@ -26,6 +26,7 @@ ZEROSHOT = [
     "--steps-per-epoch", "1", "--workers", "0", "--threads", "1", "--no-report", "--out", "{out}",
 ]  # fmt: skip
 PSEUDOLABEL = ["pseudolabel", *DATA, *MODEL, "--templates", "simple", "--out", "{csv}"]
+LOGITS = ["pseudolabel", *DATA, "--out", "{csv}"]  # a teacher's logits: no CLIP option applies
 ENCODE = ["encode", *DATA, *MODEL]
 WITH_DATA = {"ssl": SSL, "zeroshot": ZEROSHOT, "pseudolabel": PSEUDOLABEL, "encode": ENCODE}
 
@@ -111,12 +112,31 @@ CASES = [
     ("zeroshot template without {}", [*ZEROSHOT, "--templates", "{no_braces}"], "has no '{}'"),
     ("pseudolabel missing templates", [*PSEUDOLABEL, "--templates", "{nowhere}"], "no such file"),
     # --logits files
-    ("logits wrong shape", [*PSEUDOLABEL, "--logits", "{logits_short}"], "expected [12, 3]"),
-    ("logits one-dimensional", [*PSEUDOLABEL, "--logits", "{logits_1d}"], "expected [12, 3]"),
-    ("logits NaN", [*PSEUDOLABEL, "--logits", "{logits_nan}"], "row 0 holds NaN or infinite values"),
-    ("logits inf", [*PSEUDOLABEL, "--logits", "{logits_inf}"], "row 0 holds NaN or infinite values"),
-    ("logits integers", [*PSEUDOLABEL, "--logits", "{logits_int}"], "expected floating-point logits"),
-    ("logits not npy", [*PSEUDOLABEL, "--logits", "{empty_file}"], "is not a .npy array"),
+    ("logits wrong shape", [*LOGITS, "--logits", "{logits_short}"], "expected [12, 3]"),
+    ("logits one-dimensional", [*LOGITS, "--logits", "{logits_1d}"], "expected [12, 3]"),
+    ("logits NaN", [*LOGITS, "--logits", "{logits_nan}"], "row 0 holds NaN or infinite values"),
+    ("logits inf", [*LOGITS, "--logits", "{logits_inf}"], "row 0 holds NaN or infinite values"),
+    ("logits integers", [*LOGITS, "--logits", "{logits_int}"], "expected floating-point logits"),
+    ("logits not npy", [*LOGITS, "--logits", "{empty_file}"], "is not a .npy array"),
+    *[
+        (
+            f"logits with {flag}",
+            [*LOGITS, "--logits", "{logits_ok}", flag, *value],
+            f"{flag} does not apply with --logits",
+        )
+        for flag, *value in [
+            ("--model", "RN50"),
+            ("--pretrained", "openai"),
+            ("--quick-gelu",),
+            ("--encode-precision", "fp16"),
+            ("--templates", "simple"),
+            ("--logit-scale", "50"),
+            ("--encode-batch-size", "8"),
+            ("--workers", "2"),
+            ("--cache-dir", "{cache}"),
+            ("--chunk-size", "8"),
+        ]
+    ],
     # --labeled-index and --clip-pseudolabels
     ("labeled-index columns", [*SSL, "--labeled-index", "{index_columns}"], "lacks the column(s) index, label"),
     ("labeled-index range", [*SSL, "--labeled-index", "{index_range}"], "'index' must hold integers in [0, 12)"),
@@ -170,7 +190,8 @@ def files(tmp_path_factory, tiny_clip_path):
         values[name].write_text(text)
     logits = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
     for name, array in {
-        "logits_short": logits[:5], "logits_1d": logits[:, 0], "logits_int": logits.astype(np.int64),
+        "logits_ok": logits, "logits_short": logits[:5], "logits_1d": logits[:, 0],
+        "logits_int": logits.astype(np.int64),
         "logits_nan": np.where(np.arange(12)[:, None] == 0, np.nan, logits).astype(np.float32),
         "logits_inf": np.where(np.arange(12)[:, None] == 0, -np.inf, logits).astype(np.float32),
     }.items():  # fmt: skip
