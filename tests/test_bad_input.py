@@ -3,6 +3,7 @@ logits or index file, unwritable output or cache, and CUDA without a GPU ends a 
 code 2 and exactly one stderr line, ``error: ...``, that names the problem; no traceback unless
 ``--debug`` asks for one."""
 
+import datetime
 import errno
 import os
 import shutil
@@ -143,7 +144,7 @@ CASES = [
     ("labeled-index empty", [*SSL, "--labeled-index", "{empty_file}"], "cannot read --labeled-index"),
     ("clip-pseudolabels columns", [*SSL, "--clip-pseudolabels", "{pl_columns}"], "lacks the column(s) confidence"),
     ("clip-pseudolabels range", [*SSL, "--clip-pseudolabels", "{pl_range}"], "'pseudo_label' must hold class ids"),
-    ("init-weights garbage", [*SSL, "--init-weights", "{empty_file}"], "cannot be read as a torch state dict"),
+    ("init-weights garbage", [*SSL, "--init-weights", "{empty_file}"], "is not a checkpoint; expected a state dict"),
     # outputs and caches where a file is in the way
     ("ssl --out is a file", [*SSL, "--out", "{a_file}"], "is a file; give a folder"),
     ("zeroshot --out inside a file", [*ZEROSHOT, "--out", "{inside_file}"], "which is a file; give a folder"),
@@ -197,6 +198,8 @@ def files(tmp_path_factory, tiny_clip_path):
     }.items():  # fmt: skip
         values[name] = base / f"{name}.npy"
         np.save(values[name], array)
+    values["pickled_objects"] = base / "pickled_objects.pt"
+    torch.save({"saved": datetime.date(2024, 1, 1)}, values["pickled_objects"])  # not a tensor nor a container
     return {name: str(value) for name, value in values.items()}
 
 
@@ -412,3 +415,20 @@ def test_pseudolabel_overwrite_replaces_the_csv_and_its_sidecar(files, tmp_path,
     assert main([*_fill(PSEUDOLABEL, files, tmp_path), "--no-report", "--overwrite"]) == 0
     assert (tmp_path / "labels.csv").read_text().startswith("index,")
     assert '"teacher": "clip"' in (tmp_path / "labels.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([*SSL, "--init-weights", "{a_file}"], "--init-weights '{a_file}' is not a checkpoint; expected a state dict"),
+        ([*SSL, "--init-weights", "{pickled_objects}"], "is not a plain state dict: it holds pickled Python objects"),
+        ([*ENCODE, "--pretrained", "{a_file}"], "--pretrained {a_file} is not a checkpoint; expected CLIP weights"),
+        ([*ENCODE, "--pretrained", "{pickled_objects}"], "is not a plain checkpoint: it holds pickled Python objects"),
+    ],
+    ids=["init-weights text", "init-weights objects", "pretrained text", "pretrained objects"],
+)
+def test_a_file_that_is_no_checkpoint_is_named_so_without_advice_to_unpickle_it(args, message, files, tmp_path, capsys):
+    assert main(_fill(args, files, tmp_path)) == 2
+    line = _one_error_line(capsys)
+    assert message.format(**files) in line
+    assert "weights_only" not in line and "trust the source" not in line
