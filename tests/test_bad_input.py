@@ -110,7 +110,18 @@ CASES = [
     ("pseudolabel empty classnames", [*PSEUDOLABEL, "--classnames", "{empty_file}"], "has 0 class names"),
     ("zeroshot wrong classnames count", [*ZEROSHOT, "--classnames", "{two_names}"], "has 2 class names"),
     ("pseudolabel empty templates", [*PSEUDOLABEL, "--templates", "{empty_file}"], "no templates"),
-    ("zeroshot template without {}", [*ZEROSHOT, "--templates", "{no_braces}"], "has no '{}'"),
+    (
+        "zeroshot template without {}",
+        [*ZEROSHOT, "--templates", "{no_braces}"],
+        "line 1: template 'a photo of a thing'",
+    ),
+    (
+        "pseudolabel two {}",
+        [*PSEUDOLABEL, "--templates", "{two_fields}"],
+        "line 3: template 'a {} of a {}.' has 2 fields",
+    ),
+    ("zeroshot {0}", [*ZEROSHOT, "--templates", "{indexed}"], "has the field '{0}'; give a plain '{}'"),
+    ("pseudolabel lone brace", [*PSEUDOLABEL, "--templates", "{lone_brace}"], "Single '}' encountered"),
     ("pseudolabel missing templates", [*PSEUDOLABEL, "--templates", "{nowhere}"], "no such file"),
     # --logits files
     ("logits wrong shape", [*LOGITS, "--logits", "{logits_short}"], "expected [12, 3]"),
@@ -179,6 +190,8 @@ def files(tmp_path_factory, tiny_clip_path):
         image.write_bytes(b"")
     texts = {
         "empty_file": "", "two_names": "cat\ndog\n", "no_braces": "a photo of a thing\n", "a_file": "x",
+        "two_fields": "a photo of a {}.\n\na {} of a {}.\n", "indexed": "a photo of a {0}.\n",
+        "lone_brace": "a photo of a {}}.\n",
         "index_columns": "foo,bar\n1,2\n", "index_range": "index,path,label\n99,x,0\n",
         "pl_columns": "index,pseudo_label\n0,1\n", "pl_range": "index,pseudo_label,confidence\n0,7,0.5\n",
     }  # fmt: skip
@@ -260,11 +273,13 @@ def test_debug_adds_the_traceback(files, tmp_path, capsys):
         ([*SSL, "--data-root", "{one_class}"], "need at least 2 classes"),
         ([*ZEROSHOT, "--dataset", "digits", "--student", "clip"], "--student clip needs RGB images"),
         ([*ENCODE, "--dataset", "digits"], "--data-root does not apply to --dataset digits"),
+        ([*PSEUDOLABEL, "--templates", "{two_fields}"], "has 2 fields"),
+        ([*ZEROSHOT, "--templates", "{two_fields}"], "has 2 fields"),
     ],
     ids=[
         "pseudolabel option", "pseudolabel dataset", "encode data root", "zeroshot data root", "zeroshot option",
         "pseudolabel one class", "zeroshot one class", "ssl one class", "zeroshot grayscale student",
-        "encode digits with a data root",
+        "encode digits with a data root", "pseudolabel template", "zeroshot template",
     ],
 )  # fmt: skip
 def test_cheap_checks_come_before_the_model_loads_or_anything_is_written(

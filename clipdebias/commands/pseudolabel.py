@@ -11,7 +11,7 @@ import numpy as np
 
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
 from clipdebias.clip.cache import EmbeddingStore, EncodeResult, cached_embeddings
-from clipdebias.clip.prompts import load_classnames, load_prompts, text_classifier
+from clipdebias.clip.prompts import load_classnames, load_prompts, load_templates, text_classifier
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_all, check_choice, check_encoding, check_finite
 from clipdebias.data.sources import MIN_CLASSES, ImageSource, check_dataset, open_dataset
@@ -202,6 +202,7 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
     if config.reference_dir is not None:
         prepare_dir(config.reference_dir, "--reference-format")
     if config.logits is None:
+        load_templates(config.dataset, config.templates)  # a bad template fails before the model loads
         prepare_cache_dir(config.cache_dir)
     backbone = None
     if config.logits is None:  # the backbone first: missing weights fail before a long folder scan

@@ -28,7 +28,7 @@ import torch
 from clipdebias.clip.augmented_views import AugmentedView, augmented_view_id
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
 from clipdebias.clip.cache import EmbeddingStore, encode_split, read_manifest
-from clipdebias.clip.prompts import load_prompts, text_classifier
+from clipdebias.clip.prompts import load_prompts, load_templates, text_classifier
 from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, in_saved_names, loop_settings
 from clipdebias.commands.zeroshot.head import (
     HeadSettings,
@@ -200,6 +200,7 @@ def _run(
     config: ZeroShotConfig, progress: Progress, train_progress: Callable[[ProgressEvent], None] | None
 ) -> ZeroShotRun:
     check_dataset(config.dataset, "train", config.data_root, MIN_CLASSES)  # the checks that cost nothing come first
+    load_templates(config.dataset, config.templates)  # a bad template fails before the model loads
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
     root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
