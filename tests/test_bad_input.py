@@ -275,11 +275,14 @@ def test_debug_adds_the_traceback(files, tmp_path, capsys):
         ([*ENCODE, "--dataset", "digits"], "--data-root does not apply to --dataset digits"),
         ([*PSEUDOLABEL, "--templates", "{two_fields}"], "has 2 fields"),
         ([*ZEROSHOT, "--templates", "{two_fields}"], "has 2 fields"),
+        ([*ZEROSHOT, "--student", "resnet50", "--warmup-epochs", "0", "--init-weights", "{a_file}"], "a checkpoint"),
+        ([*SSL, "--init-weights", "{a_file}"], "is not a checkpoint"),
     ],
     ids=[
         "pseudolabel option", "pseudolabel dataset", "encode data root", "zeroshot data root", "zeroshot option",
         "pseudolabel one class", "zeroshot one class", "ssl one class", "zeroshot grayscale student",
         "encode digits with a data root", "pseudolabel template", "zeroshot template",
+        "zeroshot init-weights", "ssl init-weights",
     ],
 )  # fmt: skip
 def test_cheap_checks_come_before_the_model_loads_or_anything_is_written(

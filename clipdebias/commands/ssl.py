@@ -31,7 +31,7 @@ from clipdebias.data.splits import split_labeled
 from clipdebias.data.streams import StreamSpec, build_streams
 from clipdebias.pseudolabels.files import read_csv_columns
 from clipdebias.training.loop import ProgressEvent, Runtime, train
-from clipdebias.training.models import ARCHS, build_model
+from clipdebias.training.models import ARCHS, build_model, check_init_weights_file
 from clipdebias.training.optim import cosine_schedule, make_sgd
 from clipdebias.training.run_folder import RunFolder, check_resume
 from clipdebias.training.run_layout import LABELED_INDEX, UNLABELED_INDEX
@@ -283,6 +283,8 @@ def _run_ssl(
     config: SSLConfig, device: torch.device, progress: Callable[[ProgressEvent], None] | None
 ) -> dict[str, Any]:
     check_dataset(config.dataset, "train", config.data_root, MIN_CLASSES)  # the checks that cost nothing first
+    if config.init_weights is not None:
+        check_init_weights_file(config.init_weights)
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # before the folder scan; rank 0 writes
     train_split = open_dataset(config.dataset, "train", config.data_root)
     labeled, unlabeled, holdout = choose_rows(config, train_split)

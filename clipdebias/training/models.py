@@ -67,11 +67,19 @@ STATE_DICT = "expected a state dict saved with torch.save(model.state_dict(), PA
 """What ``--init-weights FILE`` takes, for the error about a file that is something else."""
 
 
-def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+def check_init_weights_file(path: str | Path) -> Path:
+    """The checks of ``--init-weights`` that cost nothing: a file, written by ``torch.save``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"--init-weights {str(path)!r} is not a file")
     kind = checkpoint_kind(path)
     if kind not in ("torch", "torch-legacy"):
         what = f"a {kind} file" if kind is not None else "a checkpoint"
         raise UserError(f"--init-weights {str(path)!r} is not {what}; {STATE_DICT}")
+    return path
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         with warnings.catch_warnings():  # torch's notes on odd pickles; the error below says what is wrong
             warnings.simplefilter("ignore")
@@ -127,9 +135,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
     :func:`strip_wrapper_prefix`) into ``model``. The classifier ``fc.*`` is kept from ``model`` when its shape
     differs (another number of classes); any other missing or mismatched tensor is an error.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"--init-weights {str(path)!r} is not a file")
+    path = check_init_weights_file(path)
     own = model.state_dict()
     state = strip_wrapper_prefix(_state_dict_from_file(path), set(own))
     for key in [k for k in state if k.startswith("fc.")]:

@@ -48,7 +48,7 @@ from clipdebias.pseudolabels.labels import ReportingRows, summarize
 from clipdebias.pseudolabels.selection import Selection
 from clipdebias.reporting.report import ReportResult, try_write_report
 from clipdebias.training.loop import ProgressEvent, TrainResult
-from clipdebias.training.models import build_model
+from clipdebias.training.models import build_model, check_init_weights_file
 from clipdebias.training.run_folder import RunFolder, check_resume
 from clipdebias.training.run_layout import LABELED_INDEX, PSEUDOLABELS, UNLABELED_INDEX
 from clipdebias.utils import distributed
@@ -201,6 +201,8 @@ def _run(
 ) -> ZeroShotRun:
     check_dataset(config.dataset, "train", config.data_root, MIN_CLASSES)  # the checks that cost nothing come first
     load_templates(config.dataset, config.templates)  # a bad template fails before the model loads
+    if config.init_weights is not None:  # so does a file that is no checkpoint
+        check_init_weights_file(config.init_weights)
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
     root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
