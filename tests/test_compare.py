@@ -140,3 +140,28 @@ def test_compare_never_replaces_an_earlier_comparison_without_overwrite(seeds, c
     assert (out / "compare.md").read_text() == "my notes"
     assert main([*args, "--overwrite"]) == 0
     assert (out / "compare.md").read_text().startswith("# clipdebias compare")
+
+
+def test_a_paired_gain_between_runs_of_other_settings_names_those_settings(tmp_path, seeds):
+    """FixMatch at 32 px, batch 4 against DebiasPL at 224 px, batch 64: the gain mixes the method with
+    the image size and the batch; the note names both, with each side's value."""
+    runs = []
+    for method, image_size, batch_size in (("fixmatch", 32, 4), ("debiaspl", 224, 64)):
+        run = make_run_folder(tmp_path / "settings" / method, method=method, seed=0)
+        config = json.loads((run / "config.json").read_text())
+        config.update(image_size=image_size, batch_size=batch_size, workers=8 if method == "fixmatch" else 0)
+        (run / "config.json").write_text(json.dumps(config))
+        runs.append(run)
+    result = compare_runs(runs, tmp_path / "out")
+    assert result.groups[1].paired_gain is not None
+    expected = (
+        "debiaspl vs fixmatch: the runs also differ in batch_size (4 vs 64), image_size (32 vs 224); "
+        "the paired gain reflects these too"
+    )
+    assert [note for note in result.notes if "also differ" in note] == [
+        f"{expected}: add them to --by, or compare runs that share them"
+    ]
+    assert expected in (tmp_path / "out" / "compare.md").read_text()
+    root, _ = seeds  # runs that differ only in the method (and FixMatch's unused tau) get no such note
+    same = compare_runs([root / "fixmatch", root / "debiaspl"], tmp_path / "same")
+    assert same.groups[1].paired_gain is not None and not any("also differ" in note for note in same.notes)

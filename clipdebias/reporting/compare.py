@@ -175,6 +175,37 @@ def _mixed_settings(group: GroupSummary) -> str | None:
     )
 
 
+METHOD_KEYS = frozenset({"method", "no_debias"})
+"""config.json keys that follow from the method: they differ between FixMatch and DebiasPL by design."""
+
+
+def _settings_beside_baseline(group: GroupSummary, baseline: GroupSummary, varying: Sequence[str]) -> str | None:
+    """A note for a group whose paired gain over ``baseline`` also reflects settings other than the
+    grouping keys (``image_size`` 32 vs 224, ``batch_size`` 4 vs 64): it names each such config.json
+    key with the values of both sides."""
+    if group.paired_gain is None:
+        return None
+    ignored = set(SETTING_KEYS_IGNORED) | METHOD_KEYS | set(varying)
+    for run in (*group.runs, *baseline.runs):
+        ignored |= IGNORED_BY_METHOD.get(str(run.record.value("method")), frozenset())
+
+    def values(runs: Sequence[RunSummary], key: str) -> list[str]:
+        return sorted({_value_text(run.record.config.get(key)) for run in runs})
+
+    keys = sorted({key for run in (*group.runs, *baseline.runs) for key in run.record.config} - ignored)
+    differ = [
+        f"{key} ({'/'.join(values(baseline.runs, key))} vs {'/'.join(values(group.runs, key))})"
+        for key in keys
+        if values(baseline.runs, key) != values(group.runs, key)
+    ]
+    if not differ:
+        return None
+    return (
+        f"{group.name} vs {baseline.name}: the runs also differ in {', '.join(differ)}; the paired gain "
+        "reflects these too: add them to --by, or compare runs that share them"
+    )
+
+
 def _check_class_counts(records: Sequence[RunRecord]) -> int | None:
     known = [(record, record.num_classes) for record in records if record.num_classes is not None]
     counts = {count for _, count in known}
@@ -412,6 +443,8 @@ def compare_runs(
     baseline = ordered[0][1]
     groups = tuple(_group(name, runs, None if index == 0 else baseline) for index, (name, runs) in enumerate(ordered))
     notes += [note for note in map(_mixed_settings, groups) if note is not None]
+    beside = (_settings_beside_baseline(group, groups[0], varying) for group in groups[1:])
+    notes += [note for note in beside if note is not None]
     for group in groups[1:]:
         if group.paired_gain is None:
             notes.append(
