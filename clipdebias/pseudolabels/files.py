@@ -83,12 +83,14 @@ def pseudo_label_sidecar(
     data_root: str | None,
     split: str,
     num_images: int,
+    select_topk_per_class: int | None = None,
 ) -> dict:
     """The JSON sidecar of a pseudo-label CSV (docs/formats.md), as ``pseudolabel`` and ``zeroshot`` write it."""
     return {
         "classes": classes,
         "tau": result.tau,
         "threshold": result.threshold,
+        "select_topk_per_class": select_topk_per_class,
         "prior": [float(x) for x in result.prior],
         "model": model,
         "pretrained": pretrained,

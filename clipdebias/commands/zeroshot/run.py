@@ -18,7 +18,7 @@ streams of :mod:`clipdebias.data.streams`. Defaults are in :data:`SHARED_DEFAULT
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -282,13 +282,17 @@ def _write_pseudolabels(
     classes: list[str],
     scale: float,
 ) -> Path:
-    pseudo = selection.pseudo
+    # `selected` marks the rows trained as confident: the threshold's rows, or the top-k per class
+    selected = np.zeros(len(selection.pseudo.label), dtype=bool)
+    selected[selection.confident] = True
+    pseudo = replace(selection.pseudo, selected=selected)
     paths = [train_split.path(i) for i in range(len(train_split))]
     table = pseudo_label_table(pseudo, arrays.train_ids, paths, train_split.labels, classes)
     summary = summarize(pseudo, train_split.labels[arrays.train_ids], len(classes))
     sidecar = pseudo_label_sidecar(
         pseudo, summary, classes, teacher="clip", model=config.model, pretrained=config.pretrained, logit_scale=scale,
         dataset=config.dataset, data_root=config.data_root, split="train", num_images=len(train_split),
+        select_topk_per_class=config.select_topk_per_class,
     )  # fmt: skip
     csv, _ = write_pseudo_labels(table, run.file(PSEUDOLABELS), sidecar)
     return csv
