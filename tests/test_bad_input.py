@@ -3,6 +3,7 @@ logits or index file, unwritable output or cache, and CUDA without a GPU ends a 
 code 2 and exactly one stderr line, ``error: ...``, that names the problem; no traceback unless
 ``--debug`` asks for one."""
 
+import datetime
 import errno
 import os
 import shutil
@@ -26,6 +27,7 @@ ZEROSHOT = [
     "--steps-per-epoch", "1", "--workers", "0", "--threads", "1", "--no-report", "--out", "{out}",
 ]  # fmt: skip
 PSEUDOLABEL = ["pseudolabel", *DATA, *MODEL, "--templates", "simple", "--out", "{csv}"]
+LOGITS = ["pseudolabel", *DATA, "--out", "{csv}"]  # a teacher's logits: no CLIP option applies
 ENCODE = ["encode", *DATA, *MODEL]
 WITH_DATA = {"ssl": SSL, "zeroshot": ZEROSHOT, "pseudolabel": PSEUDOLABEL, "encode": ENCODE}
 
@@ -96,26 +98,64 @@ CASES = [
     ("encode train/val mismatch", [*ENCODE, "--data-root", "{mismatch}", "--split", "val"], "differ"),
     ("ssl no --data-root", ["ssl", "--dataset", "imagefolder", "--out", "{out}"], "needs --data-root DIR"),
     ("ssl cifar10 missing", [*SSL, "--dataset", "cifar10", "--data-root", "{empty}"], "cifar10 not found"),
+    *_each(
+        ["--data-root", "{one_class}"],
+        "has 1 class folder (cat); pseudo-labels and training need at least 2 classes",
+        ("ssl", "zeroshot", "pseudolabel"),
+    ),
+    *_each(["--dataset", "digits"], "--data-root does not apply to --dataset digits"),
+    ("zeroshot digits clip", [*ZEROSHOT, "--dataset", "digits", "--student", "clip"], "--student clip needs RGB"),
+    ("ssl digits resnet18", [*SSL, "--dataset", "digits", "--arch", "resnet18"], "--arch resnet18 needs RGB images"),
     # class names and templates
     ("pseudolabel empty classnames", [*PSEUDOLABEL, "--classnames", "{empty_file}"], "has 0 class names"),
     ("zeroshot wrong classnames count", [*ZEROSHOT, "--classnames", "{two_names}"], "has 2 class names"),
     ("pseudolabel empty templates", [*PSEUDOLABEL, "--templates", "{empty_file}"], "no templates"),
-    ("zeroshot template without {}", [*ZEROSHOT, "--templates", "{no_braces}"], "has no '{}'"),
+    (
+        "zeroshot template without {}",
+        [*ZEROSHOT, "--templates", "{no_braces}"],
+        "line 1: template 'a photo of a thing'",
+    ),
+    (
+        "pseudolabel two {}",
+        [*PSEUDOLABEL, "--templates", "{two_fields}"],
+        "line 3: template 'a {} of a {}.' has 2 fields",
+    ),
+    ("zeroshot {0}", [*ZEROSHOT, "--templates", "{indexed}"], "has the field '{0}'; give a plain '{}'"),
+    ("pseudolabel lone brace", [*PSEUDOLABEL, "--templates", "{lone_brace}"], "Single '}' encountered"),
     ("pseudolabel missing templates", [*PSEUDOLABEL, "--templates", "{nowhere}"], "no such file"),
     # --logits files
-    ("logits wrong shape", [*PSEUDOLABEL, "--logits", "{logits_short}"], "expected [12, 3]"),
-    ("logits one-dimensional", [*PSEUDOLABEL, "--logits", "{logits_1d}"], "expected [12, 3]"),
-    ("logits NaN", [*PSEUDOLABEL, "--logits", "{logits_nan}"], "row 0 holds NaN or infinite values"),
-    ("logits inf", [*PSEUDOLABEL, "--logits", "{logits_inf}"], "row 0 holds NaN or infinite values"),
-    ("logits integers", [*PSEUDOLABEL, "--logits", "{logits_int}"], "expected floating-point logits"),
-    ("logits not npy", [*PSEUDOLABEL, "--logits", "{empty_file}"], "is not a .npy array"),
+    ("logits wrong shape", [*LOGITS, "--logits", "{logits_short}"], "expected [12, 3]"),
+    ("logits one-dimensional", [*LOGITS, "--logits", "{logits_1d}"], "expected [12, 3]"),
+    ("logits NaN", [*LOGITS, "--logits", "{logits_nan}"], "row 0 holds NaN or infinite values"),
+    ("logits inf", [*LOGITS, "--logits", "{logits_inf}"], "row 0 holds NaN or infinite values"),
+    ("logits integers", [*LOGITS, "--logits", "{logits_int}"], "expected floating-point logits"),
+    ("logits not npy", [*LOGITS, "--logits", "{empty_file}"], "is not a .npy array"),
+    *[
+        (
+            f"logits with {flag}",
+            [*LOGITS, "--logits", "{logits_ok}", flag, *value],
+            f"{flag} does not apply with --logits",
+        )
+        for flag, *value in [
+            ("--model", "RN50"),
+            ("--pretrained", "openai"),
+            ("--quick-gelu",),
+            ("--encode-precision", "fp16"),
+            ("--templates", "simple"),
+            ("--logit-scale", "50"),
+            ("--encode-batch-size", "8"),
+            ("--workers", "2"),
+            ("--cache-dir", "{cache}"),
+            ("--chunk-size", "8"),
+        ]
+    ],
     # --labeled-index and --clip-pseudolabels
     ("labeled-index columns", [*SSL, "--labeled-index", "{index_columns}"], "lacks the column(s) index, label"),
     ("labeled-index range", [*SSL, "--labeled-index", "{index_range}"], "'index' must hold integers in [0, 12)"),
     ("labeled-index empty", [*SSL, "--labeled-index", "{empty_file}"], "cannot read --labeled-index"),
     ("clip-pseudolabels columns", [*SSL, "--clip-pseudolabels", "{pl_columns}"], "lacks the column(s) confidence"),
     ("clip-pseudolabels range", [*SSL, "--clip-pseudolabels", "{pl_range}"], "'pseudo_label' must hold class ids"),
-    ("init-weights garbage", [*SSL, "--init-weights", "{empty_file}"], "cannot be read as a torch state dict"),
+    ("init-weights garbage", [*SSL, "--init-weights", "{empty_file}"], "is not a checkpoint; expected a state dict"),
     # outputs and caches where a file is in the way
     ("ssl --out is a file", [*SSL, "--out", "{a_file}"], "is a file; give a folder"),
     ("zeroshot --out inside a file", [*ZEROSHOT, "--out", "{inside_file}"], "which is a file; give a folder"),
@@ -144,28 +184,35 @@ def files(tmp_path_factory, tiny_clip_path):
     (empty_class / "train" / "dog" / "notes.txt").write_text("not an image")
     mismatch = make_image_folder(base / "mismatch", per_class=2, val_per_class=1, size=16)
     (mismatch / "val" / "dog").rename(mismatch / "val" / "wolf")
+    one_class = make_image_folder(base / "one_class", classes=("cat",), per_class=2, val_per_class=1, size=16)
     all_broken = make_image_folder(base / "all_broken", per_class=2, val_per_class=1, size=16)
     for image in (all_broken / "train").rglob("*.png"):
         image.write_bytes(b"")
     texts = {
         "empty_file": "", "two_names": "cat\ndog\n", "no_braces": "a photo of a thing\n", "a_file": "x",
+        "two_fields": "a photo of a {}.\n\na {} of a {}.\n", "indexed": "a photo of a {0}.\n",
+        "lone_brace": "a photo of a {}}.\n",
         "index_columns": "foo,bar\n1,2\n", "index_range": "index,path,label\n99,x,0\n",
         "pl_columns": "index,pseudo_label\n0,1\n", "pl_range": "index,pseudo_label,confidence\n0,7,0.5\n",
     }  # fmt: skip
     values = {"root": root, "empty": base / "empty", "no_classes": base / "no_classes", "empty_class": empty_class,
-              "mismatch": mismatch, "all_broken": all_broken, "nowhere": base / "nowhere", "tiny": tiny_clip_path,
+              "mismatch": mismatch, "one_class": one_class, "all_broken": all_broken, "nowhere": base / "nowhere",
+              "tiny": tiny_clip_path,
               "inside_file": base / "a_file" / "sub", "run": make_run_folder(base / "finished_run")}  # fmt: skip
     for name, text in texts.items():
         values[name] = base / name
         values[name].write_text(text)
     logits = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
     for name, array in {
-        "logits_short": logits[:5], "logits_1d": logits[:, 0], "logits_int": logits.astype(np.int64),
+        "logits_ok": logits, "logits_short": logits[:5], "logits_1d": logits[:, 0],
+        "logits_int": logits.astype(np.int64),
         "logits_nan": np.where(np.arange(12)[:, None] == 0, np.nan, logits).astype(np.float32),
         "logits_inf": np.where(np.arange(12)[:, None] == 0, -np.inf, logits).astype(np.float32),
     }.items():  # fmt: skip
         values[name] = base / f"{name}.npy"
         np.save(values[name], array)
+    values["pickled_objects"] = base / "pickled_objects.pt"
+    torch.save({"saved": datetime.date(2024, 1, 1)}, values["pickled_objects"])  # not a tensor nor a container
     return {name: str(value) for name, value in values.items()}
 
 
@@ -201,6 +248,12 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, files, tmp_path, c
     assert message in _one_error_line(capsys)
 
 
+def test_encode_takes_a_single_class_folder(files, tmp_path, capsys):
+    """Embeddings do not depend on labels: a folder of unlabeled images in one class folder is encoded."""
+    assert main(_fill([*ENCODE, "--data-root", "{one_class}"], files, tmp_path)) == 0
+    assert "images in split │ 2" in " ".join(capsys.readouterr().out.split())
+
+
 def test_debug_adds_the_traceback(files, tmp_path, capsys):
     assert main(["--debug", *_fill([*SSL, "--tau", "-1"], files, tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -215,17 +268,36 @@ def test_debug_adds_the_traceback(files, tmp_path, capsys):
         ([*ENCODE, "--data-root", "{nowhere}"], "is not a directory"),
         ([*ZEROSHOT, "--data-root", "{nowhere}"], "is not a directory"),
         ([*ZEROSHOT, "--lr", "inf"], "--lr must be a finite number"),
+        ([*PSEUDOLABEL, "--data-root", "{one_class}"], "need at least 2 classes"),
+        ([*ZEROSHOT, "--data-root", "{one_class}"], "need at least 2 classes"),
+        ([*SSL, "--data-root", "{one_class}"], "need at least 2 classes"),
+        ([*ZEROSHOT, "--dataset", "digits", "--student", "clip"], "--student clip needs RGB images"),
+        ([*ENCODE, "--dataset", "digits"], "--data-root does not apply to --dataset digits"),
+        ([*PSEUDOLABEL, "--templates", "{two_fields}"], "has 2 fields"),
+        ([*ZEROSHOT, "--templates", "{two_fields}"], "has 2 fields"),
+        ([*ZEROSHOT, "--student", "resnet50", "--warmup-epochs", "0", "--init-weights", "{a_file}"], "a checkpoint"),
+        ([*SSL, "--init-weights", "{a_file}"], "is not a checkpoint"),
     ],
-    ids=["pseudolabel option", "pseudolabel dataset", "encode data root", "zeroshot data root", "zeroshot option"],
-)
+    ids=[
+        "pseudolabel option", "pseudolabel dataset", "encode data root", "zeroshot data root", "zeroshot option",
+        "pseudolabel one class", "zeroshot one class", "ssl one class", "zeroshot grayscale student",
+        "encode digits with a data root", "pseudolabel template", "zeroshot template",
+        "zeroshot init-weights", "ssl init-weights",
+    ],
+)  # fmt: skip
 def test_cheap_checks_come_before_the_model_loads_or_anything_is_written(
     args, message, files, tmp_path, capsys, monkeypatch
 ):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the cheap checks")
 
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the images were listed before the cheap checks")
+
     for module in ("clipdebias.clip.backbone", "clipdebias.commands.pseudolabel", "clipdebias.commands.zeroshot.run"):
         monkeypatch.setattr(f"{module}.load_backbone", no_model)
+    for module in ("pseudolabel", "zeroshot.run", "ssl", "encode"):
+        monkeypatch.setattr(f"clipdebias.commands.{module}.open_dataset", no_scan)
     assert main(_fill(args, files, tmp_path)) == 2
     assert message in _one_error_line(capsys)
     assert not {p.name for p in tmp_path.iterdir()} & {"cache", "out", "labels.csv"}
@@ -320,3 +392,61 @@ def test_a_gpu_number_beyond_the_count_is_refused(monkeypatch):
         resolve_device("cuda:2")
     with pytest.raises(UserError, match="unknown --device 'cuda:one'"):
         resolve_device("cuda:one")
+
+
+# --- results an earlier run wrote -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "existing, extra, message",
+    [
+        ("labels.csv", [], "--out {csv}: {csv} already exists; pass --overwrite to replace it"),
+        ("labels.json", [], "--out {csv}: {tmp}/labels.json already exists; pass --overwrite"),
+        (
+            "ref/CLIPPseudoLabel0.95-Unselected.csv",
+            ["--reference-format", "{tmp}/ref"],
+            "--reference-format {tmp}/ref: {tmp}/ref/CLIPPseudoLabel0.95-Unselected.csv already exists",
+        ),
+    ],
+    ids=["the csv", "its sidecar", "a reference-format file"],
+)
+def test_pseudolabel_never_replaces_earlier_files_without_overwrite(
+    existing, extra, message, files, tmp_path, capsys, monkeypatch
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr("clipdebias.commands.pseudolabel.load_backbone", no_model)
+    (tmp_path / existing).parent.mkdir(exist_ok=True)
+    (tmp_path / existing).write_text("an earlier result")
+    values = {"csv": str(tmp_path / "labels.csv"), "tmp": str(tmp_path)}
+    args = [*_fill(PSEUDOLABEL, files, tmp_path), *(arg.format(**values) for arg in extra)]
+    assert main(args) == 2
+    assert message.format(**values) in _one_error_line(capsys)
+    assert (tmp_path / existing).read_text() == "an earlier result"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_pseudolabel_overwrite_replaces_the_csv_and_its_sidecar(files, tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text("an earlier result")
+    (tmp_path / "labels.json").write_text("{}")
+    assert main([*_fill(PSEUDOLABEL, files, tmp_path), "--no-report", "--overwrite"]) == 0
+    assert (tmp_path / "labels.csv").read_text().startswith("index,")
+    assert '"teacher": "clip"' in (tmp_path / "labels.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([*SSL, "--init-weights", "{a_file}"], "--init-weights '{a_file}' is not a checkpoint; expected a state dict"),
+        ([*SSL, "--init-weights", "{pickled_objects}"], "is not a plain state dict: it holds pickled Python objects"),
+        ([*ENCODE, "--pretrained", "{a_file}"], "--pretrained {a_file} is not a checkpoint; expected CLIP weights"),
+        ([*ENCODE, "--pretrained", "{pickled_objects}"], "is not a plain checkpoint: it holds pickled Python objects"),
+    ],
+    ids=["init-weights text", "init-weights objects", "pretrained text", "pretrained objects"],
+)
+def test_a_file_that_is_no_checkpoint_is_named_so_without_advice_to_unpickle_it(args, message, files, tmp_path, capsys):
+    assert main(_fill(args, files, tmp_path)) == 2
+    line = _one_error_line(capsys)
+    assert message.format(**files) in line
+    assert "weights_only" not in line and "trust the source" not in line

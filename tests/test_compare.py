@@ -37,7 +37,7 @@ def test_compare_methods_over_seeds(seeds, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "fixmatch" in printed and "debiaspl" in printed and str(out / "compare.md") in printed
 
-    result = compare_runs([root / "fixmatch", root / "debiaspl"], out)
+    result = compare_runs([root / "fixmatch", root / "debiaspl"], out, overwrite=True)
     assert [group.name for group in result.groups] == ["fixmatch", "debiaspl"]
     fixmatch, debiaspl = result.groups
     values = {method: np.array([top1(run) for run in paths]) for method, paths in runs.items()}
@@ -86,7 +86,7 @@ def test_groups_are_named_by_the_keys_that_differ(tmp_path):
         ("debiaspl tau=1", 1),
     ]
     assert result.group_keys == ("method", "tau")
-    merged = compare_runs(paths, tmp_path / "out", group_by=["method"])
+    merged = compare_runs(paths, tmp_path / "out", group_by=["method"], overwrite=True)
     assert [(group.name, len(group.runs)) for group in merged.groups] == [("fixmatch", 2), ("debiaspl", 2)]
 
 
@@ -147,3 +147,46 @@ def test_the_std_band_of_a_percentage_stays_within_0_and_100(tmp_path):
     imbalance_panel = figure.axes[2]
     bottoms = [min(path.vertices[:, 1].min() for path in band.get_paths()) for band in imbalance_panel.collections]
     assert min(bottoms) >= 1.0  # an imbalance ratio is never below 1
+
+
+def test_compare_never_replaces_an_earlier_comparison_without_overwrite(seeds, capsys):
+    root, _ = seeds
+    out = root / "cmp"
+    args = ["compare", str(root / "fixmatch"), str(root / "debiaspl"), "--out", str(out)]
+    assert main(args) == 0
+    (out / "compare.md").write_text("my notes")
+    capsys.readouterr()
+    assert main([*args, "--by", "method"]) == 2
+    err = capsys.readouterr().err
+    expected = (
+        f"--out {out}: {out / 'compare.md'} already exists; pass --overwrite to replace it, or give another --out"
+    )
+    assert err == f"error: {expected}\n"
+    assert (out / "compare.md").read_text() == "my notes"
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "compare.md").read_text().startswith("# clipdebias compare")
+
+
+def test_a_paired_gain_between_runs_of_other_settings_names_those_settings(tmp_path, seeds):
+    """FixMatch at 32 px, batch 4 against DebiasPL at 224 px, batch 64: the gain mixes the method with
+    the image size and the batch; the note names both, with each side's value."""
+    runs = []
+    for method, image_size, batch_size in (("fixmatch", 32, 4), ("debiaspl", 224, 64)):
+        run = make_run_folder(tmp_path / "settings" / method, method=method, seed=0)
+        config = json.loads((run / "config.json").read_text())
+        config.update(image_size=image_size, batch_size=batch_size, workers=8 if method == "fixmatch" else 0)
+        (run / "config.json").write_text(json.dumps(config))
+        runs.append(run)
+    result = compare_runs(runs, tmp_path / "out")
+    assert result.groups[1].paired_gain is not None
+    expected = (
+        "debiaspl vs fixmatch: the runs also differ in batch_size (4 vs 64), image_size (32 vs 224); "
+        "the paired gain reflects these too"
+    )
+    assert [note for note in result.notes if "also differ" in note] == [
+        f"{expected}: add them to --by, or compare runs that share them"
+    ]
+    assert expected in (tmp_path / "out" / "compare.md").read_text()
+    root, _ = seeds  # runs that differ only in the method (and FixMatch's unused tau) get no such note
+    same = compare_runs([root / "fixmatch", root / "debiaspl"], tmp_path / "same")
+    assert same.groups[1].paired_gain is not None and not any("also differ" in note for note in same.notes)

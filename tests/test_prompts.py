@@ -59,7 +59,7 @@ def test_templates_keywords_files_and_errors(tmp_path):
     assert load_templates("imagefolder", str(good))[0] == ["a {} photo", "itap of a {}"]
     bad = tmp_path / "bad.txt"
     bad.write_text("a {} photo\na photo\n")
-    with pytest.raises(UserError, match="template 2"):
+    with pytest.raises(UserError, match=r"bad.txt, line 2: template 'a photo' has no '\{\}'"):
         load_templates("imagefolder", str(bad))
     with pytest.raises(UserError, match="no such file"):
         load_templates("imagefolder", str(tmp_path / "missing.txt"))
@@ -95,3 +95,35 @@ def test_repo_level_prompt_folders_point_at_the_shipped_files():
         names = (root / "prompts" / dataset / "classnames.txt").read_text().splitlines()
         assert len(names) == count
         assert all("{}" in t for t in (root / "prompts" / dataset / "templates.txt").read_text().splitlines())
+
+
+@pytest.mark.parametrize("dataset, spec", [("imagenet", None), ("cifar10", None), ("cifar100", None),
+                                           ("imagefolder", "openai"), ("imagefolder", "simple")])  # fmt: skip
+def test_shipped_templates_are_filled_as_open_clip_fills_them_with_the_same_prompts_as_before(dataset, spec):
+    """open_clip fills a template string with ``template.format(name)``; the shipped sets give the
+    prompts that replacing ``{}`` gave before, also for a class name that holds braces."""
+    templates, _ = load_templates(dataset, spec)
+    names = ("red fox", "a {} name", "x{0}y")
+    prompts = PromptSet(names, tuple(templates), "test", "test")
+    for label, name in enumerate(names):
+        assert prompts.prompts(label) == [template.replace("{}", name) for template in templates]
+
+
+def test_templates_take_escaped_braces_and_refuse_any_other_field(tmp_path):
+    file = tmp_path / "t.txt"
+    file.write_text("a {{curly}} photo of a {}.\n")
+    templates, _ = load_templates("imagefolder", str(file))
+    assert PromptSet(("cat",), tuple(templates), "", "").prompts(0) == ["a {curly} photo of a cat."]
+    for bad, problem in [
+        ("a {} of a {}.", "has 2 fields; give exactly one '{}'"),
+        ("a photo of a {0}.", "has the field '{0}'"),
+        ("a photo of a {name}.", "has the field '{name}'"),
+        ("a photo of a {:>9}.", "has the field '{:>9}'"),
+        ("a photo of a {!r}.", "has the field '{!r}'"),
+        ("a photo of a {}}.", "is not a valid template (Single '}' encountered"),
+        ("a photo of a {.", "is not a valid template"),
+    ]:
+        file.write_text(f"a photo of a {{}}.\n\n{bad}\n")
+        with pytest.raises(UserError) as caught:
+            load_templates("imagefolder", str(file))
+        assert str(caught.value).startswith(f"{file}, line 3: template {bad!r} {problem}"), caught.value

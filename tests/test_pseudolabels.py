@@ -147,7 +147,11 @@ def test_cli_writes_the_csv_sidecar_and_reference_format(folder, tiny_clip, cach
     assert plain["raw_pseudo_label"].equals(table["raw_pseudo_label"])
 
 
-def test_cli_takes_a_teachers_logits_without_loading_a_model(folder, tmp_path, capsys):
+def test_cli_takes_a_teachers_logits_without_loading_a_model(folder, tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded although --logits replaces CLIP")
+
+    monkeypatch.setattr("clipdebias.commands.pseudolabel.load_backbone", no_model)
     truth = np.repeat(np.arange(3), 5)
     logits = np.full((15, 3), -2.0, np.float32)
     logits[np.arange(15), truth] = 3.0
@@ -160,8 +164,6 @@ def test_cli_takes_a_teachers_logits_without_loading_a_model(folder, tmp_path, c
         "imagefolder",
         "--data-root",
         str(folder),
-        "--model",
-        "no-such-model",
         "--logits",
         str(tmp_path / "teacher.npy"),
     ]

@@ -173,7 +173,7 @@ def test_pseudolabel_killed_at_random_moments_never_leaves_a_partial_or_mixed_ou
                 "--pretrained", "none", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
                 "--templates", "simple",
                 "--logit-scale", "100", "--select-threshold", "0.98", "--tau", tau, "--out", str(folder / "labels.csv"),
-                "--reference-format", str(folder / "reference")]  # fmt: skip
+                "--reference-format", str(folder / "reference"), "--overwrite"]  # fmt: skip
 
     cut, whole = tmp_path / "cut", tmp_path / "whole"
     files = _pseudolabel_files(cut)

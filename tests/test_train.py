@@ -249,7 +249,7 @@ def test_models_and_init_weights(tmp_path):
     with pytest.raises(UserError, match="other shapes"):
         load_init_weights(target, tmp_path / "rgb.pt")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(UserError, match="cannot be read"):
+    with pytest.raises(UserError, match="is not a checkpoint; expected a state dict"):
         load_init_weights(target, tmp_path / "junk.pt")
     assert math.isfinite(float(target.fc.weight.detach().sum()))
 

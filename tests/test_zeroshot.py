@@ -345,6 +345,10 @@ def test_top_k_per_class_split_and_a_student_that_starts_at_zero_shot(folder, ca
         .head(2)["index"]
     )
     assert _index(out / "labeled_index.csv") == sorted(expected.tolist())
+    # `selected` marks the rows trained as confident, here the top 2 per class whatever their confidence
+    assert sorted(table["index"][table["selected"]].tolist()) == sorted(expected.tolist())
+    sidecar = json.loads((out / "pseudolabels.json").read_text())
+    assert sidecar["num_selected"] == len(expected) and sidecar["select_topk_per_class"] == 2
     assert metrics["labeled_images"] == 2 * table["pseudo_label"].nunique()
     assert metrics["train_pseudo_labels"]["confident_class_counts"] == [
         2 if c in set(table["pseudo_label"]) else 0 for c in range(3)

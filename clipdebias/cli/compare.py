@@ -36,6 +36,9 @@ def compare_command(
             + options.default(GROUP_KEYS_HELP),
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, Option("--overwrite", help="Replace the compare.md and compare.png that --out already holds.")
+    ] = False,
 ) -> None:
     # the implementation loads numpy and matplotlib: imported here, so that --help stays fast
     from clipdebias.reporting.compare import DEFAULT_GROUP_KEYS, compare_runs, group_rows
@@ -43,7 +46,7 @@ def compare_command(
     keys = tuple(by.split(",")) if by is not None else DEFAULT_GROUP_KEYS
     console = Console()
     with console.status(f"comparing {len(runs)} path(s)…"):
-        result = compare_runs(runs, out, keys, known_keys_only=by is not None)
+        result = compare_runs(runs, out, keys, known_keys_only=by is not None, overwrite=overwrite)
     header, rows = group_rows(result.groups)
     classes = f"{result.num_classes} classes" if result.num_classes is not None else "unknown class count"
     baseline = result.groups[0].name

@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 from typer import Option
 
 from clipdebias.config import defaults
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.errors import OptionError, UserError
 
 T = TypeVar("T")
 
@@ -62,6 +62,14 @@ def or_default(value: T | None, fallback: T) -> T:
     return fallback if value is None else value
 
 
+def refuse_given(flag: str, why: str, **given: Any) -> None:
+    """Refuse the first of ``given`` (config field name -> the value the user gave, ``None`` when not
+    given) that does not apply together with ``flag``: ``--model does not apply with --logits (...)``."""
+    for field, value in given.items():
+        if value is not None:
+            raise OptionError(field, f"does not apply with {flag} ({why}); leave it out")
+
+
 def _hidden(flag: str, **kwargs: Any) -> Any:
     return Option(flag, hidden=True, show_default=False, **kwargs)
 
@@ -84,14 +92,18 @@ Seed = Annotated[int, Option("--seed", help="Seed of the initialisation, the bat
 # --- the CLIP backbone and the embedding cache ------------------------------------------------------
 
 Model = Annotated[
-    str, Option("--model", help="open_clip model name (ViT-B-32, RN50, ...) or a JSON model config file.")
+    str | None,
+    Option(
+        "--model",
+        help="open_clip model name (ViT-B-32, RN50, ...) or a JSON model config file." + default(defaults.MODEL),
+    ),
 ]
 Pretrained = Annotated[
-    str,
+    str | None,
     Option(
         "--pretrained",
         help="open_clip weights tag (openai, laion2b_s34b_b79k, ...), a weights file, hf-hub:ORG/REPO, "
-        "local-dir:DIR, or none (random weights, for tests).",
+        "local-dir:DIR, or none (random weights, for tests)." + default(defaults.PRETRAINED),
     ),
 ]
 QuickGelu = Annotated[
@@ -133,7 +145,12 @@ CacheDir = Annotated[
     str | None, Option("--cache-dir", help="Embedding cache folder." + default(defaults.CACHE_DIR_TEXT))
 ]
 ChunkSize = Annotated[
-    int, Option("--chunk-size", min=1, help="Images per cache shard: the most a killed run has to redo.")
+    int | None,
+    Option(
+        "--chunk-size",
+        min=1,
+        help="Images per cache shard: the most a killed run has to redo." + default(defaults.CHUNK_SIZE),
+    ),
 ]
 
 # --- prompts ------------------------------------------------------------------------------------------

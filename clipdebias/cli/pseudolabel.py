@@ -31,8 +31,8 @@ def pseudolabel_command(
     ],
     data_root: options.DataRoot = None,
     split: options.Split = defaults.SPLIT,
-    model: options.Model = defaults.MODEL,
-    pretrained: options.Pretrained = defaults.PRETRAINED,
+    model: options.Model = None,
+    pretrained: options.Pretrained = None,
     quick_gelu: options.QuickGelu = None,
     classnames: options.Classnames = None,
     templates: options.Templates = None,
@@ -92,13 +92,17 @@ def pseudolabel_command(
     workers: options.Workers = None,
     threads: options.Threads = None,
     cache_dir: options.CacheDir = None,
-    chunk_size: options.ChunkSize = defaults.CHUNK_SIZE,
+    chunk_size: options.ChunkSize = None,
     chunk_rows: Annotated[
         int, Option("--chunk-rows", min=1, help="Rows of logits held in memory at once.")
     ] = defaults.CHUNK_ROWS,
     report: Annotated[
         bool, Option("--report/--no-report", help="Write FILE_report/ (charts, report.md) beside the CSV.")
     ] = True,
+    overwrite: Annotated[
+        bool,
+        Option("--overwrite", help="Replace an existing --out CSV, its sidecar and --reference-format files."),
+    ] = False,
     old_threshold: options.OldThreshold = None,
     old_precision: options.OldPrecision = None,
     old_batch_size: options.OldBatchSize = None,
@@ -114,14 +118,20 @@ def pseudolabel_command(
     encode_precision = options.renamed(encode_precision, old_precision, "--precision", "--encode-precision")
     encode_batch_size = options.renamed(encode_batch_size, old_batch_size, "--batch-size", "--encode-batch-size")
     workers = options.renamed(workers, old_num_workers, "--num-workers", "--workers")
+    if logits is not None:  # nothing of CLIP runs: an option of it that was given is a mistake
+        options.refuse_given(
+            "--logits", "the teacher's logits replace CLIP", model=model, pretrained=pretrained,
+            quick_gelu=quick_gelu, templates=templates, logit_scale=logit_scale, encode_precision=encode_precision,
+            encode_batch_size=encode_batch_size, workers=workers, cache_dir=cache_dir, chunk_size=chunk_size,
+        )  # fmt: skip
     config = PseudoLabelConfig(
         dataset=dataset,
         data_root=data_root,
         out=out,
         split=split,
         backbone=BackboneConfig(
-            model=model,
-            pretrained=pretrained,
+            model=options.or_default(model, defaults.MODEL),
+            pretrained=options.or_default(pretrained, defaults.PRETRAINED),
             precision=options.or_default(encode_precision, defaults.ENCODE_PRECISION),
             device=device,
             quick_gelu=quick_gelu,
@@ -140,8 +150,9 @@ def pseudolabel_command(
         encode_batch_size=options.or_default(encode_batch_size, defaults.ENCODE_BATCH_SIZE),
         workers=workers,
         threads=threads,
-        chunk_size=chunk_size,
+        chunk_size=options.or_default(chunk_size, defaults.CHUNK_SIZE),
         chunk_rows=chunk_rows,
+        overwrite=overwrite,
     )
     with RichProgress() as progress:
         run = run_pseudolabel(config, progress)

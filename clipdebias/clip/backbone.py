@@ -30,6 +30,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from clipdebias.clip.weights import LOCAL_DIR_PREFIX, Weights, file_sha256, resolve_weights
 from clipdebias.config.defaults import DEVICE, ENCODE_PRECISION, MODEL, PRECISIONS, PRETRAINED
+from clipdebias.utils.checkpoints import PICKLED_OBJECTS, checkpoint_kind, raised_while_reading, refused_pickle
 from clipdebias.utils.device import resolve_device
 from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.progress import Progress
@@ -187,6 +188,38 @@ def _weights_identity(weights: Weights, memo_dir: Path | None) -> str:
     return "sha256:" + file_sha256(weights.checkpoint, memo_dir)
 
 
+CLIP_CHECKPOINTS = (
+    "expected CLIP weights: a state dict saved with torch.save, a .safetensors file, or OpenAI's TorchScript archive"
+)
+"""What ``--pretrained FILE`` takes, for the error about a file that is none of these."""
+
+
+def _named(weights: Weights, spec: str) -> str:
+    """``--pretrained FILE``, or ``--pretrained SPEC: FILE`` where a tag or folder led to the file."""
+    return f"--pretrained {spec}" if weights.source == "file" else f"--pretrained {spec}: {weights.checkpoint}"
+
+
+def _check_checkpoint(weights: Weights, spec: str) -> None:
+    """Refuse, before the model is built, a weights file that is no checkpoint at all (text, an image)."""
+    if weights.checkpoint is None:
+        return
+    path, kind = weights.checkpoint, checkpoint_kind(weights.checkpoint)
+    if kind is None:
+        raise UserError(f"{_named(weights, spec)} is not a checkpoint; {CLIP_CHECKPOINTS}")
+    if kind == "safetensors" and path.suffix != ".safetensors":
+        raise UserError(f"{_named(weights, spec)} holds safetensors data; name it *.safetensors to load it")
+
+
+def _not_a_checkpoint(err: Exception, weights: Weights, spec: str) -> UserError | None:
+    """The error to show when building the model failed because its weights file could not be read."""
+    if refused_pickle(err):
+        return UserError(f"{_named(weights, spec)} is not a plain checkpoint: {PICKLED_OBJECTS}")
+    if weights.checkpoint is not None and raised_while_reading(err):
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return UserError(f"{_named(weights, spec)} is not a checkpoint ({reason}); {CLIP_CHECKPOINTS}")
+    return None
+
+
 def load_backbone(config: BackboneConfig, digest_dir: Path | None = None) -> Backbone:
     """Build the model of ``config`` with its weights on its device, in eval mode.
 
@@ -201,6 +234,7 @@ def load_backbone(config: BackboneConfig, digest_dir: Path | None = None) -> Bac
         )
     name, model_cfg = register_model(config.model)
     weights = resolve_weights(name, config.pretrained)
+    _check_checkpoint(weights, config.pretrained)
     if weights.config_dir is not None:  # the folder's own config defines the architecture
         source = f"{LOCAL_DIR_PREFIX}{weights.config_dir}"
         model_cfg = json.loads((weights.config_dir / "open_clip_config.json").read_text(encoding="utf-8"))
@@ -235,6 +269,9 @@ def load_backbone(config: BackboneConfig, digest_dir: Path | None = None) -> Bac
     except (UserError, OptionError):
         raise
     except Exception as err:  # noqa: BLE001 - a weights/config mismatch is the user's to fix, in one line
+        unreadable = _not_a_checkpoint(err, weights, config.pretrained)
+        if unreadable is not None:
+            raise unreadable from err
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"cannot build --model {config.model} with --pretrained {config.pretrained}: {message}"

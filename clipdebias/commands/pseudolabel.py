@@ -11,14 +11,24 @@ import numpy as np
 
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
 from clipdebias.clip.cache import EmbeddingStore, EncodeResult, cached_embeddings
-from clipdebias.clip.prompts import load_classnames, load_prompts, text_classifier
+from clipdebias.clip.prompts import load_classnames, load_prompts, load_templates, text_classifier
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_all, check_choice, check_encoding, check_finite
-from clipdebias.data.sources import ImageSource, check_dataset, open_dataset
+from clipdebias.data.sources import MIN_CLASSES, ImageSource, check_dataset, open_dataset
 from clipdebias.pseudolabels.balance import BalancedOffsets, read_target_prior
-from clipdebias.pseudolabels.files import pseudo_label_files, pseudo_label_sidecar, pseudo_label_table
+from clipdebias.pseudolabels.files import (
+    pseudo_label_files,
+    pseudo_label_sidecar,
+    pseudo_label_table,
+    sidecar_path,
+)
 from clipdebias.pseudolabels.labels import PseudoLabelSummary, debiased_pseudo_labels, summarize
-from clipdebias.pseudolabels.reference import empty_reference_file, reference_format_files, reference_indices
+from clipdebias.pseudolabels.reference import (
+    empty_reference_file,
+    reference_file_names,
+    reference_format_files,
+    reference_indices,
+)
 from clipdebias.pseudolabels.rows import FiniteRows, LogitRows, ZeroShotLogits
 from clipdebias.utils.atomic import atomic_write_group, prepare_dir
 from clipdebias.utils.errors import OptionError, UserError
@@ -54,6 +64,7 @@ class PseudoLabelConfig:
     threads: int | None = None  # None: torch's own default
     chunk_size: int = defaults.CHUNK_SIZE
     chunk_rows: int = defaults.CHUNK_ROWS
+    overwrite: bool = False  # replace an existing --out CSV, its sidecar and --reference-format files
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,27 @@ def _check_out(out: str) -> Path:
     if path.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name ending in .csv")
     return path
+
+
+def check_not_written(config: PseudoLabelConfig, out: Path) -> None:
+    """Refuse, unless ``config.overwrite``, to replace a file that an earlier run wrote: the CSV, its
+    sidecar, or the reference format's two files."""
+    if config.overwrite:
+        return
+    for path in (out, sidecar_path(out)):
+        if path.exists():
+            raise UserError(
+                f"--out {config.out}: {path} already exists; pass --overwrite to replace it "
+                "(the CSV and its .json sidecar), or give another --out"
+            )
+    if config.reference_dir is not None:
+        folder = Path(config.reference_dir).expanduser()
+        for name in reference_file_names(config.select_threshold):
+            if (folder / name).exists():
+                raise UserError(
+                    f"--reference-format {config.reference_dir}: {folder / name} already exists; "
+                    "pass --overwrite to replace it, or give another folder"
+                )
 
 
 def load_logits_file(path: str, num_images: int, num_classes: int) -> FiniteRows:
@@ -172,12 +204,14 @@ def run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None = None)
 def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> PseudoLabelRun:
     progress = progress or NoProgress()
     check_pseudolabel_config(config)
-    check_dataset(config.dataset, config.split, config.data_root)
+    check_dataset(config.dataset, config.split, config.data_root, MIN_CLASSES)
     out = _check_out(config.out)
+    check_not_written(config, out)
     prepare_dir(out.parent, "folder of --out")  # the checks that cost nothing come before the long work
     if config.reference_dir is not None:
         prepare_dir(config.reference_dir, "--reference-format")
     if config.logits is None:
+        load_templates(config.dataset, config.templates)  # a bad template fails before the model loads
         prepare_cache_dir(config.cache_dir)
     backbone = None
     if config.logits is None:  # the backbone first: missing weights fail before a long folder scan

@@ -26,12 +26,12 @@ from clipdebias.config.defaults import SSL_DEFAULTS as DEFAULTS
 from clipdebias.config.defaults import SSLDefaults as SSLDefaults
 from clipdebias.config.resolve import fill_options, run_config_json
 from clipdebias.data.skipped import SkippedImages
-from clipdebias.data.sources import DATASETS, ImageSource, open_dataset
+from clipdebias.data.sources import DATASETS, GRAYSCALE_DATASETS, MIN_CLASSES, ImageSource, check_dataset, open_dataset
 from clipdebias.data.splits import split_labeled
 from clipdebias.data.streams import StreamSpec, build_streams
 from clipdebias.pseudolabels.files import read_csv_columns
 from clipdebias.training.loop import ProgressEvent, Runtime, train
-from clipdebias.training.models import ARCHS, build_model
+from clipdebias.training.models import ARCHS, build_model, check_init_weights_file
 from clipdebias.training.optim import cosine_schedule, make_sgd
 from clipdebias.training.run_folder import RunFolder, check_resume
 from clipdebias.training.run_layout import LABELED_INDEX, UNLABELED_INDEX
@@ -137,6 +137,8 @@ def _check_ranges(c: SSLConfig) -> None:
     )
     check_choice("precision", c.precision, defaults.PRECISIONS)
     check_choice("arch", c.arch, ARCHS)
+    if c.arch != "cnn" and c.dataset in GRAYSCALE_DATASETS:
+        raise UserError(f"--arch {c.arch} needs RGB images; use --arch cnn for grayscale datasets")
 
 
 # --- splits -------------------------------------------------------------------------------------
@@ -280,6 +282,9 @@ def run_ssl(config: SSLConfig, progress: Callable[[ProgressEvent], None] | None 
 def _run_ssl(
     config: SSLConfig, device: torch.device, progress: Callable[[ProgressEvent], None] | None
 ) -> dict[str, Any]:
+    check_dataset(config.dataset, "train", config.data_root, MIN_CLASSES)  # the checks that cost nothing first
+    if config.init_weights is not None:
+        check_init_weights_file(config.init_weights)
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # before the folder scan; rank 0 writes
     train_split = open_dataset(config.dataset, "train", config.data_root)
     labeled, unlabeled, holdout = choose_rows(config, train_split)

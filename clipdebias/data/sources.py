@@ -26,9 +26,17 @@ from sklearn.model_selection import train_test_split
 
 from clipdebias.data.image_files import UnreadableImage, read_image  # noqa: F401 - UnreadableImage is raised by load()
 from clipdebias.utils.errors import UserError
+from clipdebias.utils.formatting import count_of
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "imagefolder")
 SPLITS = ("train", "val")
+FOLDER_DATASETS = ("imagenet", "imagefolder")
+GRAYSCALE_DATASETS = ("digits",)
+"""Datasets whose images are grayscale: only the ``cnn`` network and the ``head`` student take them."""
+MIN_CLASSES = 2
+"""Classes that pseudo-labelling and training need (``ssl``, ``zeroshot``, ``pseudolabel``): with one
+class every label and every prediction is right by construction, and "top-1 100%" means nothing.
+``encode`` takes one class: embeddings do not depend on labels."""
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 DIGITS_VAL_FRACTION = 0.3
@@ -114,24 +122,37 @@ class FolderSource(ImageSource):
         return read_image(self.paths[index])
 
 
-def check_dataset(name: str, split: str, root: str | Path | None = None) -> None:
-    """The checks of :func:`open_dataset` that cost nothing (name, split, root is a folder), for
-    commands that run them before loading a model."""
+def check_dataset(name: str, split: str, root: str | Path | None = None, min_classes: int = 1) -> None:
+    """The checks of :func:`open_dataset` that cost nothing (name, split, root is a folder, no root
+    for digits; for a folder dataset, at least ``min_classes`` class folders, one ``scandir``), for
+    commands that run them before loading a model or scanning the images."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if name == "digits":
+        if root is not None:
+            raise UserError("--data-root does not apply to --dataset digits (it ships with scikit-learn); leave it out")
         return
     if root is None:
         raise UserError(f"dataset {name!r} needs --data-root DIR")
     if not Path(root).expanduser().is_dir():
         raise UserError(f"--data-root {str(Path(root).expanduser())!r} is not a directory")
+    split_dir = Path(root).expanduser() / split
+    if name in FOLDER_DATASETS and split_dir.is_dir():
+        classes = _class_folders(split_dir)
+        if 0 < len(classes) < min_classes:
+            raise UserError(
+                f"{name}: {str(split_dir)!r} has {count_of(len(classes), 'class folder')} ({', '.join(classes)}); "
+                f"pseudo-labels and training need at least {min_classes} classes "
+                "(with one, every label is right by construction)"
+            )
 
 
-def open_dataset(name: str, split: str, root: str | Path | None = None) -> ImageSource:
-    """Open one split of a known dataset, or raise :class:`UserError` saying what is wrong."""
-    check_dataset(name, split, root)
+def open_dataset(name: str, split: str, root: str | Path | None = None, min_classes: int = 1) -> ImageSource:
+    """Open one split of a known dataset, or raise :class:`UserError` saying what is wrong
+    (``min_classes``: see :func:`check_dataset`)."""
+    check_dataset(name, split, root, min_classes)
     if name == "digits":
         return load_digits_split(split)
     root = Path(root).expanduser()  # type: ignore[arg-type]  # checked above

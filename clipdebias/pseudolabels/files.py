@@ -82,6 +82,7 @@ def pseudo_label_sidecar(
     data_root: str | None,
     split: str,
     num_images: int,
+    select_topk_per_class: int | None = None,
 ) -> dict:
     """The JSON sidecar of a pseudo-label CSV (docs/formats.md), as ``pseudolabel`` and ``zeroshot`` write it."""
     return {
@@ -89,6 +90,7 @@ def pseudo_label_sidecar(
         "debias": result.mode,
         "tau": result.tau,
         "threshold": result.threshold,
+        "select_topk_per_class": select_topk_per_class,
         "prior": [float(x) for x in result.prior],
         "model": model,
         "pretrained": pretrained,

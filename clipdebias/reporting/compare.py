@@ -181,6 +181,37 @@ def _mixed_settings(group: GroupSummary) -> str | None:
     )
 
 
+METHOD_KEYS = frozenset({"method", "no_debias"})
+"""config.json keys that follow from the method: they differ between FixMatch and DebiasPL by design."""
+
+
+def _settings_beside_baseline(group: GroupSummary, baseline: GroupSummary, varying: Sequence[str]) -> str | None:
+    """A note for a group whose paired gain over ``baseline`` also reflects settings other than the
+    grouping keys (``image_size`` 32 vs 224, ``batch_size`` 4 vs 64): it names each such config.json
+    key with the values of both sides."""
+    if group.paired_gain is None:
+        return None
+    ignored = set(SETTING_KEYS_IGNORED) | METHOD_KEYS | set(varying)
+    for run in (*group.runs, *baseline.runs):
+        ignored |= IGNORED_BY_METHOD.get(str(run.record.value("method")), frozenset())
+
+    def values(runs: Sequence[RunSummary], key: str) -> list[str]:
+        return sorted({_value_text(run.record.config.get(key)) for run in runs})
+
+    keys = sorted({key for run in (*group.runs, *baseline.runs) for key in run.record.config} - ignored)
+    differ = [
+        f"{key} ({'/'.join(values(baseline.runs, key))} vs {'/'.join(values(group.runs, key))})"
+        for key in keys
+        if values(baseline.runs, key) != values(group.runs, key)
+    ]
+    if not differ:
+        return None
+    return (
+        f"{group.name} vs {baseline.name}: the runs also differ in {', '.join(differ)}; the paired gain "
+        "reflects these too: add them to --by, or compare runs that share them"
+    )
+
+
 def _check_class_counts(records: Sequence[RunRecord]) -> int | None:
     known = [(record, record.num_classes) for record in records if record.num_classes is not None]
     counts = {count for _, count in known}
@@ -380,15 +411,25 @@ def compare_runs(
     out_dir: str | Path,
     group_by: Sequence[str] = DEFAULT_GROUP_KEYS,
     known_keys_only: bool = False,
+    overwrite: bool = False,
 ) -> CompareResult:
     """Group finished runs, write ``compare.md`` and ``compare.png`` into ``out_dir``.
 
     Raises :class:`UserError` for a path that is not a finished run (nor a folder of runs), for
     runs with different numbers of classes, and, with ``known_keys_only`` (keys the user typed), for
-    a key that no run has.
+    a key that no run has; unless ``overwrite``, when ``out_dir`` already holds ``compare.md`` or
+    ``compare.png``.
     """
     if not paths:
         raise UserError("give at least one run folder to compare")
+    out = Path(out_dir).expanduser()
+    if not overwrite:
+        for name in (COMPARE_FILE, COMPARE_CHART):
+            if (out / name).exists():
+                raise UserError(
+                    f"--out {out_dir}: {out / name} already exists; "
+                    "pass --overwrite to replace it, or give another --out"
+                )
     keys = tuple(dict.fromkeys(key.strip() for key in group_by if key.strip()))
     records = [read_run(path) for path in find_runs(paths)]
     if known_keys_only:
@@ -408,12 +449,13 @@ def compare_runs(
     baseline = ordered[0][1]
     groups = tuple(_group(name, runs, None if index == 0 else baseline) for index, (name, runs) in enumerate(ordered))
     notes += [note for note in map(_mixed_settings, groups) if note is not None]
+    beside = (_settings_beside_baseline(group, groups[0], varying) for group in groups[1:])
+    notes += [note for note in beside if note is not None]
     for group in groups[1:]:
         if group.paired_gain is None:
             notes.append(
                 f"{group.name}: no paired gain (no seed shared with {groups[0].name}, or a seed repeats within a group)"
             )
-    out = Path(out_dir).expanduser()
     chart = plots.save_png(chart_figure(groups), out / COMPARE_CHART)
     markdown = atomic_write_text(out / COMPARE_FILE, _markdown(groups, varying, num_classes, notes))
     return CompareResult(out, markdown, chart, groups, varying, num_classes, tuple(notes))

@@ -4,12 +4,14 @@ both initialised from CLIP's text classifier so that they start at zero-shot acc
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
+from clipdebias.utils.checkpoints import PICKLED_OBJECTS, checkpoint_kind, refused_pickle
 from clipdebias.utils.errors import UserError
 
 ARCHS = ("cnn", "resnet18", "resnet50")
@@ -61,12 +63,32 @@ def build_model(
     return model
 
 
+STATE_DICT = "expected a state dict saved with torch.save(model.state_dict(), PATH)"
+"""What ``--init-weights FILE`` takes, for the error about a file that is something else."""
+
+
+def check_init_weights_file(path: str | Path) -> Path:
+    """The checks of ``--init-weights`` that cost nothing: a file, written by ``torch.save``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"--init-weights {str(path)!r} is not a file")
+    kind = checkpoint_kind(path)
+    if kind not in ("torch", "torch-legacy"):
+        what = f"a {kind} file" if kind is not None else "a checkpoint"
+        raise UserError(f"--init-weights {str(path)!r} is not {what}; {STATE_DICT}")
+    return path
+
+
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd pickles; the error below says what is wrong
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a bad file
+        if refused_pickle(err):
+            raise UserError(f"--init-weights {str(path)!r} is not a plain state dict: {PICKLED_OBJECTS}") from err
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--init-weights {str(path)!r} cannot be read as a torch state dict: {reason}") from err
+        raise UserError(f"--init-weights {str(path)!r} is not a checkpoint ({reason}); {STATE_DICT}") from err
     for key in ("state_dict", "model", "student"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -113,9 +135,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
     :func:`strip_wrapper_prefix`) into ``model``. The classifier ``fc.*`` is kept from ``model`` when its shape
     differs (another number of classes); any other missing or mismatched tensor is an error.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"--init-weights {str(path)!r} is not a file")
+    path = check_init_weights_file(path)
     own = model.state_dict()
     state = strip_wrapper_prefix(_state_dict_from_file(path), set(own))
     for key in [k for k in state if k.startswith("fc.")]:

@@ -2,7 +2,9 @@
 
 The shipped prompt files live beside this module, one folder per dataset:
 ``<dataset>/classnames.txt`` (one class name per line, in label order) and
-``<dataset>/templates.txt`` (one template per line, ``{}`` where the class name goes). They are
+``<dataset>/templates.txt`` (one template per line, ``{}`` where the class name goes). A template is
+filled as open_clip fills its own, with ``str.format``: ``{{`` and ``}}`` stand for literal braces,
+and a template must hold exactly one plain ``{}`` field (no index, name or format spec). They are
 package data, so they are installed with clipdebias. ``imagenet`` has OpenAI's 1000 class names
 and 80 templates (generated from open_clip's ``zero_shot_metadata``), ``cifar10`` / ``cifar100``
 the dataset class names and the 18 templates of the CLIP paper's CIFAR prompts.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,19 +51,51 @@ class PromptSet:
     templates_source: str
 
     def prompts(self, label: int) -> list[str]:
-        return [template.replace(PLACEHOLDER, self.classnames[label]) for template in self.templates]
+        return [template.format(self.classnames[label]) for template in self.templates]
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps([self.classnames, self.templates]).encode()).hexdigest()
 
 
-def read_lines(path: Path) -> list[str]:
-    """Non-empty lines of a UTF-8 text file, stripped."""
+def numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, text)`` of the non-empty lines of a UTF-8 text file, stripped."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from err
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file, stripped."""
+    return [line for _, line in numbered_lines(path)]
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot be filled with a class name the way open_clip fills templates
+    (``template.format(name)``: exactly one plain ``{}`` field), or ``None`` when it can."""
+    try:
+        fields = [
+            (name, conversion, spec)
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as err:
+        return f"is not a valid template ({err}); write {{{{ and }}}} for a literal brace"
+    if not fields:
+        return f"has no '{PLACEHOLDER}' where the class name goes"
+    if len(fields) > 1:
+        return (
+            f"has {len(fields)} fields; give exactly one '{PLACEHOLDER}', where the class name goes "
+            "(write {{ and }} for literal braces)"
+        )
+    name, conversion, spec = fields[0]
+    if name or conversion or spec:
+        field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        return (
+            f"has the field '{field}'; give a plain '{PLACEHOLDER}' where the class name goes (no index, name, format)"
+        )
+    return None
 
 
 def shipped_file(dataset: str, name: str) -> Path | None:
@@ -94,31 +129,33 @@ def load_templates(dataset: str, spec: str | None = None) -> tuple[list[str], st
     """Templates from ``--templates`` (``FILE``, ``openai`` or ``simple``) or the dataset default.
 
     The default is the shipped templates of the dataset, else OpenAI's 80 ImageNet templates.
-    Every template must contain ``{}``.
+    Every template must hold exactly one plain ``{}`` (see :func:`template_problem`); the error names
+    the file and the line.
     """
     if spec is None:
         shipped = shipped_file(dataset, TEMPLATES_FILE)
         if shipped is not None:
-            templates, source = read_lines(shipped), f"shipped {dataset}/{TEMPLATES_FILE}"
+            lines, source = numbered_lines(shipped), f"shipped {dataset}/{TEMPLATES_FILE}"
         else:
             return load_templates(dataset, OPENAI_TEMPLATES)
     elif spec == OPENAI_TEMPLATES:
         openai_file = shipped_file("imagenet", TEMPLATES_FILE)
         assert openai_file is not None, "the package lost its imagenet/templates.txt"
-        templates, source = read_lines(openai_file), "openai"
+        lines, source = numbered_lines(openai_file), "openai"
     elif spec == SIMPLE_TEMPLATES:
-        templates, source = [SIMPLE_TEMPLATE], f"simple ({SIMPLE_TEMPLATE!r})"
+        lines, source = [(1, SIMPLE_TEMPLATE)], f"simple ({SIMPLE_TEMPLATE!r})"
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise UserError(f"--templates {spec}: no such file (or use 'openai' or 'simple')")
-        templates, source = read_lines(path), str(path)
-    if not templates:
+        lines, source = numbered_lines(path), str(path)
+    if not lines:
         raise UserError(f"{source}: no templates")
-    for number, template in enumerate(templates, start=1):
-        if PLACEHOLDER not in template:
-            raise UserError(f"{source}: template {number} ({template!r}) has no '{{}}' where the class name goes")
-    return templates, source
+    for number, template in lines:
+        problem = template_problem(template)
+        if problem is not None:
+            raise UserError(f"{source}, line {number}: template {template!r} {problem}")
+    return [template for _, template in lines], source
 
 
 def load_prompts(

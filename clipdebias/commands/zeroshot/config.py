@@ -20,10 +20,10 @@ from clipdebias.config.defaults import STUDENT_DEFAULTS as STUDENT_DEFAULTS
 from clipdebias.config.defaults import SharedDefaults as SharedDefaults
 from clipdebias.config.defaults import StudentDefaults as StudentDefaults
 from clipdebias.config.resolve import fill_options
-from clipdebias.data.sources import DATASETS
+from clipdebias.data.sources import DATASETS, GRAYSCALE_DATASETS
 from clipdebias.training.models import HEADS
 from clipdebias.training.step import TrainConfig
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.errors import OptionError, UserError
 
 STUDENTS = ("head", "clip", "resnet50")
 # Options that may differ between a run and its --resume.
@@ -125,6 +125,8 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
         raise UserError(f"--no-debias means --tau 0; it cannot be combined with --tau {given['tau']}")
     if no_debias:
         given["tau"] = 0.0
+    if student != "head" and dataset in GRAYSCALE_DATASETS:
+        raise OptionError("student", f"{student} needs RGB images; {dataset} is grayscale, use --student head")
     for key in _HEAD_ONLY:
         if student != "head" and given.get(key) is not None:
             raise UserError(f"--{key.replace('_', '-')} applies to --student head only")

@@ -18,7 +18,7 @@ streams of :mod:`clipdebias.data.streams`. Defaults are in :data:`SHARED_DEFAULT
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 from clipdebias.clip.augmented_views import AugmentedView, augmented_view_id
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
 from clipdebias.clip.cache import EmbeddingStore, encode_split, read_manifest
-from clipdebias.clip.prompts import load_prompts, text_classifier
+from clipdebias.clip.prompts import load_prompts, load_templates, text_classifier
 from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, in_saved_names, loop_settings
 from clipdebias.commands.zeroshot.head import (
     HeadSettings,
@@ -40,20 +40,20 @@ from clipdebias.commands.zeroshot.head import (
 from clipdebias.commands.zeroshot.image_students import train_image_student
 from clipdebias.config.resolve import run_config_json
 from clipdebias.data.skipped import SkippedImage, skipped_from_manifest
-from clipdebias.data.sources import ArraySource, ImageSource, check_dataset, open_dataset
+from clipdebias.data.sources import MIN_CLASSES, ImageSource, check_dataset, open_dataset
 from clipdebias.metrics import EvalResult, known_accuracy
 from clipdebias.pseudolabels.files import pseudo_label_sidecar, pseudo_label_table, write_pseudo_labels
 from clipdebias.pseudolabels.labels import summarize
 from clipdebias.pseudolabels.selection import Selection
 from clipdebias.reporting.report import ReportResult, try_write_report
 from clipdebias.training.loop import ProgressEvent, TrainResult
-from clipdebias.training.models import build_model
+from clipdebias.training.models import build_model, check_init_weights_file
 from clipdebias.training.run_folder import RunFolder, check_resume
 from clipdebias.training.run_layout import LABELED_INDEX, PSEUDOLABELS, UNLABELED_INDEX
 from clipdebias.utils import distributed
 from clipdebias.utils.atomic import prepare_dir
 from clipdebias.utils.device import encode_workers, resolve_device
-from clipdebias.utils.errors import OptionError, UserError
+from clipdebias.utils.errors import UserError
 from clipdebias.utils.paths import prepare_cache_dir
 from clipdebias.utils.progress import NoProgress, Progress
 from clipdebias.utils.threads import torch_threads
@@ -198,7 +198,10 @@ def run_zeroshot(
 def _run(
     config: ZeroShotConfig, progress: Progress, train_progress: Callable[[ProgressEvent], None] | None
 ) -> ZeroShotRun:
-    check_dataset(config.dataset, "train", config.data_root)  # the checks that cost nothing come first
+    check_dataset(config.dataset, "train", config.data_root, MIN_CLASSES)  # the checks that cost nothing come first
+    load_templates(config.dataset, config.templates)  # a bad template fails before the model loads
+    if config.init_weights is not None:  # so does a file that is no checkpoint
+        check_init_weights_file(config.init_weights)
     distributed.on_main(lambda: prepare_dir(config.out, "--out"))  # rank 0 writes
     root = prepare_cache_dir(config.cache_dir)
     backbone_config = BackboneConfig(
@@ -208,10 +211,6 @@ def _run(
     device = backbone.device
     train_split = open_dataset(config.dataset, "train", config.data_root)
     evaluation = open_dataset(config.dataset, "val", config.data_root)
-    if config.student != "head" and isinstance(train_split, ArraySource) and train_split.images.ndim == 3:
-        raise OptionError(
-            "student", f"{config.student} needs RGB images; {config.dataset} is grayscale, use --student head"
-        )
     prompts = load_prompts(config.dataset, train_split.classes, config.classnames, config.templates)
     classes = list(prompts.classnames)
     if config.init_weights is not None:  # a bad weights file fails now, before hours of encoding
@@ -281,13 +280,17 @@ def _write_pseudolabels(
     classes: list[str],
     scale: float,
 ) -> Path:
-    pseudo = selection.pseudo
+    # `selected` marks the rows trained as confident: the threshold's rows, or the top-k per class
+    selected = np.zeros(len(selection.pseudo.label), dtype=bool)
+    selected[selection.confident] = True
+    pseudo = replace(selection.pseudo, selected=selected)
     paths = [train_split.path(i) for i in range(len(train_split))]
     table = pseudo_label_table(pseudo, arrays.train_ids, paths, train_split.labels, classes)
     summary = summarize(pseudo, train_split.labels[arrays.train_ids], len(classes))
     sidecar = pseudo_label_sidecar(
         pseudo, summary, classes, teacher="clip", model=config.model, pretrained=config.pretrained, logit_scale=scale,
         dataset=config.dataset, data_root=config.data_root, split="train", num_images=len(train_split),
+        select_topk_per_class=config.select_topk_per_class,
     )  # fmt: skip
     csv, _ = write_pseudo_labels(table, run.file(PSEUDOLABELS), sidecar)
     return csv
