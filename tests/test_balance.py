@@ -9,7 +9,7 @@ import torch
 from fakes import make_image_folder
 
 from clipdebias.cli import main
-from clipdebias.pseudolabels.balance import balance_offsets, check_target_prior, corrected_moments
+from clipdebias.pseudolabels.balance import balance_offsets, check_target_prior, corrected_pass
 from clipdebias.pseudolabels.labels import debiased_pseudo_labels
 from clipdebias.utils.errors import OptionError
 
@@ -32,7 +32,7 @@ def _numpy_marginal(logits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def test_balanced_marginal_equals_the_uniform_target_to_1e_6():
     logits, _ = _biased_logits()
-    result = balance_offsets(logits, tolerance=1e-7, chunk_rows=128)
+    result, _ = balance_offsets(logits, tolerance=1e-7, chunk_rows=128)
     assert result.converged
     np.testing.assert_allclose(_numpy_marginal(logits, result.offsets), np.full(5, 0.2), atol=1e-6)
     np.testing.assert_allclose(result.marginal, np.full(5, 0.2), atol=1e-6)
@@ -41,13 +41,13 @@ def test_balanced_marginal_equals_the_uniform_target_to_1e_6():
 def test_balanced_marginal_follows_a_given_target_prior():
     logits, _ = _biased_logits(seed=1)
     target = np.array([4.0, 1.0, 1.0, 1.0, 3.0])  # counts are normalised
-    result = balance_offsets(logits, target, tolerance=1e-7)
+    result, _ = balance_offsets(logits, target, tolerance=1e-7)
     np.testing.assert_allclose(_numpy_marginal(logits, result.offsets), target / target.sum(), atol=1e-6)
 
 
 def test_balanced_labels_match_a_numpy_reference_and_recover_accuracy_from_a_biased_teacher():
     logits, truth = _biased_logits(rows=2000, seed=2)
-    result = balance_offsets(logits, tolerance=1e-7)
+    result, _ = balance_offsets(logits, tolerance=1e-7)
     # numpy reference: the same fixed point written out in float64
     offsets = np.zeros(5)
     for _ in range(200):
@@ -62,15 +62,15 @@ def test_balanced_labels_match_a_numpy_reference_and_recover_accuracy_from_a_bia
 
 def test_offsets_do_not_depend_on_a_constant_added_to_every_logit_nor_on_the_chunking():
     logits, _ = _biased_logits(seed=3)
-    one = balance_offsets(logits, tolerance=1e-8, chunk_rows=600)
-    other = balance_offsets(logits + 7.0, tolerance=1e-8, chunk_rows=64)
+    one, _ = balance_offsets(logits, tolerance=1e-8, chunk_rows=600)
+    other, _ = balance_offsets(logits + 7.0, tolerance=1e-8, chunk_rows=64)
     np.testing.assert_allclose(one.offsets, other.offsets, atol=1e-4)
     assert abs(one.offsets.mean()) < 1e-9
 
 
 def test_already_balanced_logits_stop_after_one_pass_with_zero_offsets():
     logits = np.tile(np.eye(4, dtype=np.float32) * 3.0, (25, 1))
-    result = balance_offsets(logits)
+    result, _ = balance_offsets(logits)
     assert result.converged and result.iterations == 1
     np.testing.assert_allclose(result.offsets, 0.0)
 
@@ -84,23 +84,27 @@ def test_confident_teachers_converge_in_a_few_passes_where_the_plain_fixed_point
     plain, plain_passes = np.zeros(10), 1
     while np.max(np.expm1(np.abs(gap := np.log(_numpy_marginal(logits, plain) / 0.1)))) > 1e-4:
         plain, plain_passes = plain + gap, plain_passes + 1
-    result = balance_offsets(logits)
+    result, _ = balance_offsets(logits)
     assert result.converged and result.iterations * 3 <= plain_passes
 
 
 def test_an_iteration_cap_reports_that_the_tolerance_was_not_reached():
     logits, _ = _biased_logits(seed=4)
-    result = balance_offsets(logits, tolerance=1e-12, max_iterations=2)
+    result, _ = balance_offsets(logits, tolerance=1e-12, max_iterations=2)
     assert result.iterations == 2 and not result.converged
 
 
-def test_torch_rows_are_read_like_numpy_rows():
+def test_torch_rows_are_read_like_numpy_rows_and_a_pass_labels_every_row():
     logits, _ = _biased_logits(seed=5)
     offsets = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
-    for one, other in zip(
-        corrected_moments(torch.from_numpy(logits), offsets, 100), corrected_moments(logits, offsets, 77)
-    ):
-        np.testing.assert_allclose(one.numpy(), other.numpy(), rtol=1e-6)
+    one, other = corrected_pass(torch.from_numpy(logits), offsets, 100, 2), corrected_pass(logits, offsets, 77, 2)
+    np.testing.assert_allclose(one.first.numpy(), other.first.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(one.second.numpy(), other.second.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(one.label, other.label)
+    np.testing.assert_array_equal(one.ranked_label, other.ranked_label)
+    probs = torch.softmax(torch.from_numpy(logits) - offsets.float(), dim=-1)
+    np.testing.assert_allclose(one.first.numpy(), probs.double().mean(dim=0).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(one.label, probs.argmax(dim=-1).numpy())
 
 
 @pytest.mark.parametrize(
@@ -121,8 +125,7 @@ def test_balance_mode_labels_are_argmax_of_the_logits_less_the_offsets_and_raw_l
     logits, _ = _biased_logits(rows=900, seed=6)
     result = debiased_pseudo_labels(logits, threshold=0.5, chunk_rows=100, mode="balance")
     assert result.mode == "balance" and result.balance is not None and result.balance.converged
-    shifted = torch.from_numpy(logits - logits.max(axis=1, keepdims=True)).half().float()  # the float16 copy
-    probs = torch.softmax(shifted - torch.from_numpy(result.balance.offsets).float(), dim=-1)
+    probs = torch.softmax(torch.from_numpy(logits) - torch.from_numpy(result.balance.offsets).float(), dim=-1)
     np.testing.assert_array_equal(result.label, probs.argmax(dim=-1).numpy())
     np.testing.assert_allclose(result.confidence, probs.max(dim=-1).values.numpy(), rtol=1e-6)
     np.testing.assert_array_equal(result.selected, result.confidence >= 0.5)
@@ -144,11 +147,9 @@ def test_balance_passes_are_reported_as_progress_stages():
     logits, _ = _biased_logits(seed=8)
     progress = RecordingProgress()
     debiased_pseudo_labels(logits, chunk_rows=200, mode="balance", progress=progress)
-    assert progress.stages == [
-        "class prior and a float16 copy of the logits",
-        "balancing: passes over the logits until converged",
-        "pseudo-labels",
-    ]
+    stages = progress.stages
+    assert stages[0] == "class prior and plain labels (pass 1)" and len(stages) > 2
+    assert stages[1:] == [f"balancing (pass {n})" for n in range(2, len(stages) + 1)]
 
 
 class RecordingProgress:

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-_UNITS = {"encoding images": "img", "encoding prompts": "prompt", "balancing": "pass"}
+_UNITS = {"encoding images": "img", "encoding prompts": "prompt"}
 
 
 class _RateColumn(ProgressColumn):

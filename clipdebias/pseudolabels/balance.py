@@ -11,8 +11,9 @@ target prior ``pi`` (uniform unless given)::
 by the fixed point ``b <- b + log(mean_i softmax(z_i - b) / pi)``: the prior-shift correction of
 Saerens et al. (2002) with the target prior held fixed, each step scaled per class by a Newton factor
 (see :func:`balance_offsets`). Each iteration is one streaming pass over the logits (memory
-``O(chunk_rows x C)``). The labels are ``argmax(z - b)``. Adding a constant to every
-offset changes nothing; the offsets returned have mean 0.
+``O(chunk_rows x C)``) that also labels every row with the offsets it evaluates, so the pass that finds
+the marginal within the tolerance has labelled the rows too: the labels are ``argmax(z - b)``. Adding a
+constant to every offset changes nothing; the offsets returned have mean 0.
 """
 
 from __future__ import annotations
@@ -25,15 +26,13 @@ import torch
 
 from clipdebias.config import defaults
 from clipdebias.pseudolabels.rows import LogitRows, as_tensor
-from clipdebias.utils.errors import OptionError
-from clipdebias.utils.progress import NoProgress, Progress
+from clipdebias.utils.errors import OptionError, UserError
 
 DEFAULT_TOLERANCE = defaults.BALANCE_TOLERANCE
 DEFAULT_MAX_ITERATIONS = defaults.BALANCE_MAX_ITERATIONS
 # The smallest divisor of a step: a class whose posteriors are all near one-hot moves its share little
 # per unit of offset; its step is at most 20x the fixed point's.
 MIN_CURVATURE = 0.05
-BALANCE_STAGE = "balancing: passes over the logits until converged"
 
 
 @dataclass(frozen=True)
@@ -82,18 +81,43 @@ def read_target_prior(path: str | Path, num_classes: int) -> np.ndarray:
     return check_target_prior(values, num_classes)
 
 
-def corrected_moments(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class, ``mean_i p_ic`` and ``mean_i p_ic^2`` of ``p_i = softmax(z_i - offsets)`` over every
-    row, in float64 (one streaming pass). The first is the corrected marginal; the second gives the
-    step size of :func:`balance_offsets`."""
-    first = torch.zeros(rows.shape[1], dtype=torch.float64)
-    second = torch.zeros(rows.shape[1], dtype=torch.float64)
-    for start in range(0, rows.shape[0], chunk_rows):
+@dataclass
+class CorrectedPass:
+    """One pass over the logits with offsets ``b``: per class ``mean_i p_ic`` (``first``, the corrected
+    marginal) and ``mean_i p_ic^2`` (``second``, for the step size) of ``p_i = softmax(z_i - b)``, in
+    float64, and per row the label ``argmax p_i``, the confidence ``max p_i`` and, with ``top_k``, the
+    ``k`` most probable classes and their probabilities."""
+
+    first: torch.Tensor
+    second: torch.Tensor
+    label: np.ndarray
+    confidence: np.ndarray
+    ranked_label: np.ndarray | None
+    ranked_prob: np.ndarray | None
+
+
+def corrected_pass(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int, top_k: int = 0) -> CorrectedPass:
+    """One streaming pass of ``softmax(z - offsets)`` over every row (see :class:`CorrectedPass`).
+    Raises :class:`~clipdebias.utils.errors.UserError` at a chunk holding NaN or an infinity."""
+    num_rows, num_classes = int(rows.shape[0]), int(rows.shape[1])
+    first = torch.zeros(num_classes, dtype=torch.float64)
+    second = torch.zeros(num_classes, dtype=torch.float64)
+    label, confidence = np.empty(num_rows, np.int64), np.empty(num_rows, np.float32)
+    ranked_label = np.empty((num_rows, top_k), np.int32) if top_k else None
+    ranked_prob = np.empty((num_rows, top_k), np.float32) if top_k else None
+    for start in range(0, num_rows, chunk_rows):
         chunk = as_tensor(rows[start : start + chunk_rows])
+        if not torch.isfinite(chunk).all():
+            raise UserError("the logits contain NaN or infinite values")
         probs = torch.softmax(chunk - offsets.to(chunk.device, torch.float32), dim=-1)
         first += probs.sum(dim=0, dtype=torch.float64).cpu()
         second += (probs * probs).sum(dim=0, dtype=torch.float64).cpu()
-    return first / rows.shape[0], second / rows.shape[0]
+        part = slice(start, start + probs.shape[0])
+        top, classes = probs.topk(max(top_k, 1), dim=-1)
+        label[part], confidence[part] = classes[:, 0].cpu().numpy(), top[:, 0].cpu().numpy()
+        if top_k:
+            ranked_label[part], ranked_prob[part] = classes.cpu().numpy(), top.cpu().numpy()
+    return CorrectedPass(first / num_rows, second / num_rows, label, confidence, ranked_label, ranked_prob)
 
 
 def _worst_gap(marginal: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -110,18 +134,18 @@ def balance_offsets(
     tolerance: float = DEFAULT_TOLERANCE,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     chunk_rows: int = defaults.CHUNK_ROWS,
-    start: tuple[np.ndarray, np.ndarray] | None = None,
-    progress: Progress | None = None,
-) -> BalancedOffsets:
+    top_k: int = 0,
+    plain: CorrectedPass | None = None,
+) -> tuple[BalancedOffsets, CorrectedPass]:
     """Offsets ``b`` with ``mean_i softmax(z_i - b) = target`` (uniform when ``None``), to a relative
-    ``tolerance`` per class, in at most ``max_iterations`` passes over ``rows`` (``[N, C]`` logits).
+    ``tolerance`` per class, in at most ``max_iterations`` passes over ``rows`` (``[N, C]`` logits), and
+    the pass at those offsets (its labels are the balanced labels).
 
     Each step is the fixed point's ``log(m / pi)`` divided by ``1 - mean_i p_ic^2 / m_c`` (a Newton step
     for each class on its own: confident posteriors move little per unit of offset, so they need
     larger steps); a step that makes the largest gap worse is replaced by the plain fixed-point step
-    ``b <- b + log(m / pi)``, which costs one more pass. ``start``: the two moments of
-    :func:`corrected_moments` at ``b = 0`` when the caller already has them, which saves the first
-    pass. ``progress`` sees one stage, counting passes up to ``max_iterations``."""
+    ``b <- b + log(m / pi)``, which costs one more pass. ``plain``: the caller's pass at ``b = 0``
+    (:func:`corrected_pass` with zero offsets), which saves the first pass."""
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] < 2:
         raise ValueError(f"logits must have shape [N, C] with N >= 1 and C >= 2, got {tuple(rows.shape)}")
     num_classes = int(rows.shape[1])
@@ -129,27 +153,21 @@ def balance_offsets(
         check_target_prior(target, num_classes) if target is not None else np.full(num_classes, 1.0 / num_classes)
     )
     offsets = torch.zeros(num_classes, dtype=torch.float64)
-    progress = progress or NoProgress()
-    progress.start(BALANCE_STAGE, max_iterations)
-    if start is not None:
-        marginal, second = (torch.as_tensor(np.asarray(part, dtype=np.float64)) for part in start)
-        iterations = 0
-    else:
-        (marginal, second), iterations = corrected_moments(rows, offsets, chunk_rows), 1
-        progress.advance(1)
-    gap, worst = _worst_gap(marginal, prior)
+    current, iterations = (plain, 0) if plain is not None else (corrected_pass(rows, offsets, chunk_rows, top_k), 1)
+    gap, worst = _worst_gap(current.first, prior)
     while worst > tolerance and iterations < max_iterations:
-        curvature = (1.0 - second / marginal.clamp_min(torch.finfo(torch.float64).tiny)).clamp_min(MIN_CURVATURE)
+        tiny = torch.finfo(torch.float64).tiny
+        curvature = (1.0 - current.second / current.first.clamp_min(tiny)).clamp_min(MIN_CURVATURE)
         candidate = offsets + gap / curvature
-        moments = corrected_moments(rows, candidate - candidate.mean(), chunk_rows)
+        candidate = candidate - candidate.mean()
+        tried = corrected_pass(rows, candidate, chunk_rows, top_k)
         iterations += 1
-        progress.advance(1)
-        if _worst_gap(moments[0], prior)[1] > worst and iterations < max_iterations:
+        if _worst_gap(tried.first, prior)[1] > worst and iterations < max_iterations:
             candidate = offsets + gap
-            moments = corrected_moments(rows, candidate - candidate.mean(), chunk_rows)
+            candidate = candidate - candidate.mean()
+            tried = corrected_pass(rows, candidate, chunk_rows, top_k)
             iterations += 1
-            progress.advance(1)
-        offsets = candidate - candidate.mean()
-        marginal, second = moments
-        gap, worst = _worst_gap(marginal, prior)
-    return BalancedOffsets(offsets.numpy(), marginal.numpy(), prior.numpy(), iterations, worst <= tolerance)
+        offsets, current = candidate, tried
+        gap, worst = _worst_gap(current.first, prior)
+    result = BalancedOffsets(offsets.numpy(), current.first.numpy(), prior.numpy(), iterations, worst <= tolerance)
+    return result, current

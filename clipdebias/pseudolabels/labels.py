@@ -9,8 +9,7 @@ With the paper's correction (``mode="paper"``) it takes two passes and never hol
 
 ``mode="none"`` is the same with ``tau = 0`` (plain zero-shot labels). ``mode="balance"`` replaces
 ``tau log q`` by per-class offsets whose corrected marginal is a target prior
-(:mod:`clipdebias.pseudolabels.balance`); it keeps a float16 copy of the rows (2 bytes per logit)
-for its passes.
+(:mod:`clipdebias.pseudolabels.balance`), in a few more passes.
 
 The matrix is anything with ``shape``, ``ndim`` and row slicing (:mod:`clipdebias.pseudolabels.rows`):
 a memory-mapped ``.npy`` of a teacher's logits (``--logits``), or ``ZeroShotLogits``, which computes
@@ -28,8 +27,8 @@ import torch
 from clipdebias.config import defaults
 from clipdebias.debias import dataset_prior, debias_logits, select_pseudo_labels
 from clipdebias.metrics import known_accuracy
-from clipdebias.pseudolabels.balance import BalancedOffsets, balance_offsets, check_target_prior
-from clipdebias.pseudolabels.rows import HalfRows, LogitRows, ReportingRows, as_tensor
+from clipdebias.pseudolabels.balance import BalancedOffsets, balance_offsets, check_target_prior, corrected_pass
+from clipdebias.pseudolabels.rows import LogitRows, ReportingRows, as_tensor
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import NoProgress, Progress
 
@@ -72,7 +71,7 @@ class PseudoLabels:
 
 
 PAPER_STAGES = ("class prior (pass 1/2)", "pseudo-labels (pass 2/2)")
-BALANCE_STAGES = ("class prior and a float16 copy of the logits", "pseudo-labels")
+BALANCE_STAGES = ("class prior and plain labels (pass 1)", "balancing (pass {n})")
 
 
 def debiased_pseudo_labels(
@@ -89,11 +88,11 @@ def debiased_pseudo_labels(
     """Pseudo-labels of ``logits`` corrected by ``mode``, streamed over row chunks.
 
     ``paper``: two passes (see the module docstring), memory O(chunk_rows x C); ``none`` is ``paper``
-    with ``tau = 0``. ``balance``: one pass over ``logits`` (raw labels, the dataset prior, a float16
-    copy of the rows, see :class:`~clipdebias.pseudolabels.rows.HalfRows`), the fixed point of
-    :func:`~clipdebias.pseudolabels.balance.balance_offsets` over that copy, and the labels
-    ``argmax(z - b)``; ``tau`` does not apply. ``top_k`` > 0 also keeps the ``min(top_k, C)`` most
-    probable corrected classes of every row. ``progress`` sees one stage per pass.
+    with ``tau = 0``. ``balance``: one pass for the plain labels and the dataset prior, then the passes
+    of :func:`~clipdebias.pseudolabels.balance.balance_offsets`, the last of which labels the rows
+    ``argmax(z - b)``; memory O(chunk_rows x C) as well; ``tau`` does not apply. ``top_k`` > 0 also
+    keeps the ``min(top_k, C)`` most probable corrected classes of every row. ``progress`` sees one
+    stage per pass.
     """
     if mode not in defaults.DEBIAS_MODES:
         raise ValueError(f"unknown debias mode {mode!r}; choose one of: {', '.join(defaults.DEBIAS_MODES)}")
@@ -168,52 +167,23 @@ def _balanced(
     target_prior: np.ndarray | None,
     progress: Progress,
 ) -> PseudoLabels:
-    rows, num_classes = int(logits.shape[0]), int(logits.shape[1])
+    num_classes = int(logits.shape[1])
     target = check_target_prior(target_prior, num_classes) if target_prior is not None else None
-    raw_label = np.empty(rows, np.int64)
-    raw_confidence = np.empty(rows, np.float32)
-    copy = HalfRows((rows, num_classes))
-    total = torch.zeros(num_classes, dtype=torch.float64)
-    squares = torch.zeros(num_classes, dtype=torch.float64)
-    source = ReportingRows(logits, progress, BALANCE_STAGES[:1])
-    for start in range(0, rows, chunk_rows):
-        chunk = as_tensor(source[start : start + chunk_rows])
-        if not torch.isfinite(chunk).all():
-            raise UserError("the logits contain NaN or infinite values")
-        probs = torch.softmax(chunk, dim=-1)
-        total += probs.sum(dim=0, dtype=torch.float64).cpu()
-        squares += (probs * probs).sum(dim=0, dtype=torch.float64).cpu()
-        conf, targets = probs.max(dim=-1)
-        part = slice(start, start + chunk.shape[0])
-        raw_label[part], raw_confidence[part] = targets.cpu().numpy(), conf.cpu().numpy()
-        copy.add(start, chunk)
-    prior = total / rows
-    start = (prior.numpy(), (squares / rows).numpy())
-    result = balance_offsets(copy, target, chunk_rows=chunk_rows, start=start, progress=progress)
-    offsets = torch.from_numpy(result.offsets).float()
-    label = np.empty(rows, np.int64)
-    confidence = np.empty(rows, np.float32)
-    ranked_label, ranked_prob = _ranked(rows, k)
-    final = ReportingRows(copy, progress, BALANCE_STAGES[1:])
-    for start in range(0, rows, chunk_rows):
-        probs = torch.softmax(final[start : start + chunk_rows] - offsets, dim=-1)
-        conf, targets = probs.max(dim=-1)
-        part = slice(start, start + probs.shape[0])
-        label[part], confidence[part] = targets.numpy(), conf.numpy()
-        if k:
-            top, classes = probs.topk(k, dim=-1)
-            ranked_label[part], ranked_prob[part] = classes.numpy(), top.numpy()
+    rows = ReportingRows(logits, progress, BALANCE_STAGES)
+    plain = corrected_pass(rows, torch.zeros(num_classes, dtype=torch.float64), chunk_rows, k)
+    result, final = balance_offsets(rows, target, chunk_rows=chunk_rows, top_k=k, plain=plain)
+    prior = plain.first / plain.first.sum()
     return PseudoLabels(
-        (prior / prior.sum()).float().numpy(),
-        label,
-        confidence,
-        raw_label,
-        raw_confidence,
-        confidence >= threshold,
+        prior.float().numpy(),
+        final.label,
+        final.confidence,
+        plain.label,
+        plain.confidence,
+        final.confidence >= threshold,
         0.0,
         float(threshold),
-        ranked_label,
-        ranked_prob,
+        final.ranked_label,
+        final.ranked_prob,
         mode="balance",
         balance=result,
         target_prior=target,

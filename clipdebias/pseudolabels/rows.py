@@ -2,8 +2,7 @@
 
 :class:`ZeroShotLogits` computes ``scale * embeddings @ classifier.T`` one slice at a time from cached
 CLIP embeddings; :class:`FiniteRows` checks a teacher's ``--logits`` file as it is read;
-:class:`ReportingRows` reports each pass as a progress stage; :class:`HalfRows` keeps rows in memory
-in float16 for corrections that pass over them many times.
+:class:`ReportingRows` reports each pass as a progress stage.
 """
 
 from __future__ import annotations
@@ -101,23 +100,3 @@ def as_tensor(chunk: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(chunk, np.ndarray):
         return torch.from_numpy(np.array(chunk, dtype=np.float32))
     return chunk.float()
-
-
-class HalfRows:
-    """A :class:`LogitRows` kept in memory as float16, each row shifted by its maximum (``z - max z``):
-    softmax and argmax are unchanged by the shift, and the largest logits (near 0 after it) keep the
-    most precision. Built by :meth:`add` one chunk at a time; 2 bytes per logit (ImageNet's
-    1.28 M x 1000 train split: 2.6 GB)."""
-
-    ndim = 2
-
-    def __init__(self, shape: tuple[int, int]):
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.values = np.empty(self.shape, np.float16)
-
-    def add(self, start: int, chunk: torch.Tensor) -> None:
-        shifted = chunk - chunk.max(dim=-1, keepdim=True).values
-        self.values[start : start + chunk.shape[0]] = shifted.to(torch.float16).cpu().numpy()
-
-    def __getitem__(self, rows: slice) -> torch.Tensor:
-        return torch.from_numpy(self.values[rows]).float()
