@@ -109,7 +109,10 @@ def corrected_pass(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int, top_
         chunk = as_tensor(rows[start : start + chunk_rows])
         if not torch.isfinite(chunk).all():
             raise UserError("the logits contain NaN or infinite values")
-        probs = torch.softmax(chunk - offsets.to(chunk.device, torch.float32), dim=-1)
+        shifted = chunk - offsets.to(chunk.device, torch.float32)
+        del chunk  # at most two [chunk_rows, C] float32 copies live at once
+        probs = torch.softmax(shifted, dim=-1)
+        del shifted
         first += probs.sum(dim=0, dtype=torch.float64).cpu()
         second += (probs * probs).sum(dim=0, dtype=torch.float64).cpu()
         part = slice(start, start + probs.shape[0])
