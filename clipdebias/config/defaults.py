@@ -69,6 +69,9 @@ PREFETCH_FACTOR = 4
 HOLDOUT = 0.0
 # CLIP confidence from which CLIP's label replaces an unsure student pseudo-label (--clip-fallback).
 CLIP_FALLBACK = 0.3
+# How the EMA teacher gets its BatchNorm running statistics (--teacher-bn): ema = averaged like the weights
+# (the DebiasPL / FixMatch reference code), copy = the student's, copied after every step.
+TEACHER_BN_MODES = ("ema", "copy")
 # ssl's DataLoader processes (--workers): None = 0 for digits, else the CPU cores - 1, at most 8.
 TRAIN_WORKERS_TEXT = "0 for digits, else CPUs - 1, at most 8"
 
@@ -95,6 +98,9 @@ class SSLDefaults:
     multiviews: bool
     clip_fallback: float = CLIP_FALLBACK
     eval_batch_size: int = EVAL_BATCH_SIZE
+    # The reference code's teacher unless measured otherwise (docs/results.md, "EMA teacher").
+    teacher_bn: str = "ema"
+    ema_warmup: bool = False
 
 
 # FixMatch (Sohn et al. 2020) for CIFAR; DebiasPL's ImageNet scripts (Wang et al. 2022: threshold
