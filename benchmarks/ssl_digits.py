@@ -92,12 +92,16 @@ def _matches(run: Run, folder: Path) -> bool:
         json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError):
         return False
-    return (config["tau"], config["threshold"], config["seed"], config["labels"], config["holdout"]) == (
+    digits = SSL_DEFAULTS["digits"]
+    teacher = (config.get("teacher_bn", "ema"), config.get("ema_warmup", False))  # older runs: the reference teacher
+    return (config["tau"], config["threshold"], config["seed"], config["labels"], config["holdout"], *teacher) == (
         run.tau if run.method == "debiaspl" else 0.0,
         run.threshold,
         run.seed,
         f"{run.per_class}-per-class",
         run.holdout,
+        digits.teacher_bn,
+        digits.ema_warmup,
     )
 
 

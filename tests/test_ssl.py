@@ -15,7 +15,8 @@ import torch
 from fakes import make_cifar_root, make_image_folder
 
 from clipdebias.cli import main
-from clipdebias.commands.ssl import read_clip_pseudolabels, resolve_ssl_config
+from clipdebias.commands.ssl import read_clip_pseudolabels, resolve_ssl_config, run_ssl
+from clipdebias.training.loop import EpochEnd
 from clipdebias.utils.errors import UserError
 
 TINY_WITH_REPORT = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--device", "cpu"]
@@ -243,6 +244,57 @@ def test_killed_run_resumes_with_prior_and_teacher(tmp_path):
     assert main([*args, "--out", str(out), "--resume", "--tau", "1.0"]) == 2
 
 
+def test_interrupted_run_with_copied_bn_and_ema_warmup_resumes_as_if_uninterrupted(tmp_path):
+    """The teacher's update counter (the warm-up's t) is in the checkpoint: a run stopped after epoch 1,
+    while the momentum is still warming up, continues exactly like one that never stopped."""
+    given = dict(epochs=3, steps_per_epoch=6, batch_size=4, mu=2, device="cpu", seed=2, teacher_bn="copy")
+    given["ema_warmup"] = True
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(event):
+        if isinstance(event, EpochEnd):
+            raise Stop
+
+    out = tmp_path / "stopped"
+    with pytest.raises(Stop):
+        run_ssl(resolve_ssl_config("digits", out, **given), progress=stop_after_first_epoch)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1 and checkpoint["teacher_updates"] == 6
+    assert checkpoint["train_config"]["teacher_bn"] == "copy" and checkpoint["train_config"]["ema_warmup"] is True
+    resumed = run_ssl(resolve_ssl_config("digits", out, resume=True, **given))
+    full = run_ssl(resolve_ssl_config("digits", tmp_path / "full", **given))
+    assert resumed["resumed_from_epoch"] == 1
+    assert {k: resumed[k] for k in STABLE} == {k: full[k] for k in STABLE}
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(_history(out)) == strip(_history(tmp_path / "full"))
+    a, b = (torch.load(o / "checkpoint.pt", weights_only=False) for o in (out, tmp_path / "full"))
+    assert a["teacher_updates"] == b["teacher_updates"] == 18
+    assert all(torch.equal(a["teacher"][k], b["teacher"][k]) for k in b["teacher"])
+    # Resuming with another teacher is refused.
+    with pytest.raises(UserError, match="teacher_bn"):
+        run_ssl(resolve_ssl_config("digits", out, resume=True, **{**given, "teacher_bn": "ema"}))
+
+
+def test_a_run_folder_from_before_the_teacher_options_resumes_with_the_reference_teacher(tmp_path):
+    """config.json and checkpoint.pt written before --teacher-bn / --ema-warmup existed: the run was
+    trained with the reference teacher (ema, no warm-up) and resumes with exactly that."""
+    given = dict(epochs=2, steps_per_epoch=3, batch_size=4, mu=2, device="cpu", teacher_bn="ema", ema_warmup=False)
+    out = tmp_path / "old"
+    run_ssl(resolve_ssl_config("digits", out, **given))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k not in ("teacher_bn", "ema_warmup")})
+    )
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    for key in ("teacher_bn", "ema_warmup"):
+        del checkpoint["train_config"][key]
+    del checkpoint["teacher_updates"]
+    torch.save(checkpoint, out / "checkpoint.pt")
+    assert run_ssl(resolve_ssl_config("digits", out, resume=True, **given))["resumed_from_epoch"] == 2
+
+
 def test_labeled_index_is_reused(tmp_path):
     first, _ = _ssl(["--dataset", "digits", "--labels", "1-per-class", "--seed", "5", *TINY], tmp_path, "first")
     second, metrics = _ssl(
@@ -302,6 +354,7 @@ def test_clip_pseudolabels_fallback_run_and_validation(tmp_path, capsys):
         (["--dataset", "digits", "--no-debias", "--tau", "0.4"], "--no-debias"),
         (["--dataset", "digits", "--threshold", "1.5"], "--threshold"),
         (["--dataset", "digits", "--arch", "vgg"], "unknown --arch"),
+        (["--dataset", "digits", "--teacher-bn", "recompute"], "unknown --teacher-bn 'recompute'"),
         (["--dataset", "digits", "--arch", "resnet18"], "grayscale"),
         (["--dataset", "digits", "--device", "tpu"], "--device"),
     ],

@@ -20,6 +20,7 @@ from clipdebias.training.step import (
     TrainConfig,
     apply_fallback,
     fixmatch_step,
+    warmup_momentum,
 )
 from clipdebias.utils.errors import UserError
 
@@ -55,6 +56,88 @@ def test_ema_teacher_averages_parameters_and_batchnorm_buffers():
     assert int(after["features.1.num_batches_tracked"]) == 1
     assert not teacher.module.training
     assert all(not p.requires_grad for p in teacher.module.parameters())
+
+
+def _reference_ema_update(teacher_state, student_state, momentum):
+    """The teacher update of clipdebias before --teacher-bn / --ema-warmup (the reference code's rule,
+    written with ``lerp_``): every floating-point entry averaged, integer buffers copied."""
+    for name, value in teacher_state.items():
+        if value.dtype.is_floating_point:
+            value.lerp_(student_state[name].to(value.dtype), 1.0 - momentum)
+        else:
+            value.copy_(student_state[name])
+
+
+def _student_moves(student, generator):
+    """One fake training step: new BatchNorm statistics and new weights."""
+    student.train()
+    student(torch.rand(8, 1, 8, 8, generator=generator))
+    with torch.no_grad():
+        for param in student.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+def test_ema_bn_without_warmup_is_the_reference_teacher_bit_for_bit():
+    torch.manual_seed(0)
+    student = SmallCNN(3)
+    teacher = EMATeacher(student, momentum=0.99, bn="ema", warmup=False)
+    reference = {k: v.clone() for k, v in teacher.state_dict().items()}
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        _student_moves(student, generator)
+        teacher.update(student)
+        _reference_ema_update(reference, student.state_dict(), 0.99)
+    assert teacher.updates == 20
+    assert all(torch.equal(teacher.state_dict()[k], reference[k]) for k in reference)
+    # The defaults of EMATeacher and TrainConfig are that teacher.
+    assert (EMATeacher(student, 0.99).bn, EMATeacher(student, 0.99).warmup) == ("ema", False)
+    config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1)
+    assert (config.teacher_bn, config.ema_warmup) == ("ema", False)
+
+
+def test_copied_bn_buffers_equal_the_students_and_weights_stay_averaged():
+    torch.manual_seed(0)
+    student = SmallCNN(3)
+    teacher = EMATeacher(student, momentum=0.75, bn="copy")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    _student_moves(student, torch.Generator().manual_seed(2))
+    teacher.update(student)
+    after, now = teacher.state_dict(), student.state_dict()
+    buffers = {name for name, _ in student.named_buffers()}
+    assert {"features.1.running_mean", "features.1.running_var", "features.1.num_batches_tracked"} <= buffers
+    for name in buffers:
+        assert torch.equal(after[name], now[name]), name
+    for name, _ in student.named_parameters():
+        assert torch.allclose(after[name], 0.75 * before[name] + 0.25 * now[name], atol=1e-6), name
+        assert not torch.equal(after[name], now[name]), name
+
+
+def test_ema_warmup_momentum_closed_form():
+    # min(m, (1 + t) / (10 + t)): 0.1 at the first update, m once (1 + t) / (10 + t) passes it.
+    assert warmup_momentum(0.99, 0) == pytest.approx(0.1)
+    assert warmup_momentum(0.99, 10) == pytest.approx(11 / 20)
+    assert warmup_momentum(0.9, 80) == pytest.approx(81 / 90)
+    assert warmup_momentum(0.9, 81) == 0.9 and warmup_momentum(0.9, 10_000) == 0.9
+    # A student that stays at s: the teacher's distance to it shrinks by the product of the momenta,
+    # prod_{t<T} (1 + t) / (10 + t) = 9! T! / (T + 9)! = 1 / C(T + 9, 9).
+    torch.manual_seed(0)
+    student = nn.Linear(4, 3).double()
+    teacher = EMATeacher(student, momentum=0.999, warmup=True)
+    start = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        for param in student.parameters():
+            param.add_(1.0)
+    for steps in range(1, 8):
+        teacher.update(student)
+        assert teacher.updates == steps
+        for name, value in teacher.state_dict().items():
+            target = student.state_dict()[name]
+            assert torch.allclose(value - target, (start[name] - target) / math.comb(steps + 9, 9), atol=1e-12), name
+
+
+def test_ema_teacher_refuses_an_unknown_bn_mode():
+    with pytest.raises(ValueError, match="recompute"):
+        EMATeacher(SmallCNN(3), 0.99, bn="recompute")
 
 
 class _Fixed(nn.Module):

@@ -76,6 +76,21 @@ def ssl_command(
         int | None, Option("--warmup-epochs", help="Linear LR warm-up epochs." + _DATASETS)
     ] = None,
     ema_momentum: Annotated[float | None, Option("--ema-momentum", help="EMA teacher momentum." + _DATASETS)] = None,
+    teacher_bn: Annotated[
+        str | None,
+        Option(
+            "--teacher-bn",
+            help=f"The EMA teacher's BatchNorm statistics: {' or '.join(defaults.TEACHER_BN_MODES)} (averaged, "
+            "or the student's copied each step)." + _DATASETS,
+        ),
+    ] = None,
+    ema_warmup: Annotated[
+        bool | None,
+        Option(
+            "--ema-warmup/--no-ema-warmup",
+            help="EMA momentum min(m, (1 + t) / (10 + t)) at step t (the mean-teacher warm-up)." + _DATASETS,
+        ),
+    ] = None,
     arch: Annotated[str | None, Option("--arch", help="Student: cnn, resnet18, resnet50." + _DATASETS)] = None,
     init_weights: Annotated[
         Path | None, Option("--init-weights", help="Start the student from this state dict.")
@@ -152,6 +167,8 @@ def ssl_command(
         weight_decay=weight_decay,
         warmup_epochs=warmup_epochs,
         ema_momentum=ema_momentum,
+        teacher_bn=teacher_bn,
+        ema_warmup=ema_warmup,
         arch=arch,
         init_weights=init_weights,
         image_size=image_size,

@@ -69,6 +69,8 @@ class SSLConfig:
     weight_decay: float
     warmup_epochs: int
     ema_momentum: float
+    teacher_bn: str
+    ema_warmup: bool
     arch: str
     init_weights: str | None
     image_size: int
@@ -136,6 +138,7 @@ def _check_ranges(c: SSLConfig) -> None:
         ]
     )
     check_choice("precision", c.precision, defaults.PRECISIONS)
+    check_choice("teacher_bn", c.teacher_bn, defaults.TEACHER_BN_MODES)
     check_choice("arch", c.arch, ARCHS)
     if c.arch != "cnn" and c.dataset in GRAYSCALE_DATASETS:
         raise UserError(f"--arch {c.arch} needs RGB images; use --arch cnn for grayscale datasets")
@@ -263,8 +266,12 @@ def _config_json(config: SSLConfig, classes: list[str]) -> dict[str, Any]:
     return run_config_json("ssl", config, classes)
 
 
+# Options added after runs were first written, with the value such a run was trained with.
+ADDED_OPTIONS = {"teacher_bn": "ema", "ema_warmup": False}
+
+
 def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None:
-    check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE)
+    check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE, ADDED_OPTIONS)
 
 
 def run_ssl(config: SSLConfig, progress: Callable[[ProgressEvent], None] | None = None) -> dict[str, Any]:
@@ -348,6 +355,8 @@ def _run_ssl(
         prior_momentum=config.prior_momentum,
         lambda_u=config.lambda_u,
         ema_momentum=config.ema_momentum,
+        teacher_bn=config.teacher_bn,
+        ema_warmup=config.ema_warmup,
     )
     runtime = Runtime(
         precision=config.precision,

@@ -69,6 +69,9 @@ PREFETCH_FACTOR = 4
 HOLDOUT = 0.0
 # CLIP confidence from which CLIP's label replaces an unsure student pseudo-label (--clip-fallback).
 CLIP_FALLBACK = 0.3
+# How the EMA teacher gets its BatchNorm running statistics (--teacher-bn): ema = averaged like the weights
+# (the DebiasPL / FixMatch reference code), copy = the student's, copied after every step.
+TEACHER_BN_MODES = ("ema", "copy")
 # ssl's DataLoader processes (--workers): None = 0 for digits, else the CPU cores - 1, at most 8.
 TRAIN_WORKERS_TEXT = "0 for digits, else CPUs - 1, at most 8"
 
@@ -95,6 +98,10 @@ class SSLDefaults:
     multiviews: bool
     clip_fallback: float = CLIP_FALLBACK
     eval_batch_size: int = EVAL_BATCH_SIZE
+    # The reference code's teacher unless measured otherwise: digits warms the momentum up (docs/results.md,
+    # "EMA teacher: warm-up and BatchNorm statistics").
+    teacher_bn: str = "ema"
+    ema_warmup: bool = False
 
 
 # FixMatch (Sohn et al. 2020) for CIFAR; DebiasPL's ImageNet scripts (Wang et al. 2022: threshold
@@ -104,7 +111,7 @@ SSL_DEFAULTS: dict[str, SSLDefaults] = {
     "digits": SSLDefaults(
         labels="2-per-class", tau=TAU, threshold=0.95, prior_momentum=0.99, lambda_u=1.0, mu=4, batch_size=16,
         epochs=10, steps_per_epoch=250, lr=0.03, weight_decay=5e-4, warmup_epochs=0, ema_momentum=0.99, arch="cnn",
-        image_size=16, multiviews=False,
+        image_size=16, multiviews=False, ema_warmup=True,
     ),
     "cifar10": SSLDefaults(
         labels="4-per-class", tau=TAU, threshold=0.95, prior_momentum=0.999, lambda_u=1.0, mu=7, batch_size=64,

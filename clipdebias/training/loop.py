@@ -58,6 +58,9 @@ from clipdebias.utils import distributed
 from clipdebias.utils.errors import UserError
 
 CHECKPOINT_FORMAT = 1
+# TrainConfig fields added after checkpoint format 1, with the value that a checkpoint written before
+# them was trained with (so that it still resumes, with the same teacher).
+_ADDED_SETTINGS: dict[str, Any] = {"teacher_bn": "ema", "ema_warmup": False}
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -202,12 +205,13 @@ def _restore(
             f"the checkpoint has format {checkpoint.get('format')!r}, this clipdebias reads {CHECKPOINT_FORMAT}"
         )
     current = asdict(config)
-    saved = checkpoint["train_config"]
+    saved = {**_ADDED_SETTINGS, **checkpoint["train_config"]}
     changed = sorted(k for k in set(saved) | set(current) if k != "log_every" and saved.get(k) != current.get(k))
     if changed:
         raise UserError(f"cannot resume: the checkpoint was trained with other settings ({', '.join(changed)})")
     model.load_state_dict(checkpoint["model"])
     teacher.load_state_dict(checkpoint["teacher"])
+    teacher.updates = int(checkpoint.get("teacher_updates", checkpoint["step"]))  # one update per step
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     if prior is not None:
@@ -249,6 +253,7 @@ def _checkpoint(
         "stepping_s": done.stepping_s,
         "model": model.state_dict(),
         "teacher": teacher.state_dict(),
+        "teacher_updates": teacher.updates,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -417,7 +422,7 @@ def train(
     notify = progress if (progress is not None and main_process) else (lambda event: None)
     device = torch.device(device)
     model = _prepare_student(model, device, runtime)
-    teacher = EMATeacher(model, config.ema_momentum)
+    teacher = EMATeacher(model, config.ema_momentum, config.teacher_bn, config.ema_warmup)
     prior = ClassPrior(config.num_classes, config.prior_momentum).to(device) if config.debias else None
     fallback = fallback.to(device) if fallback is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision == "fp16")

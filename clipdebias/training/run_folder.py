@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +126,18 @@ def _encode_paths(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def check_resume(run: RunFolder, current: dict[str, Any], resume: bool, may_change: Sequence[str]) -> None:
+def check_resume(
+    run: RunFolder,
+    current: dict[str, Any],
+    resume: bool,
+    may_change: Sequence[str],
+    added: Mapping[str, Any] | None = None,
+) -> None:
     """Refuse to overwrite a run folder without ``--resume``, and to resume it with other options.
 
     ``current`` is the ``config.json`` the new run would write; keys in ``may_change`` (and the
-    clipdebias ``version``) may differ from the saved one.
+    clipdebias ``version``) may differ from the saved one. ``added``: options newer than some run
+    folders, with the value a folder that lacks them was trained with.
     """
     out = str(run.path)
     if run.path.exists() and not run.path.is_dir():
@@ -139,7 +146,7 @@ def check_resume(run: RunFolder, current: dict[str, Any], resume: bool, may_chan
         return
     if not resume:
         raise UserError(f"{out!r} already holds a run; pass --resume to continue it, or choose another --out")
-    saved = run.read_config() or {}
+    saved = {**(added or {}), **(run.read_config() or {})}
     ignored = set(may_change) | {"version"}
     changed = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
     if changed:

@@ -26,11 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipdebias.config.defaults import TEACHER_BN_MODES
 from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
 
 # Steps between two progress reports (and the host syncs they cost on a GPU).
 DEFAULT_LOG_EVERY = 10
+
+
+def warmup_momentum(momentum: float, updates: int) -> float:
+    """The EMA momentum of update number ``updates`` (0-based) with the mean-teacher warm-up:
+    ``min(momentum, (1 + t) / (10 + t))``, so the first updates follow the student closely."""
+    return min(momentum, (1.0 + updates) / (10.0 + updates))
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,10 @@ class TrainConfig:
     prior_momentum: float = 0.999
     lambda_u: float = 1.0
     ema_momentum: float = 0.999
+    # How the teacher gets its BatchNorm statistics (TEACHER_BN_MODES) and whether its momentum warms
+    # up; these defaults are the reference code's teacher (ssl's own defaults: config/defaults.py).
+    teacher_bn: str = "ema"
+    ema_warmup: bool = False
     log_every: int = DEFAULT_LOG_EVERY
 
     @property
@@ -80,17 +91,29 @@ def apply_fallback(
 
 
 class EMATeacher:
-    """An exponential moving average of a model's parameters *and* buffers (BatchNorm statistics),
-    kept in eval mode: ``teacher = m * teacher + (1 - m) * student`` after every step. Integer
-    buffers (``num_batches_tracked``) are copied."""
+    """An exponential moving average of a model's parameters, kept in eval mode:
+    ``teacher = m * teacher + (1 - m) * student`` after every step.
 
-    def __init__(self, model: nn.Module, momentum: float):
+    ``bn`` says what happens to the floating-point buffers (BatchNorm running statistics): ``ema``
+    averages them like the parameters (the reference code), ``copy`` copies the student's. Integer
+    buffers (``num_batches_tracked``) are always copied. With ``warmup`` the momentum of update
+    ``t`` is :func:`warmup_momentum` ``(momentum, t)``; ``updates`` counts the updates so far (it is
+    part of the checkpoint, so a resumed run continues the warm-up where it stopped).
+    """
+
+    def __init__(self, model: nn.Module, momentum: float, bn: str = "ema", warmup: bool = False):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"EMA momentum must be in [0, 1), got {momentum}")
+        if bn not in TEACHER_BN_MODES:
+            raise ValueError(f"teacher BatchNorm mode must be one of {', '.join(TEACHER_BN_MODES)}, got {bn!r}")
         self.momentum = momentum
+        self.bn = bn
+        self.warmup = warmup
+        self.updates = 0
         self.module = copy.deepcopy(model).eval()
         for param in self.module.parameters():
             param.requires_grad_(False)
+        self._buffers = {name for name, _ in self.module.named_buffers()}
         self._forward: Callable[[Tensor], Tensor] = self.module
 
     def set_forward(self, forward: Callable[[Tensor], Tensor]) -> None:
@@ -98,14 +121,20 @@ class EMATeacher:
         sharing its weights) instead of calling ``module`` directly."""
         self._forward = forward
 
+    def current_momentum(self) -> float:
+        """The momentum the next :meth:`update` uses."""
+        return warmup_momentum(self.momentum, self.updates) if self.warmup else self.momentum
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        weight = 1.0 - self.current_momentum()
         student = model.state_dict()
         for name, value in self.module.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.lerp_(student[name].to(value.dtype), 1.0 - self.momentum)
+            if value.dtype.is_floating_point and not (self.bn == "copy" and name in self._buffers):
+                value.lerp_(student[name].to(value.dtype), weight)
             else:
                 value.copy_(student[name])
+        self.updates += 1
 
     def __call__(self, inputs: Tensor) -> Tensor:
         return self._forward(inputs)
