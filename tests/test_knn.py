@@ -1,6 +1,8 @@
 """kNN over the embedding cache (clipdebias.clip.neighbours) and the kNN refinement of probabilities
 (clipdebias.pseudolabels.knn): against brute-force numpy, stored and reused, resumed after a kill."""
 
+import fcntl
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from clipdebias.clip.cache import CacheEntry, EmbeddingStore, encode_split
 from clipdebias.data.sources import ArraySource
 from clipdebias.pseudolabels.knn import KnnRefinedRows
 from clipdebias.pseudolabels.labels import debiased_pseudo_labels
-from clipdebias.utils.errors import OptionError
+from clipdebias.utils.errors import OptionError, UserError
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -93,9 +95,11 @@ def test_duplicates_and_method_choice():
     assert nb.choose_method(10, "cuda") == "torch"
 
 
-def test_k_zero_gives_empty_rows():
+def test_k_zero_gives_empty_rows_and_writes_nothing(entry):
     found = nb.nearest_neighbours(_clustered(20), 0, device="cpu")
-    assert found.indices.shape == (20, 0)
+    assert found.indices.shape == found.similarities.shape == (20, 0) and found.method == "none"
+    assert nb.entry_neighbours(entry, 0).indices.shape == (300, 0)
+    assert not nb.neighbours_path(entry, 0).exists()
 
 
 # --- stored beside a cache entry ------------------------------------------------------------------
@@ -292,3 +296,19 @@ def test_bad_refinement_options_are_option_errors():
     with pytest.raises(OptionError) as err:
         KnnRefinedRows(logits, indices[:9], 0.5)
     assert err.value.option == "embeddings"
+
+
+def test_a_second_process_computing_the_same_file_is_refused_but_a_finished_file_is_read(entry, tmp_path):
+    entry = _copy_entry(entry, tmp_path / "entry")
+    lock = entry.path / ".neighbours-k4.lock"
+    handle = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another clipdebias process"):
+            nb.entry_neighbours(entry, 4, device="cpu")
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        nb.entry_neighbours(entry, 4, device="cpu")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        assert not nb.entry_neighbours(entry, 4, device="cpu").computed  # reading needs no lock
+    finally:
+        os.close(handle)

@@ -54,21 +54,22 @@ import numpy as np
 import torch
 
 from clipdebias.clip.cache import CacheEntry, EmbeddingStore
-from clipdebias.utils.atomic import atomic_write, atomic_write_json
+from clipdebias.utils.atomic import atomic_write, atomic_write_json, write_error
 from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.progress import NoProgress, Progress
 
 NEIGHBOURS_FORMAT = 1
 METHODS = ("torch", "exact", "hnsw")
-# Brute force up to this many rows on a CPU. Its time grows as N^2: about 3 minutes at 100k rows of
-# 512 dimensions on 2 shared cores, 12 at 200k, 8 hours at ImageNet's 1.28 M; the HNSW graph's grows
+# Brute force up to this many rows on a CPU. Its time grows as N^2: 2.3 minutes at 100k rows of
+# 512 dimensions on 2 shared cores, 8 at 200k, 5-6 hours at ImageNet's 1.28 M; the HNSW graph's grows
 # as about N log N (docs/performance.md, benchmarks/knn_scale.py).
 EXACT_MAX_ROWS = 100_000
 # HNSW: links per node (2 M on the bottom layer), candidates kept while building and while searching.
-# M 32 / ef 64 had recall@10 0.96 on 200k clustered synthetic rows where M 16 had 0.90 in less time.
+# M 32 / ef 48: recall@10 0.956 on 200k clustered synthetic rows, ~12 min projected for ImageNet on 2
+# cores; M 16 needed ef 128 for 0.94 in as much time (docs/performance.md).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 64
+HNSW_EF_SEARCH = 48
 # Query rows per block: the most work a killed run redoes, and one progress step.
 BLOCK_ROWS = 16384
 # torch: at most this many similarities in memory at once (2^28 float32 = 1 GiB).
@@ -81,9 +82,9 @@ HNSW_FILE = "hnsw.faiss"
 
 @dataclass(frozen=True)
 class Neighbours:
-    """``indices`` ``[N, K]`` int64 rows and their cosine ``similarities`` ``[N, K]`` float32, most similar
-    first; ``method`` that found them (``torch``, ``exact``, ``hnsw``); ``computed``: False when read
-    from a stored file."""
+    """``indices`` ``[N, K]`` int64 rows and their cosine ``similarities`` ``[N, K]`` float32, most
+    similar first; ``method`` that found them (``torch``, ``exact``, ``hnsw``; ``none`` for K = 0);
+    ``computed``: False when read from a stored file."""
 
     indices: np.ndarray
     similarities: np.ndarray
@@ -261,8 +262,11 @@ def _finished_blocks(parts: Path, bounds: list[tuple[int, int]], k: int) -> set[
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise write_error(path, err) from err
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -342,6 +346,11 @@ def _run_blocks(
 # --- the public functions ------------------------------------------------------------------------
 
 
+def _none(rows: int) -> Neighbours:
+    """``K = 0``: no neighbours (nothing searched or stored)."""
+    return Neighbours(np.zeros((rows, 0), np.int64), np.zeros((rows, 0), np.float32), "none")
+
+
 def _device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if device is None and torch.cuda.is_available() else (device or "cpu"))
 
@@ -360,6 +369,8 @@ def nearest_neighbours(
     ``torch`` method runs (default: CUDA when available); ``method``: see the module docstring."""
     _check_vectors(vectors, "embeddings")
     check_k(k, len(vectors))
+    if k == 0:
+        return _none(len(vectors))
     where = _device(device)
     method = method or choose_method(len(vectors), where)
     if method not in METHODS:
@@ -395,12 +406,17 @@ def _stored_neighbours(
 ) -> Neighbours:
     """``file`` if it holds this computation, else compute it there (resumably, in ``FILE.parts/``)."""
     rows = len(vectors)
+    method = method or choose_method(rows, device)
+    if method not in METHODS:
+        raise ValueError(f"unknown neighbour method {method!r}; choose one of {METHODS}")
+    found = None if rebuild else _stored(file, rows, k, stamp)  # reading needs no lock: the file is atomic
+    if found is not None:
+        return found
     with _lock(file.with_name(f".{file.stem}.lock")):
-        found = None if rebuild else _stored(file, rows, k, stamp)
+        found = None if rebuild else _stored(file, rows, k, stamp)  # finished by another process meanwhile?
         if found is not None:
             return found
         began = time.perf_counter()
-        method = method or choose_method(rows, device)
         parts = file.with_name(f"{file.stem}.parts")
         plan = {"format": NEIGHBOURS_FORMAT, "source": stamp, "k": k, "rows": rows, "method": method}
         plan |= {"block_rows": block_rows}
@@ -442,6 +458,8 @@ def entry_neighbours(
     ``EmbeddingStore(entry)``. ``rebuild`` recomputes a stored result."""
     store = store or EmbeddingStore(entry)
     check_k(k, len(store))
+    if k == 0:
+        return _none(len(store))
     return _stored_neighbours(
         store.vectors,
         k,
@@ -494,6 +512,8 @@ def array_neighbours(
         )
     check_k(k, len(embeddings))
     vectors = normalised_rows(embeddings)
+    if k == 0:
+        return _none(len(vectors))
     where = _device(device)
     if store_dir is None:
         return nearest_neighbours(vectors, k, method=method, device=where, block_rows=block_rows, progress=progress)
