@@ -49,6 +49,14 @@ DEBIAS = "paper"
 # or after this many passes over the logits (each pass is one softmax over [N, C]).
 BALANCE_TOLERANCE = 1e-4
 BALANCE_MAX_ITERATIONS = 100
+# kNN refinement of the teacher's probabilities (clipdebias.pseudolabels.knn, docs/algorithm.md):
+# p'_i = (1 - alpha) p_i + alpha * mean of p_j over the K nearest other images (cosine of the CLIP
+# embeddings). KNN = K; 0 = off (the plain teacher). KNN_ALPHA = alpha in [0, 1]: 0.5 weighs an image
+# and its neighbourhood alike, an untuned middle. KNN_STEPS = T passes of label propagation anchored to
+# the teacher (1 = the formula above; each further step costs one pass and a second float16 [N, C] buffer).
+KNN = 0
+KNN_ALPHA = 0.5
+KNN_STEPS = 1
 # Classes per image in CLIPRankedPredictions.csv of --reference-format (at most the number of classes).
 REFERENCE_TOP_K = 5
 
