@@ -96,9 +96,12 @@ class CorrectedPass:
     ranked_prob: np.ndarray | None
 
 
-def corrected_pass(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int, top_k: int = 0) -> CorrectedPass:
+def corrected_pass(
+    rows: LogitRows, offsets: torch.Tensor, chunk_rows: int, top_k: int = 0, check_finite: bool = True
+) -> CorrectedPass:
     """One streaming pass of ``softmax(z - offsets)`` over every row (see :class:`CorrectedPass`).
-    Raises :class:`~clipdebias.utils.errors.UserError` at a chunk holding NaN or an infinity."""
+    With ``check_finite`` (the first pass over a source), raises
+    :class:`~clipdebias.utils.errors.UserError` at a chunk holding NaN or an infinity."""
     num_rows, num_classes = int(rows.shape[0]), int(rows.shape[1])
     first = torch.zeros(num_classes, dtype=torch.float64)
     second = torch.zeros(num_classes, dtype=torch.float64)
@@ -107,7 +110,7 @@ def corrected_pass(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int, top_
     ranked_prob = np.empty((num_rows, top_k), np.float32) if top_k else None
     for start in range(0, num_rows, chunk_rows):
         chunk = as_tensor(rows[start : start + chunk_rows])
-        if not torch.isfinite(chunk).all():
+        if check_finite and not torch.isfinite(chunk).all():
             raise UserError("the logits contain NaN or infinite values")
         shifted = chunk - offsets.to(chunk.device, torch.float32)
         del chunk  # at most two [chunk_rows, C] float32 copies live at once
@@ -116,10 +119,13 @@ def corrected_pass(rows: LogitRows, offsets: torch.Tensor, chunk_rows: int, top_
         first += probs.sum(dim=0, dtype=torch.float64).cpu()
         second += (probs * probs).sum(dim=0, dtype=torch.float64).cpu()
         part = slice(start, start + probs.shape[0])
-        top, classes = probs.topk(max(top_k, 1), dim=-1)
-        label[part], confidence[part] = classes[:, 0].cpu().numpy(), top[:, 0].cpu().numpy()
         if top_k:
+            top, classes = probs.topk(top_k, dim=-1)
             ranked_label[part], ranked_prob[part] = classes.cpu().numpy(), top.cpu().numpy()
+            label[part], confidence[part] = ranked_label[part][:, 0], ranked_prob[part][:, 0]
+        else:
+            top1, classes1 = probs.max(dim=-1)
+            label[part], confidence[part] = classes1.cpu().numpy(), top1.cpu().numpy()
     return CorrectedPass(first / num_rows, second / num_rows, label, confidence, ranked_label, ranked_prob)
 
 
@@ -163,12 +169,12 @@ def balance_offsets(
         curvature = (1.0 - current.second / current.first.clamp_min(tiny)).clamp_min(MIN_CURVATURE)
         candidate = offsets + gap / curvature
         candidate = candidate - candidate.mean()
-        tried = corrected_pass(rows, candidate, chunk_rows, top_k)
+        tried = corrected_pass(rows, candidate, chunk_rows, top_k, check_finite=False)
         iterations += 1
         if _worst_gap(tried.first, prior)[1] > worst and iterations < max_iterations:
             candidate = offsets + gap
             candidate = candidate - candidate.mean()
-            tried = corrected_pass(rows, candidate, chunk_rows, top_k)
+            tried = corrected_pass(rows, candidate, chunk_rows, top_k, check_finite=False)
             iterations += 1
         offsets, current = candidate, tried
         gap, worst = _worst_gap(current.first, prior)
