@@ -116,8 +116,9 @@ def corrected_pass(
         del chunk  # at most two [chunk_rows, C] float32 copies live at once
         probs = torch.softmax(shifted, dim=-1)
         del shifted
-        first += probs.sum(dim=0, dtype=torch.float64).cpu()
-        second += (probs * probs).sum(dim=0, dtype=torch.float64).cpu()
+        # per chunk in float32 (as dataset_prior sums), across chunks in float64
+        first += probs.sum(dim=0).to("cpu", torch.float64)
+        second += probs.square().sum(dim=0).to("cpu", torch.float64)
         part = slice(start, start + probs.shape[0])
         if top_k:
             top, classes = probs.topk(top_k, dim=-1)
