@@ -2,7 +2,9 @@
 ``pseudolabel`` grows with the number of images N by the embeddings / logits themselves plus a
 few hundred bytes per image (file names, the CSV table), never by another N x D or N x C matrix.
 
-Each measurement runs in a child forked from the test process, which resets its peak resident
+Each measurement runs in a child process (forked from the test process for ``pseudolabel``, whose job
+needs the test's monkeypatching; a freshly spawned interpreter for ``encode``, whose peak otherwise
+depended on the heap the earlier tests left in the test process), which resets its peak resident
 memory (``/proc/self/clear_refs``) just before the job and reads it (``VmHWM``) just after, so the
 number is the job's own peak growth, without the imports and the test process before it. The job
 runs at N and at 4N images on synthetic data; the growth between the two must stay within
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import multiprocessing
 import os
 import re
 import traceback
@@ -164,18 +167,48 @@ class SyntheticEncoder:
         return torch.nn.functional.normalize(pixels @ self.projection, dim=-1)
 
 
-def _encode_growth(tmp_path: Path, rows: int, dim: int) -> int:
+def _encode_job(rows: int, dim: int, cache: Path) -> None:
+    """``encode_split`` of ``rows`` synthetic images into a fresh cache (run in a spawned process)."""
     from clipdebias.clip.cache import encode_split
 
     source, encoder = SyntheticImages(rows, [f"class {c}" for c in range(10)]), SyntheticEncoder(dim)
+    encode_split(source, encoder, torch.from_numpy, "as-is", cache, batch_size=512)
+
+
+def _measured_in_a_fresh_process(queue, job: Callable[..., None], args: tuple) -> None:
+    """The body of :func:`fresh_peak_growth`'s child: the same measurement as :func:`peak_growth`."""
+    try:
+        torch.set_num_threads(1)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        start = _status("VmRSS")
+        job(*args)
+        queue.put(_status("VmHWM") - start)
+    except BaseException:  # noqa: BLE001 - reported on stderr, the parent sees no number
+        traceback.print_exc()
+        queue.put(None)
+
+
+def fresh_peak_growth(job: Callable[..., None], *args: object) -> int:
+    """How far ``job(*args)`` raises the resident memory of a newly started interpreter (spawned, not
+    forked): nothing of the test process's heap, whose state depends on the tests before, is inherited."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_measured_in_a_fresh_process, args=(queue, job, args))
+    child.start()
+    answer = queue.get()
+    child.join()
+    assert child.exitcode == 0 and answer is not None, "the measured job failed"
+    return int(answer)
+
+
+def _encode_growth(tmp_path: Path, rows: int, dim: int) -> int:
     growths = []
     for attempt in range(ATTEMPTS):
         cache = tmp_path / f"cache-{rows}-{attempt}"  # a fresh cache: every attempt encodes everything
-        growths.append(
-            peak_growth(
-                lambda cache=cache: encode_split(source, encoder, torch.from_numpy, "as-is", cache, batch_size=512)
-            )
-        )
+        growths.append(fresh_peak_growth(_encode_job, rows, dim, cache))
         assert (next((cache / "embeddings").iterdir()) / "index.faiss").stat().st_size > rows * dim * 4
     return min(growths)
 

@@ -140,8 +140,15 @@ def _pseudolabel_files(folder: Path) -> list[Path]:
             folder / "reference" / "CLIPRankedPredictions.csv"]  # fmt: skip
 
 
+def _read_or_none(file: Path) -> bytes | None:
+    try:  # no exists() first: a writer may remove the file between the two calls (polled mid-run)
+        return file.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _contents(files: list[Path]) -> list[bytes | None]:
-    return [file.read_bytes() if file.exists() else None for file in files]
+    return [_read_or_none(file) for file in files]
 
 
 def _slow_writes(monkeypatch, pause_s: float) -> None:
