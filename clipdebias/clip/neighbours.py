@@ -45,6 +45,7 @@ import os
 import re
 import shutil
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,13 +139,14 @@ def drop_self(rows: np.ndarray, found: np.ndarray, scores: np.ndarray, k: int) -
     return np.take_along_axis(found, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
-class Searcher:
+class Searcher(ABC):
     """Finds the neighbours of ``vectors[start:stop]``; built once per run."""
 
     method: str
 
+    @abstractmethod
     def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """``(indices [stop - start, k], similarities [stop - start, k])`` of those rows, without themselves."""
 
 
 class ExactSearch(Searcher):
