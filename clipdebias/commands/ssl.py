@@ -30,7 +30,7 @@ from clipdebias.data.sources import DATASETS, GRAYSCALE_DATASETS, MIN_CLASSES, I
 from clipdebias.data.splits import split_labeled
 from clipdebias.data.streams import StreamSpec, build_streams
 from clipdebias.pseudolabels.files import read_csv_columns
-from clipdebias.training.loop import ProgressEvent, Runtime, train
+from clipdebias.training.loop import ADDED_SETTINGS, ProgressEvent, Runtime, train
 from clipdebias.training.models import ARCHS, build_model, check_init_weights_file
 from clipdebias.training.optim import cosine_schedule, make_sgd
 from clipdebias.training.run_folder import RunFolder, check_resume
@@ -266,12 +266,8 @@ def _config_json(config: SSLConfig, classes: list[str]) -> dict[str, Any]:
     return run_config_json("ssl", config, classes)
 
 
-# Options added after runs were first written, with the value such a run was trained with.
-ADDED_OPTIONS = {"teacher_bn": "ema", "ema_warmup": False}
-
-
 def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None:
-    check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE, ADDED_OPTIONS)
+    check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE, ADDED_SETTINGS)
 
 
 def run_ssl(config: SSLConfig, progress: Callable[[ProgressEvent], None] | None = None) -> dict[str, Any]:

@@ -58,9 +58,9 @@ from clipdebias.utils import distributed
 from clipdebias.utils.errors import UserError
 
 CHECKPOINT_FORMAT = 1
-# TrainConfig fields added after checkpoint format 1, with the value that a checkpoint written before
-# them was trained with (so that it still resumes, with the same teacher).
-_ADDED_SETTINGS: dict[str, Any] = {"teacher_bn": "ema", "ema_warmup": False}
+# TrainConfig fields added after checkpoint format 1, with the value that a checkpoint (or a run folder's
+# config.json) written before them was trained with, so that it still resumes, with the same teacher.
+ADDED_SETTINGS: dict[str, Any] = {"teacher_bn": "ema", "ema_warmup": False}
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -205,7 +205,7 @@ def _restore(
             f"the checkpoint has format {checkpoint.get('format')!r}, this clipdebias reads {CHECKPOINT_FORMAT}"
         )
     current = asdict(config)
-    saved = {**_ADDED_SETTINGS, **checkpoint["train_config"]}
+    saved = {**ADDED_SETTINGS, **checkpoint["train_config"]}
     changed = sorted(k for k in set(saved) | set(current) if k != "log_every" and saved.get(k) != current.get(k))
     if changed:
         raise UserError(f"cannot resume: the checkpoint was trained with other settings ({', '.join(changed)})")
