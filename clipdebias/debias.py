@@ -8,6 +8,10 @@ class prior ``q`` (probabilities, length ``C``), strength ``tau``.
 2. Prior update from the *raw* teacher probabilities: ``q <- m q + (1 - m) mean_b softmax(z_w)``.
 3. Adaptive margin loss with the updated prior: ``mean_b CE(z_s + tau log q, y) * mask``.
 4. Offline (transductive) prior: ``q = mean_i softmax(z_i)`` over a whole dataset.
+
+The balanced variant (``--debias balance`` in the training loop) replaces step 1 by distribution
+alignment: ``p ~ softmax(z_w) * pi / q`` (renormalised per row) with the target prior ``pi``
+(uniform), and step 3 by the plain masked cross-entropy.
 """
 
 from __future__ import annotations
@@ -107,6 +111,26 @@ def select_pseudo_labels(
     largest debiased probability and mask is ``confidence >= threshold``.
     """
     probs = torch.softmax(debias_logits(logits_w.detach().float(), prior, tau), dim=-1)
+    confidence, targets = probs.max(dim=-1)
+    mask = (confidence >= threshold).float()
+    return targets, confidence, mask
+
+
+@torch.no_grad()
+def select_aligned_pseudo_labels(
+    logits_w: Tensor, prior: Tensor, threshold: float, target: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pseudo-labels by distribution alignment: ``p ~ softmax(z_w) * target / prior`` per row.
+
+    ``target`` is the prior the labels should follow (``[C]`` probabilities; uniform when ``None``).
+    Returns ``(targets, confidence, mask)`` as :func:`select_pseudo_labels` does. With a uniform
+    target this is ``softmax(z_w - log q)``, i.e. :func:`select_pseudo_labels` with ``tau = 1``.
+    """
+    logits = logits_w.detach().float()
+    shift = -log_prior(prior, logits.device)
+    if target is not None:
+        shift = shift + log_prior(target, logits.device)
+    probs = torch.softmax(logits + shift, dim=-1)
     confidence, targets = probs.max(dim=-1)
     mask = (confidence >= threshold).float()
     return targets, confidence, mask

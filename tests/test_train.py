@@ -194,7 +194,7 @@ def test_step_without_debias_is_plain_fixmatch():
     weak = torch.tensor([[2.0, 1.4, 0.0], [0.0, 0.0, 4.0]])
     strong = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.3, 1.0]])
     config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=0.0, threshold=0.5)
-    assert not config.debias
+    assert not config.uses_prior
     model = _Fixed()
     out = fixmatch_step(model, EMATeacher(model, 0.9), None, *_batches([weak], [strong]), config)
     probs = torch.softmax(weak, dim=-1)
@@ -360,3 +360,41 @@ def test_a_skipped_optimizer_step_advances_the_schedule_without_torchs_warning()
         _step_schedule(scheduler)
     assert not ours
     assert scheduler.last_epoch == 1 and scheduler.get_last_lr()[0] < 1.0
+
+
+def test_debias_none_is_the_same_step_as_tau_zero():
+    weak = torch.tensor([[2.0, 1.4, 0.0], [0.0, 0.0, 4.0]])
+    strong = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.3, 1.0]])
+    model = _Fixed()
+    none = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=0.4, debias="none", threshold=0.5)
+    zero = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=0.0, threshold=0.5)
+    assert not none.uses_prior
+    out_none = fixmatch_step(model, EMATeacher(model, 0.9), None, *_batches([weak], [strong]), none)
+    out_zero = fixmatch_step(model, EMATeacher(model, 0.9), None, *_batches([weak], [strong]), zero)
+    assert out_none.loss.item() == out_zero.loss.item()
+    assert out_none.targets.tolist() == out_zero.targets.tolist()
+
+
+def test_balanced_step_aligns_labels_to_a_uniform_prior_and_uses_plain_cross_entropy():
+    weak = torch.tensor([[2.0, 1.4, 0.0], [1.0, 0.9, 0.0], [0.0, 0.0, 4.0]])
+    strong = torch.tensor([[1.0, 0.5, 0.0], [0.2, 0.3, 1.0], [0.0, 0.3, 1.0]])
+    config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=0.4, debias="balance", threshold=0.4)
+    assert config.uses_prior and config.loss_tau == 0.0
+    prior = ClassPrior(3, momentum=0.5)
+    prior.probs = torch.tensor([0.6, 0.1, 0.3])
+    before = prior.probs.clone()
+    model = _Fixed()
+    out = fixmatch_step(model, EMATeacher(model, 0.9), prior, *_batches([weak], [strong]), config)
+    aligned = torch.softmax(weak, dim=-1) / before
+    aligned = aligned / aligned.sum(dim=-1, keepdim=True)
+    confidence, targets = aligned.max(dim=-1)
+    mask = (confidence >= 0.4).float()
+    assert out.targets.tolist() == targets.tolist() == [1, 1, 2]  # class 0's head start is divided out
+    expected_u = (nn.functional.cross_entropy(strong, targets, reduction="none") * mask).mean()
+    assert out.loss_u.item() == pytest.approx(expected_u.item(), abs=1e-6)
+    assert not torch.equal(prior.probs, before)  # the running prior still follows the raw teacher
+
+
+def test_unknown_debias_mode_is_refused():
+    with pytest.raises(ValueError, match="debias mode"):
+        TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, debias="both")

@@ -423,7 +423,7 @@ def train(
     device = torch.device(device)
     model = _prepare_student(model, device, runtime)
     teacher = EMATeacher(model, config.ema_momentum, config.teacher_bn, config.ema_warmup)
-    prior = ClassPrior(config.num_classes, config.prior_momentum).to(device) if config.debias else None
+    prior = ClassPrior(config.num_classes, config.prior_momentum).to(device) if config.uses_prior else None
     fallback = fallback.to(device) if fallback is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision == "fp16")
     done = _Progress()

@@ -1,4 +1,5 @@
-"""One training step: FixMatch with an EMA teacher, debiased by DebiasPL when ``tau > 0``.
+"""One training step: FixMatch with an EMA teacher, debiased by DebiasPL when ``tau > 0`` (or balanced
+by distribution alignment with ``debias="balance"``).
 
 :func:`fixmatch_step` computes the losses of one step of the loop (:mod:`clipdebias.training.loop`)
 from a labeled and an unlabeled batch:
@@ -26,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipdebias.config.defaults import TEACHER_BN_MODES
+from clipdebias.config.defaults import DEBIAS_MODES, TEACHER_BN_MODES
 from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
-from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
+from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_aligned_pseudo_labels, select_pseudo_labels
 
 # Steps between two progress reports (and the host syncs they cost on a GPU).
 DEFAULT_LOG_EVERY = 10
@@ -48,6 +49,9 @@ class TrainConfig:
     epochs: int
     steps_per_epoch: int
     tau: float = 0.4
+    # How the pseudo-labels are corrected (DEBIAS_MODES): paper = DebiasPL with ``tau`` (``tau == 0``
+    # is plain FixMatch), balance = distribution alignment to a uniform prior, none = plain FixMatch.
+    debias: str = "paper"
     threshold: float = 0.95
     prior_momentum: float = 0.999
     lambda_u: float = 1.0
@@ -58,10 +62,30 @@ class TrainConfig:
     ema_warmup: bool = False
     log_every: int = DEFAULT_LOG_EVERY
 
+    def __post_init__(self) -> None:
+        if self.debias not in DEBIAS_MODES:
+            raise ValueError(f"debias mode must be one of {', '.join(DEBIAS_MODES)}, got {self.debias!r}")
+
     @property
-    def debias(self) -> bool:
-        """DebiasPL when ``tau > 0``; plain FixMatch (no prior at all) when ``tau == 0``."""
-        return self.tau > 0
+    def uses_prior(self) -> bool:
+        """Whether the loop keeps a running class prior: DebiasPL with ``tau > 0`` and the balanced
+        mode do; plain FixMatch (``--debias none`` or ``tau == 0``) has no prior at all."""
+        return self.debias == "balance" or (self.debias == "paper" and self.tau > 0)
+
+    @property
+    def loss_tau(self) -> float:
+        """The adaptive margin's strength in the unlabeled loss: ``tau`` for the paper's DebiasPL, 0
+        (plain cross-entropy) for the balanced mode and for FixMatch."""
+        return self.tau if self.debias == "paper" else 0.0
+
+
+def select_targets(z_w: Tensor, prior: Tensor, config: TrainConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """``(targets, confidence, mask)`` of one set of weak-view logits in ``config``'s debias mode, with
+    the running prior ``prior`` (uniform when the mode keeps none)."""
+    if config.debias == "balance":
+        return select_aligned_pseudo_labels(z_w, prior, config.threshold)
+    tau = config.tau if config.debias == "paper" else 0.0
+    return select_pseudo_labels(z_w, prior, tau, config.threshold)
 
 
 @dataclass(frozen=True)
@@ -183,7 +207,7 @@ def fixmatch_step(
     candidates = [mean_weak] + (list(weak_logits) if len(weak_logits) > 1 else [])
     selections = []
     for z_w in candidates:
-        targets, _, mask = select_pseudo_labels(z_w, prior_before, config.tau, config.threshold)
+        targets, _, mask = select_targets(z_w, prior_before, config)
         if fallback is not None:
             rows = unlabeled.indices.to(fallback.targets.device)
             targets, mask = apply_fallback(
@@ -194,7 +218,7 @@ def fixmatch_step(
         prior.update(torch.softmax(mean_weak, dim=-1))
     prior_after = prior.probs if prior is not None else uniform
     losses_u = [
-        adaptive_margin_loss(z_s, targets, prior_after, config.tau, mask)
+        adaptive_margin_loss(z_s, targets, prior_after, config.loss_tau, mask)
         for targets, mask in selections
         for z_s in strong_logits
     ]
