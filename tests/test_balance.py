@@ -9,6 +9,7 @@ import torch
 from fakes import make_image_folder
 
 from clipdebias.cli import main
+from clipdebias.pseudolabels import balance
 from clipdebias.pseudolabels.balance import balance_offsets, check_target_prior, corrected_pass
 from clipdebias.pseudolabels.labels import debiased_pseudo_labels
 from clipdebias.utils.errors import OptionError
@@ -143,13 +144,15 @@ def test_none_mode_is_the_paper_mode_with_tau_0_bit_for_bit():
     assert none.tau == 0.0 and none.correction == "no correction"
 
 
-def test_balance_passes_are_reported_as_progress_stages():
+def test_balance_passes_are_reported_as_progress_stages(monkeypatch):
+    monkeypatch.setattr(balance, "SUBSAMPLE_VALUES", 500)  # a subsample of 100 of the 600 rows
     logits, _ = _biased_logits(seed=8)
     progress = RecordingProgress()
-    debiased_pseudo_labels(logits, chunk_rows=200, mode="balance", progress=progress)
+    result = debiased_pseudo_labels(logits, chunk_rows=200, mode="balance", progress=progress)
     stages = progress.stages
-    assert stages[0] == "class prior and plain labels (pass 1)" and len(stages) > 2
-    assert stages[1:] == [f"balancing (pass {n})" for n in range(2, len(stages) + 1)]
+    assert stages[:2] == ["balancing a subsample of the rows", "class prior, plain labels and balancing (pass 1)"]
+    assert stages[2:] == [f"balancing (pass {n})" for n in range(2, len(stages))] and len(stages) > 2
+    assert result.balance.iterations == len(stages) - 1 and result.balance.subsample_rows == 100
 
 
 class RecordingProgress:

@@ -3,13 +3,19 @@
 The core, :func:`debiased_pseudo_labels`, streams over row chunks of an ``[N, C]`` logit matrix.
 With the paper's correction (``mode="paper"``) it takes two passes and never holds ``[N, C]``:
 
-1. the dataset prior ``q = mean_i softmax(z_i)`` (:func:`clipdebias.debias.dataset_prior`);
-2. per row, the debiased label and confidence ``max softmax(z - tau log q)``, the plain (raw)
-   label and confidence ``max softmax(z)``, and ``selected = confidence >= threshold``.
+1. the dataset prior ``q = mean_i softmax(z_i)`` (the numbers of :func:`clipdebias.debias.dataset_prior`)
+   and, from the same softmax, per row the plain (raw) label and confidence ``max softmax(z)``;
+2. per row, the debiased label and confidence ``max softmax(z - tau log q)`` (as
+   :func:`clipdebias.debias.select_pseudo_labels` computes them) and ``selected = confidence >= threshold``.
+
+Each pass computes one softmax per chunk, into buffers allocated once
+(:class:`~clipdebias.pseudolabels.rows.ChunkBuffers`): the work of the two matrix products and two
+softmaxes that any two-pass method needs, and little more.
 
 ``mode="none"`` is the same with ``tau = 0`` (plain zero-shot labels). ``mode="balance"`` replaces
 ``tau log q`` by per-class offsets whose corrected marginal is a target prior
-(:mod:`clipdebias.pseudolabels.balance`), in a few more passes.
+(:mod:`clipdebias.pseudolabels.balance`): estimated on a subsample held in memory, then polished by
+passes over all the rows (the first of which also gives the plain labels and the prior).
 
 The matrix is anything with ``shape``, ``ndim`` and row slicing (:mod:`clipdebias.pseudolabels.rows`):
 a memory-mapped ``.npy`` of a teacher's logits (``--logits``), or ``ZeroShotLogits``, which computes
@@ -19,16 +25,23 @@ of them are in :mod:`clipdebias.pseudolabels.files`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from clipdebias.config import defaults
-from clipdebias.debias import dataset_prior, debias_logits, select_pseudo_labels
+from clipdebias.debias import log_prior
 from clipdebias.metrics import known_accuracy
-from clipdebias.pseudolabels.balance import BalancedOffsets, balance_offsets, check_target_prior, corrected_pass
-from clipdebias.pseudolabels.rows import LogitRows, ReportingRows, as_tensor
+from clipdebias.pseudolabels.balance import (
+    BalancedOffsets,
+    StartingPoint,
+    balance_offsets,
+    check_target_prior,
+    plain_and_corrected_pass,
+    subsample_offsets,
+)
+from clipdebias.pseudolabels.rows import ChunkBuffers, LogitRows, ReportingRows
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.progress import NoProgress, Progress
 
@@ -71,7 +84,8 @@ class PseudoLabels:
 
 
 PAPER_STAGES = ("class prior (pass 1/2)", "pseudo-labels (pass 2/2)")
-BALANCE_STAGES = ("class prior and plain labels (pass 1)", "balancing (pass {n})")
+SUBSAMPLE_STAGE = "balancing a subsample of the rows"
+BALANCE_STAGES = ("class prior, plain labels and balancing (pass 1)", "balancing (pass {n})")
 
 
 def debiased_pseudo_labels(
@@ -88,9 +102,12 @@ def debiased_pseudo_labels(
     """Pseudo-labels of ``logits`` corrected by ``mode``, streamed over row chunks.
 
     ``paper``: two passes (see the module docstring), memory O(chunk_rows x C); ``none`` is ``paper``
-    with ``tau = 0``. ``balance``: one pass for the plain labels and the dataset prior, then the passes
-    of :func:`~clipdebias.pseudolabels.balance.balance_offsets`, the last of which labels the rows
-    ``argmax(z - b)``; memory O(chunk_rows x C) as well; ``tau`` does not apply. ``top_k`` > 0 also
+    with ``tau = 0``. ``balance``: offsets estimated on an evenly strided subsample of the rows held in
+    memory (:func:`~clipdebias.pseudolabels.balance.subsample_offsets`), one pass for the plain labels,
+    the dataset prior and the marginal at those offsets, then the passes of
+    :func:`~clipdebias.pseudolabels.balance.balance_offsets` that polish them, the last of which labels
+    the rows ``argmax(z - b)``; memory O(chunk_rows x C) plus the subsample (at most
+    :data:`~clipdebias.pseudolabels.balance.SUBSAMPLE_VALUES` logits); ``tau`` does not apply. ``top_k`` > 0 also
     keeps the ``min(top_k, C)`` most probable corrected classes of every row. ``progress`` sees one
     stage per pass.
     """
@@ -120,43 +137,55 @@ def _paper(
     logits: LogitRows, tau: float, threshold: float, chunk_rows: int, k: int, mode: str, progress: Progress
 ) -> PseudoLabels:
     logits = ReportingRows(logits, progress, PAPER_STAGES)
-    prior = dataset_prior(logits, chunk_size=chunk_rows)
+    buffers = ChunkBuffers(logits, chunk_rows)
+    prior, raw_label, raw_confidence = _prior_pass(logits, buffers, chunk_rows)
     if not torch.isfinite(prior).all():
         raise UserError("the logits contain NaN or infinite values")
     rows = logits.shape[0]
     label = np.empty(rows, np.int64)
-    raw_label = np.empty(rows, np.int64)
     confidence = np.empty(rows, np.float32)
-    raw_confidence = np.empty(rows, np.float32)
-    selected = np.empty(rows, bool)
     ranked_label, ranked_prob = _ranked(rows, k)
+    shift = (tau * log_prior(prior, buffers.logits.device)).to(buffers.logits.dtype)  # as debias_logits subtracts
     for start in range(0, rows, chunk_rows):
-        chunk = as_tensor(logits[start : start + chunk_rows])
-        part = slice(start, start + chunk.shape[0])
-        targets, conf, mask = select_pseudo_labels(chunk, prior, tau, threshold)
-        raw_conf, raw_targets = torch.softmax(chunk, dim=-1).max(dim=-1)
-        label[part], confidence[part], selected[part] = (
-            targets.cpu().numpy(),
-            conf.cpu().numpy(),
-            mask.cpu().numpy() > 0,
-        )
-        raw_label[part], raw_confidence[part] = raw_targets.cpu().numpy(), raw_conf.cpu().numpy()
+        chunk = buffers.read(logits, slice(start, start + chunk_rows)).sub_(shift)
+        probs = buffers.softmax(chunk)  # softmax(z - tau log q), as select_pseudo_labels computes it
+        part = slice(start, start + probs.shape[0])
+        conf, targets = probs.max(dim=-1)
+        label[part], confidence[part] = targets.cpu().numpy(), conf.cpu().numpy()
         if k:
-            probs, classes = torch.softmax(debias_logits(chunk, prior, tau), dim=-1).topk(k, dim=-1)
-            ranked_label[part], ranked_prob[part] = classes.cpu().numpy(), probs.cpu().numpy()
+            top, classes = probs.topk(k, dim=-1)
+            ranked_label[part], ranked_prob[part] = classes.cpu().numpy(), top.cpu().numpy()
     return PseudoLabels(
         prior.cpu().numpy(),
         label,
         confidence,
         raw_label,
         raw_confidence,
-        selected,
+        confidence >= threshold,
         float(tau),
         float(threshold),
         ranked_label,
         ranked_prob,
         mode=mode,
     )
+
+
+def _prior_pass(
+    logits: LogitRows, buffers: ChunkBuffers, chunk_rows: int
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The first pass: the dataset prior ``q`` (the numbers :func:`clipdebias.debias.dataset_prior`
+    gives with ``chunk_size=chunk_rows``) and, from the same softmax, the plain label and confidence."""
+    rows = logits.shape[0]
+    raw_label, raw_confidence = np.empty(rows, np.int64), np.empty(rows, np.float32)
+    total = torch.zeros(logits.shape[1], dtype=torch.float64)
+    for start in range(0, rows, chunk_rows):
+        probs = buffers.softmax(buffers.read(logits, slice(start, start + chunk_rows)))
+        total += probs.sum(dim=0).to(device="cpu", dtype=torch.float64)
+        conf, targets = probs.max(dim=-1)
+        part = slice(start, start + probs.shape[0])
+        raw_label[part], raw_confidence[part] = targets.cpu().numpy(), conf.cpu().numpy()
+    mean = total / rows
+    return (mean / mean.sum()).float(), raw_label, raw_confidence
 
 
 def _balanced(
@@ -169,9 +198,14 @@ def _balanced(
 ) -> PseudoLabels:
     num_classes = int(logits.shape[1])
     target = check_target_prior(target_prior, num_classes) if target_prior is not None else None
+    progress.start(SUBSAMPLE_STAGE, 1)
+    estimate, sample_rows = subsample_offsets(logits, target, chunk_rows=chunk_rows)
+    progress.advance(1)
     rows = ReportingRows(logits, progress, BALANCE_STAGES)
-    plain = corrected_pass(rows, torch.zeros(num_classes, dtype=torch.float64), chunk_rows, k)
-    result, final = balance_offsets(rows, target, chunk_rows=chunk_rows, top_k=k, plain=plain)
+    start = torch.from_numpy(estimate.offsets)
+    plain, first = plain_and_corrected_pass(rows, start, chunk_rows, k)
+    result, final = balance_offsets(rows, target, chunk_rows=chunk_rows, top_k=k, start=StartingPoint(start, first))
+    result = replace(result, subsample_rows=sample_rows, subsample_iterations=estimate.iterations)
     prior = plain.first / plain.first.sum()
     return PseudoLabels(
         prior.float().numpy(),
