@@ -116,12 +116,14 @@ def pseudo_label_sidecar(
 
 
 def _balance_record(result: PseudoLabels) -> dict:
-    """The balanced correction's sidecar entry: its target, the marginal and offsets it reached."""
+    """The balanced correction's sidecar entry: its target, the passes over the logits, the rows of the
+    subsample its start was fitted on, the marginal and offsets it reached."""
     balance = result.balance
     assert balance is not None
     return {
         "target_prior": None if result.target_prior is None else [float(x) for x in result.target_prior],
         "iterations": balance.iterations,
+        "subsample_rows": balance.subsample_rows,
         "converged": balance.converged,
         "marginal": [float(x) for x in balance.marginal],
         "offsets": [float(x) for x in balance.offsets],
