@@ -210,8 +210,8 @@ def run_balance(workdir: Path, chunk_rows: int, class_bias: float) -> dict:
         "labels_s": labelled - began,
         "peak_rss_gib": peak_rss_gib(),
         "passes": result.balance.iterations,
-        "subsample_rows": result.balance.subsample_rows,
-        "subsample_passes": result.balance.subsample_iterations,
+        "subsample_rows": getattr(result.balance, "subsample_rows", 0),  # 0 for versions before the subsample
+        "subsample_passes": getattr(result.balance, "subsample_iterations", 0),
         "converged": result.balance.converged,
         "worst_relative_gap": float(np.max(np.abs(result.balance.marginal / result.balance.target - 1.0))),
         "class_bias": class_bias,
