@@ -14,6 +14,13 @@ Saerens et al. (2002) with the target prior held fixed, each step scaled per cla
 ``O(chunk_rows x C)``) that also labels every row with the offsets it evaluates, so the pass that finds
 the marginal within the tolerance has labelled the rows too: the labels are ``argmax(z - b)``. Adding a
 constant to every offset changes nothing; the offsets returned have mean 0.
+
+Passes over all the rows recompute the logits (at ImageNet's shape, mostly the ``[N x D] x [D x C]``
+product), so ``pseudolabel`` makes few of them: :func:`subsample_offsets` first solves the same fixed
+point on an evenly strided subsample held in memory (:data:`SUBSAMPLE_VALUES` logits at most), and
+:func:`plain_and_corrected_pass` then takes, from each chunk computed once, both the plain labels
+with the dataset prior and the corrected marginal at those offsets; :func:`balance_offsets` continues
+from there (:class:`StartingPoint`) until the marginal over all the rows is within the tolerance.
 """
 
 from __future__ import annotations
