@@ -314,8 +314,16 @@ def test_a_start_counts_its_pass_and_a_capped_run_records_the_marginal_it_really
 
 def test_the_subsample_is_every_sth_row_and_all_rows_when_they_fit():
     logits, _ = _biased_logits(rows=103, seed=14)
-    np.testing.assert_array_equal(read_subsample(logits, 8, max_values=5 * 30).numpy(), logits[::4])
-    np.testing.assert_array_equal(read_subsample(logits, 8, max_values=5 * 103).numpy(), logits)
+    logits[7] = [0.0, -1e6, 3.0, 2.0, 1.0]  # far below the row's top: clipped, still 0 after exp
+
+    def stored(rows: np.ndarray) -> np.ndarray:  # less each row's largest value, in float16
+        return np.maximum(rows - rows.max(axis=1, keepdims=True), -60_000.0).astype(np.float16)
+
+    np.testing.assert_array_equal(read_subsample(logits, 8, max_values=5 * 30).numpy(), stored(logits[::4]))
+    everything = read_subsample(logits, 8, max_values=5 * 103)
+    np.testing.assert_array_equal(everything.numpy(), stored(logits))
+    probs = torch.softmax(everything.float(), dim=-1).numpy()
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(logits), dim=-1).numpy(), rtol=3e-3, atol=1e-7)
     bad = logits.copy()
     bad[40, 1] = np.inf  # row 40 is in the subsample (every 4th)
     with pytest.raises(UserError, match="NaN or infinite"):
