@@ -179,6 +179,7 @@ def run_streaming(workdir: Path, chunk_rows: int) -> dict:
         "table_s": tabled - labelled,
         "csv_s": done - tabled,
         "total_s": done - began,
+        "total_cpu_s": cpu_seconds() - cpu_began,
         "peak_rss_gib": peak_rss_gib(),
         "rows": rows,
     }
@@ -380,6 +381,9 @@ def main() -> None:
         result["paper_over_limit"] = round(best["streaming"]["labels_s"] / best["limit"]["labels_s"], 3)
         result["paper_total_over_limit"] = round(best["streaming"]["total_s"] / best["limit"]["labels_s"], 3)
         result["paper_over_limit_cpu"] = round(best["streaming"]["labels_cpu_s"] / best["limit"]["labels_cpu_s"], 3)
+        result["paper_total_over_limit_cpu"] = round(
+            best["streaming"]["total_cpu_s"] / best["limit"]["labels_cpu_s"], 3
+        )
     if "balance" in best and "streaming" in best:
         result["balance_over_paper_time"] = round(best["balance"]["labels_s"] / best["streaming"]["labels_s"], 3)
         result["balance_over_paper_cpu"] = round(best["balance"]["labels_cpu_s"] / best["streaming"]["labels_cpu_s"], 3)
