@@ -44,6 +44,8 @@ MIN_CURVATURE = 0.05
 # The most logits read_subsample keeps in memory for the first estimate of the offsets: 128 MB of
 # float16, 67,108 rows of 1000 classes (5.2% of ImageNet's train split).
 SUBSAMPLE_VALUES = 2**26
+# Rows per chunk of the passes over the in-memory subsample (two [4096, 1000] float32 buffers: 32 MB).
+SUBSAMPLE_CHUNK_ROWS = 4096
 # Where read_subsample clips logits (less their row's largest): finite in float16, 0 after exp.
 FLOAT16_FLOOR = -60_000.0
 
@@ -301,9 +303,12 @@ def subsample_offsets(
     """:func:`balance_offsets` on :func:`read_subsample`'s rows, held in memory: a start for the passes
     over all the rows that costs one read of the subsample (a twentieth of ImageNet's rows at 1000
     classes). Returns the offsets and the number of rows they were fitted on. The subsample's marginal
-    differs from the whole set's by its sampling noise, which the passes over all the rows then remove."""
+    differs from the whole set's by its sampling noise, which the passes over all the rows then remove.
+    The passes over the subsample take at most :data:`SUBSAMPLE_CHUNK_ROWS` rows at a time, so their
+    buffers add little to the subsample's memory."""
     sample = read_subsample(rows, chunk_rows, max_values)
+    in_memory_rows = min(chunk_rows, SUBSAMPLE_CHUNK_ROWS)
     result, _ = balance_offsets(
-        sample, target, tolerance=tolerance, max_iterations=max_iterations, chunk_rows=chunk_rows
+        sample, target, tolerance=tolerance, max_iterations=max_iterations, chunk_rows=in_memory_rows
     )
     return result, int(sample.shape[0])
