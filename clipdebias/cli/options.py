@@ -178,6 +178,23 @@ LogitScale = Annotated[
     ),
 ]
 
+# kNN refinement of the teacher's probabilities (pseudolabel, zeroshot; docs/algorithm.md)
+Knn = Annotated[
+    int,
+    Option(
+        "--knn",
+        help="Refine each image's probabilities with those of its K nearest neighbours (cosine of the "
+        "image embeddings) before the correction; 0 = off.",
+    ),
+]
+KnnAlpha = Annotated[
+    float,
+    Option("--knn-alpha", help="--knn: weight of the neighbours' mean, in [0, 1] (0 = the plain teacher)."),
+]
+KnnSteps = Annotated[
+    int, Option("--knn-steps", help="--knn: steps of label propagation anchored to the teacher (1 = one smoothing).")
+]
+
 # --- training -----------------------------------------------------------------------------------------
 
 EvalBatchSize = Annotated[int, Option("--eval-batch-size", min=1, help="Images per forward pass while evaluating.")]

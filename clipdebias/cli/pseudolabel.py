@@ -74,6 +74,17 @@ def pseudolabel_command(
         str | None,
         Option("--logits", help="Use a teacher's [N, C] logits (.npy, rows in dataset order) instead of CLIP."),
     ] = None,
+    knn: options.Knn = defaults.KNN,
+    knn_alpha: options.KnnAlpha = defaults.KNN_ALPHA,
+    knn_steps: options.KnnSteps = defaults.KNN_STEPS,
+    embeddings: Annotated[
+        str | None,
+        Option(
+            "--embeddings",
+            help="With --logits and --knn: the images' [N, D] embeddings (.npy, rows in dataset order) "
+            "whose nearest neighbours refine the teacher.",
+        ),
+    ] = None,
     reference_format: Annotated[
         str | None,
         Option(
@@ -122,7 +133,8 @@ def pseudolabel_command(
         options.refuse_given(
             "--logits", "the teacher's logits replace CLIP", model=model, pretrained=pretrained,
             quick_gelu=quick_gelu, templates=templates, logit_scale=logit_scale, encode_precision=encode_precision,
-            encode_batch_size=encode_batch_size, workers=workers, cache_dir=cache_dir, chunk_size=chunk_size,
+            encode_batch_size=encode_batch_size, workers=workers, chunk_size=chunk_size,
+            cache_dir=cache_dir if embeddings is None else None,  # --embeddings' neighbours are stored there
         )  # fmt: skip
     config = PseudoLabelConfig(
         dataset=dataset,
@@ -144,6 +156,10 @@ def pseudolabel_command(
         select_threshold=options.or_default(select_threshold, defaults.SELECT_THRESHOLD),
         logit_scale=logit_scale,
         logits=logits,
+        knn=knn,
+        knn_alpha=knn_alpha,
+        knn_steps=knn_steps,
+        embeddings=embeddings,
         reference_dir=reference_format,
         reference_top_k=reference_top_k,
         cache_dir=cache_dir,
