@@ -213,6 +213,7 @@ ZEROSHOT_OPTIONS: dict[str, Any] = {
     "select_topk_per_class": None, "steps_per_epoch": None, "init_weights": None, "precision": ZEROSHOT_PRECISION,
     "seed": SEED, "device": DEVICE, "workers": None, "threads": None, "encode_batch_size": ENCODE_BATCH_SIZE,
     "eval_batch_size": EVAL_BATCH_SIZE, "cache_dir": None, "report": True, "resume": False,
+    "debias": DEBIAS, "knn": KNN, "knn_alpha": KNN_ALPHA, "knn_steps": KNN_STEPS,
 }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from clipdebias.config.defaults import SharedDefaults as SharedDefaults
 from clipdebias.config.defaults import StudentDefaults as StudentDefaults
 from clipdebias.config.resolve import fill_options
 from clipdebias.data.sources import DATASETS, GRAYSCALE_DATASETS
+from clipdebias.pseudolabels.offline import KnnSettings, check_knn_settings
 from clipdebias.training.models import HEADS
 from clipdebias.training.step import TrainConfig
 from clipdebias.utils.errors import OptionError, UserError
@@ -57,8 +58,12 @@ class ZeroShotConfig:
     select_threshold: float
     select_topk_per_class: int | None
     clip_fallback: float
-    tau: float
+    tau: float  # --debias paper's strength; 0.0 with balance and none (they do not use it)
     no_debias: bool
+    debias: str  # paper | balance | none: CLIP's offline labels and the loop's online correction
+    knn: int  # kNN refinement of CLIP's train probabilities before the correction; 0 = off
+    knn_alpha: float
+    knn_steps: int
     threshold: float
     prior_momentum: float
     lambda_u: float
@@ -87,19 +92,39 @@ class ZeroShotConfig:
 
     @property
     def method(self) -> str:
-        return "debiaspl" if self.tau > 0 else "fixmatch"
+        if self.debias == "balance":
+            return "balance"
+        return "debiaspl" if self.debias == "paper" and self.tau > 0 else "fixmatch"
+
+    @property
+    def knn_settings(self) -> KnnSettings:
+        return KnnSettings(self.knn, self.knn_alpha, self.knn_steps)
 
     def trains_in_bf16(self, device_type: str) -> bool:
         """Whether the clip / resnet50 student runs under bf16 autocast on ``device_type``."""
         return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
 
 
+# Options added after the first release, with the value a run started before them was made with
+# (``debias``: none for a --no-debias run, else paper).
+_ADDED_OPTIONS = ("debias", "knn", "knn_alpha", "knn_steps")
+
+
 def in_saved_names(current: dict[str, Any], run: Any) -> dict[str, Any]:
-    """``current`` (the ``config.json`` of this run) in the names of the one saved in ``run`` when
-    that run was started before ``precision`` / ``amp`` became ``encode_precision`` / ``precision``,
-    so that its ``--resume`` compares like with like; otherwise ``current`` itself."""
+    """``current`` (the ``config.json`` of this run) in the names of the one saved in ``run``, so that
+    its ``--resume`` compares like with like: without the options added since (:data:`_ADDED_OPTIONS`)
+    when that run predates them and this one keeps their values then; in the old names when that run
+    was started before ``precision`` / ``amp`` became ``encode_precision`` / ``precision``; otherwise
+    ``current`` itself."""
     saved = run.read_config() if current.get("resume") and run.has_run() else None
-    if not saved or "amp" not in saved or "encode_precision" in saved:
+    if not saved:
+        return current
+    if "debias" not in saved:
+        then = {"debias": "none" if saved.get("no_debias") else "paper", "knn": 0}
+        then |= {"knn_alpha": defaults.KNN_ALPHA, "knn_steps": defaults.KNN_STEPS}
+        if all(current.get(key) == value for key, value in then.items()):
+            current = {key: value for key, value in current.items() if key not in _ADDED_OPTIONS}
+    if "amp" not in saved or "encode_precision" in saved:
         return current
     old = dict(current)
     old["amp"] = _OLD_AMP.get(old.pop("precision"), "?")
@@ -123,7 +148,16 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
     no_debias = bool(given.pop("no_debias", False))
     if no_debias and given.get("tau") not in (None, 0, 0.0):
         raise UserError(f"--no-debias means --tau 0; it cannot be combined with --tau {given['tau']}")
+    if no_debias and given.get("debias") not in (None, "none"):
+        raise UserError(f"--no-debias means --debias none; it cannot be combined with --debias {given['debias']}")
     if no_debias:
+        given["debias"] = "none"
+    debias = given.get("debias") or defaults.DEBIAS
+    check_choice("debias", debias, defaults.DEBIAS_MODES)
+    no_debias = no_debias or debias == "none"  # --debias none and --no-debias make the same run
+    if debias != "paper" and given.get("tau") is not None and not no_debias:
+        raise OptionError("tau", f"applies to --debias paper only; --debias {debias} does not use it")
+    if debias != "paper":
         given["tau"] = 0.0
     if student != "head" and dataset in GRAYSCALE_DATASETS:
         raise OptionError("student", f"{student} needs RGB images; {dataset} is grayscale, use --student head")
@@ -152,6 +186,7 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
 
 def _check_ranges(c: ZeroShotConfig) -> None:
     check_training_ranges(c)
+    check_knn_settings(c.knn_settings)
     check_all(
         [
             (c.encode_batch_size >= 1, "encode_batch_size", "must be >= 1"),
@@ -192,6 +227,7 @@ class LoopSettings:
     warmup_epochs: int
     clip_fallback: float
     seed: int
+    debias: str = defaults.DEBIAS  # the loop's online correction (TrainConfig.debias)
 
     def steps_for(self, unlabeled_rows: int) -> int:
         if self.steps_per_epoch is not None:
@@ -204,6 +240,9 @@ class LoopSettings:
             epochs=self.epochs,
             steps_per_epoch=self.steps_for(unlabeled_rows),
             tau=self.tau,
+            # none runs as paper with tau 0 (the same step), as every run did before the modes: so the
+            # checkpoint of a --no-debias run started then still resumes
+            debias="paper" if self.debias == "none" else self.debias,
             threshold=self.threshold,
             prior_momentum=self.prior_momentum,
             lambda_u=self.lambda_u,
@@ -226,5 +265,5 @@ def loop_settings(config: ZeroShotConfig) -> LoopSettings:
         ema_momentum=config.ema_momentum, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
         min_steps_per_epoch=config.min_steps_per_epoch, batch_size=config.batch_size, mu=config.mu, lr=config.lr,
         weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, clip_fallback=config.clip_fallback,
-        seed=config.seed,
+        seed=config.seed, debias=config.debias,
     )  # fmt: skip
