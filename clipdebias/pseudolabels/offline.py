@@ -44,6 +44,9 @@ class KnnSettings:
         return {"k": self.k, "alpha": self.alpha, "steps": self.steps}
 
 
+NO_KNN = KnnSettings()  # the default: no refinement
+
+
 def check_knn_settings(knn: KnnSettings) -> None:
     """:class:`OptionError` unless ``k >= 0``, ``alpha`` is in [0, 1] and ``steps >= 1`` (``K < N`` is
     checked where ``N`` is known: :func:`clipdebias.clip.neighbours.check_k`)."""
@@ -98,7 +101,7 @@ def teacher_labels(
 def offline_pseudo_labels(
     logits: LogitRows,
     neighbours: np.ndarray | None = None,
-    knn: KnnSettings = KnnSettings(),
+    knn: KnnSettings = NO_KNN,
     *,
     mode: str = defaults.DEBIAS,
     tau: float = defaults.TAU,

@@ -22,7 +22,7 @@ from clipdebias.data.streams import Shard
 from clipdebias.debias import debias_logits
 from clipdebias.metrics import EvalResult, eval_result
 from clipdebias.pseudolabels.labels import PseudoLabels
-from clipdebias.pseudolabels.offline import KnnSettings, corrected_eval_logits, offline_pseudo_labels
+from clipdebias.pseudolabels.offline import NO_KNN, KnnSettings, corrected_eval_logits, offline_pseudo_labels
 from clipdebias.pseudolabels.rows import ZeroShotLogits
 from clipdebias.pseudolabels.selection import Selection, select_confident
 from clipdebias.training.embedding_streams import EmbeddingStream, FeatureNoise, as_device_tensor, embedding_evaluator
@@ -84,7 +84,7 @@ def pseudo_label_train_rows(
     progress: Progress | None = None,
     *,
     debias: str = "paper",
-    knn: KnnSettings = KnnSettings(),
+    knn: KnnSettings = NO_KNN,
     neighbours: np.ndarray | None = None,
 ) -> Selection:
     """Corrected zero-shot pseudo-labels of the train rows (``debias`` mode, ``tau`` for paper; first
@@ -237,7 +237,7 @@ def zeroshot_head(
     device: torch.device | str = "cpu",
     run: RunFolder | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
-    knn: KnnSettings = KnnSettings(),
+    knn: KnnSettings = NO_KNN,
     neighbours: np.ndarray | None = None,
 ) -> ZeroShotOutcome:
     """The whole array-level pipeline: pseudo-labels (``loop.debias``, ``loop.tau``; refined with

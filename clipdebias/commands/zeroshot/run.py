@@ -161,7 +161,11 @@ def _skipped(store: EmbeddingStore) -> list[SkippedImage]:
 
 
 def _train_neighbours(
-    config: ZeroShotConfig, train: EmbeddingStore, arrays: ZeroShotArrays, root: Path, device: torch.device,
+    config: ZeroShotConfig,
+    train: EmbeddingStore,
+    arrays: ZeroShotArrays,
+    root: Path,
+    device: torch.device,
     progress: Progress,
 ) -> np.ndarray | None:
     """``--knn K``: the K nearest train rows of every train row (rows of ``arrays``), stored with the
@@ -250,7 +254,9 @@ def _run(
         lambda: text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress).cpu()
     )
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
-    arrays, skipped, train_store = _embedding_arrays(config, backbone, train_split, evaluation, root, progress, classifier, scale)
+    arrays, skipped, train_store = _embedding_arrays(
+        config, backbone, train_split, evaluation, root, progress, classifier, scale
+    )
     kept = arrays.train_ids
 
     def label_and_write() -> tuple[Selection, Path, EvalResult, EvalResult]:
