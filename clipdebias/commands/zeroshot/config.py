@@ -154,9 +154,9 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
         given["debias"] = "none"
     debias = given.get("debias") or defaults.DEBIAS
     check_choice("debias", debias, defaults.DEBIAS_MODES)
-    no_debias = no_debias or debias == "none"  # --debias none and --no-debias make the same run
     if debias != "paper" and given.get("tau") is not None and not no_debias:
         raise OptionError("tau", f"applies to --debias paper only; --debias {debias} does not use it")
+    no_debias = no_debias or debias == "none"  # --debias none and --no-debias make the same run
     if debias != "paper":
         given["tau"] = 0.0
     if student != "head" and dataset in GRAYSCALE_DATASETS:
