@@ -278,7 +278,7 @@ def test_refined_rows_feed_the_corrections(mode):
     indices = nb.nearest_neighbours(_clustered(80), 5, device="cpu").indices
     refined = _refined_numpy(logits, indices, 0.5, 1)
     want = debiased_pseudo_labels(np.log(refined).astype(np.float32), mode=mode, chunk_rows=16)
-    got = debiased_pseudo_labels(KnnRefinedRows(logits, indices, 0.5, chunk_rows=16), mode=mode, chunk_rows=16)
+    got = debiased_pseudo_labels(KnnRefinedRows(logits, indices, 0.5, 1, chunk_rows=16), mode=mode, chunk_rows=16)
     assert (got.label == want.label).mean() >= 0.97  # float16 buffer: a near-tie may flip
     np.testing.assert_allclose(got.prior, want.prior, atol=2e-3)
 

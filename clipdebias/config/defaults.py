@@ -51,12 +51,14 @@ BALANCE_TOLERANCE = 1e-4
 BALANCE_MAX_ITERATIONS = 100
 # kNN refinement of the teacher's probabilities (clipdebias.pseudolabels.knn, docs/algorithm.md):
 # p'_i = (1 - alpha) p_i + alpha * mean of p_j over the K nearest other images (cosine of the CLIP
-# embeddings). KNN = K; 0 = off (the plain teacher). KNN_ALPHA = alpha in [0, 1]: 0.5 weighs an image
-# and its neighbourhood alike, an untuned middle. KNN_STEPS = T passes of label propagation anchored to
-# the teacher (1 = the formula above; each further step costs one pass and a second float16 [N, C] buffer).
+# embeddings). KNN = K; 0 = off (the plain teacher: no neighbour search, no [N, C] buffer). KNN_ALPHA =
+# alpha in [0, 1] and KNN_STEPS = T passes of label propagation anchored to the teacher (1 = the formula
+# above; each further step costs one pass and a second float16 [N, C] buffer): alpha 0.9, T 3 gave the
+# most accurate kNN + balance labels on the tuning seeds of both digits teachers, train rows only
+# (benchmarks/pseudolabel_quality.py, docs/results.md; K 10 there, within 0.7 points of K 5 and 20).
 KNN = 0
-KNN_ALPHA = 0.5
-KNN_STEPS = 1
+KNN_ALPHA = 0.9
+KNN_STEPS = 3
 # Classes per image in CLIPRankedPredictions.csv of --reference-format (at most the number of classes).
 REFERENCE_TOP_K = 5
 
