@@ -422,16 +422,16 @@ def test_the_report_names_the_mode_and_draws_raw_paper_and_chosen_counts(tmp_pat
     extra = ["--debias", "balance", "--knn", "4", "--embeddings", str(tmp_path / "e.npy"), "--cache-dir", str(tmp_path)]
     assert main([*args, *extra, "--out", str(tmp_path / "pl.csv")]) == 0
     markdown = (tmp_path / "pl_report" / "report.md").read_text()
-    assert "| correction | balance + kNN (K 4, alpha 0.5) |" in markdown
+    assert "| correction | balance + kNN (K 4, alpha 0.9) |" in markdown
     labels, description = _count_chart_labels(tmp_path / "pl.csv")
-    assert labels == ["raw zero-shot", "paper (tau 0.4)", "balance + kNN (K 4, alpha 0.5)"]
+    assert labels == ["raw zero-shot", "paper (tau 0.4)", "balance + kNN (K 4, alpha 0.9)"]
     assert "paper's default correction (tau 0.4)" in description
     sidecar = json.loads((tmp_path / "pl.json").read_text())
     result = write_report(tmp_path / "pl.csv", tmp_path / "again")
     paper = np.array(sidecar["paper_class_counts"])
     chosen = np.bincount(pd.read_csv(tmp_path / "pl.csv")["pseudo_label"], minlength=3)
     expected = f"{paper.max() / max(paper.min(), 1):.1f}× → {chosen.max() / max(chosen.min(), 1):.1f}×"
-    assert summary_value(result, "imbalance, all rows (paper default → balance + kNN (K 4, alpha 0.5))") == expected
+    assert summary_value(result, "imbalance, all rows (paper default → balance + kNN (K 4, alpha 0.9))") == expected
 
     # the paper default itself: two curves, named by its tau
     assert main([*args, "--out", str(tmp_path / "paper.csv"), "--no-report"]) == 0

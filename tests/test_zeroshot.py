@@ -16,6 +16,7 @@ from PIL import Image
 from clipdebias.cli import main
 from clipdebias.clip.augmented_views import AugmentedView
 from clipdebias.commands.zeroshot.head import ZeroShotArrays, fallback_table, zero_shot_eval
+from clipdebias.config import defaults
 from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import UNLABELED_STREAM, epoch_plan
 from clipdebias.debias import ClassPrior, select_pseudo_labels
@@ -519,7 +520,7 @@ def test_debias_balance_with_knn_end_to_end(folder, cache, tiny_clip, tmp_path, 
     metrics = _zeroshot(folder, cache, tiny_clip, out, *extra)
     assert seen == [((len(READABLE), 3), seen[0][1], "balance")] and seen[0][1].alpha == 0.3
     assert metrics["debias"] == "balance" and metrics["method"] == "balance"
-    assert metrics["knn"] == {"k": 3, "alpha": 0.3, "steps": 1}
+    assert metrics["knn"] == {"k": 3, "alpha": 0.3, "steps": defaults.KNN_STEPS}
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert checkpoint["train_config"]["debias"] == "balance"  # the loop's online correction
     sidecar = json.loads((out / "pseudolabels.json").read_text())
