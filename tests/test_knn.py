@@ -412,6 +412,8 @@ def test_pseudolabel_knn_over_the_clip_cache_is_stored_in_the_entry(tmp_path, ti
         (["--knn", "3", "--embeddings", "EMB", "--knn-alpha", "1.5"], "--knn-alpha must be in [0, 1]"),
         (["--knn", "3", "--embeddings", "EMB", "--knn-steps", "0"], "--knn-steps must be 1 or more"),
         (["--knn", "3", "--embeddings", "missing.npy"], "--embeddings missing.npy: no such file"),
+        (["--knn-alpha", "0.3"], "--knn-alpha does not apply with --knn 0"),
+        (["--knn", "0", "--knn-steps", "2"], "--knn-steps does not apply with --knn 0"),
     ],
 )
 def test_pseudolabel_bad_knn_input_is_one_line_and_writes_nothing(tmp_path, cache_root, capsys, extra, words):

@@ -544,6 +544,7 @@ def test_debias_balance_with_knn_end_to_end(folder, cache, tiny_clip, tmp_path, 
         (["--knn", "18"], "--knn must be less than the number of images (19)"),
         (["--knn", "3", "--knn-alpha", "2"], "--knn-alpha must be in [0, 1]"),
         (["--knn", "3", "--knn-steps", "0"], "--knn-steps must be 1 or more"),
+        (["--knn-alpha", "0.5"], "--knn-alpha does not apply with --knn 0"),
     ],
 )
 def test_bad_debias_and_knn_options_are_one_line(folder, cache, tiny_clip, tmp_path, capsys, extra, words):

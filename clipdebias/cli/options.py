@@ -188,12 +188,28 @@ Knn = Annotated[
     ),
 ]
 KnnAlpha = Annotated[
-    float,
-    Option("--knn-alpha", help="--knn: weight of the neighbours' mean, in [0, 1] (0 = the plain teacher)."),
+    float | None,
+    Option(
+        "--knn-alpha",
+        help="--knn: weight of the neighbours' mean, in [0, 1] (0 = the plain teacher)." + default(defaults.KNN_ALPHA),
+    ),
 ]
 KnnSteps = Annotated[
-    int, Option("--knn-steps", help="--knn: steps of label propagation anchored to the teacher (1 = one smoothing).")
+    int | None,
+    Option(
+        "--knn-steps",
+        help="--knn: steps of label propagation anchored to the teacher (1 = one smoothing)."
+        + default(defaults.KNN_STEPS),
+    ),
 ]
+
+
+def refuse_knn_settings_without_knn(knn: int | None, knn_alpha: float | None, knn_steps: int | None) -> None:
+    """``--knn-alpha`` / ``--knn-steps`` given while ``--knn`` is 0 (or left at its default, 0) is a mistake."""
+    if not knn:
+        why = "no neighbours refine the teacher; give --knn K"
+        refuse_given("--knn 0", why, knn_alpha=knn_alpha, knn_steps=knn_steps)
+
 
 # --- training -----------------------------------------------------------------------------------------
 

@@ -75,8 +75,8 @@ def pseudolabel_command(
         Option("--logits", help="Use a teacher's [N, C] logits (.npy, rows in dataset order) instead of CLIP."),
     ] = None,
     knn: options.Knn = defaults.KNN,
-    knn_alpha: options.KnnAlpha = defaults.KNN_ALPHA,
-    knn_steps: options.KnnSteps = defaults.KNN_STEPS,
+    knn_alpha: options.KnnAlpha = None,
+    knn_steps: options.KnnSteps = None,
     embeddings: Annotated[
         str | None,
         Option(
@@ -136,6 +136,7 @@ def pseudolabel_command(
             encode_batch_size=encode_batch_size, workers=workers, chunk_size=chunk_size,
             cache_dir=cache_dir if embeddings is None else None,  # --embeddings' neighbours are stored there
         )  # fmt: skip
+    options.refuse_knn_settings_without_knn(knn, knn_alpha, knn_steps)
     config = PseudoLabelConfig(
         dataset=dataset,
         data_root=data_root,
@@ -157,8 +158,8 @@ def pseudolabel_command(
         logit_scale=logit_scale,
         logits=logits,
         knn=knn,
-        knn_alpha=knn_alpha,
-        knn_steps=knn_steps,
+        knn_alpha=options.or_default(knn_alpha, defaults.KNN_ALPHA),
+        knn_steps=options.or_default(knn_steps, defaults.KNN_STEPS),
         embeddings=embeddings,
         reference_dir=reference_format,
         reference_top_k=reference_top_k,

@@ -165,8 +165,8 @@ def zeroshot_command(
         ),
     ] = None,
     knn: options.Knn = defaults.KNN,
-    knn_alpha: options.KnnAlpha = defaults.KNN_ALPHA,
-    knn_steps: options.KnnSteps = defaults.KNN_STEPS,
+    knn_alpha: options.KnnAlpha = None,
+    knn_steps: options.KnnSteps = None,
     threshold: Annotated[
         float | None,
         Option("--threshold", help="Student pseudo-label confidence threshold." + options.default(_SHARED.threshold)),

@@ -159,6 +159,10 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
     no_debias = no_debias or debias == "none"  # --debias none and --no-debias make the same run
     if debias != "paper":
         given["tau"] = 0.0
+    if not given.get("knn"):
+        for key in ("knn_alpha", "knn_steps"):
+            if given.get(key) is not None:
+                raise OptionError(key, "does not apply with --knn 0 (no neighbours refine CLIP's labels; give --knn K)")
     if student != "head" and dataset in GRAYSCALE_DATASETS:
         raise OptionError("student", f"{student} needs RGB images; {dataset} is grayscale, use --student head")
     for key in _HEAD_ONLY:
