@@ -145,24 +145,7 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
     student = student or defaults.STUDENT
     if student not in STUDENTS:
         raise UserError(f"unknown --student {student!r}; choose one of: {', '.join(STUDENTS)}")
-    no_debias = bool(given.pop("no_debias", False))
-    if no_debias and given.get("tau") not in (None, 0, 0.0):
-        raise UserError(f"--no-debias means --tau 0; it cannot be combined with --tau {given['tau']}")
-    if no_debias and given.get("debias") not in (None, "none"):
-        raise UserError(f"--no-debias means --debias none; it cannot be combined with --debias {given['debias']}")
-    if no_debias:
-        given["debias"] = "none"
-    debias = given.get("debias") or defaults.DEBIAS
-    check_choice("debias", debias, defaults.DEBIAS_MODES)
-    if debias != "paper" and given.get("tau") is not None and not no_debias:
-        raise OptionError("tau", f"applies to --debias paper only; --debias {debias} does not use it")
-    no_debias = no_debias or debias == "none"  # --debias none and --no-debias make the same run
-    if debias != "paper":
-        given["tau"] = 0.0
-    if not given.get("knn"):
-        for key in ("knn_alpha", "knn_steps"):
-            if given.get(key) is not None:
-                raise OptionError(key, "does not apply with --knn 0 (no neighbours refine CLIP's labels; give --knn K)")
+    no_debias = _resolve_debias(given, bool(given.pop("no_debias", False)))
     if student != "head" and dataset in GRAYSCALE_DATASETS:
         raise OptionError("student", f"{student} needs RGB images; {dataset} is grayscale, use --student head")
     for key in _HEAD_ONLY:
@@ -186,6 +169,29 @@ def resolve_zeroshot_config(dataset: str, out: str | Path, student: str | None =
     )
     _check_ranges(config)
     return config
+
+
+def _resolve_debias(given: dict[str, Any], no_debias: bool) -> bool:
+    """Check ``--debias``, ``--no-debias``, ``--tau`` and the kNN options together and fill ``given``
+    (``debias``; ``tau`` 0 for balance and none); returns ``no_debias`` (true for ``--debias none`` too,
+    so that it and ``--no-debias`` make the same run)."""
+    if no_debias and given.get("tau") not in (None, 0, 0.0):
+        raise UserError(f"--no-debias means --tau 0; it cannot be combined with --tau {given['tau']}")
+    if no_debias and given.get("debias") not in (None, "none"):
+        raise UserError(f"--no-debias means --debias none; it cannot be combined with --debias {given['debias']}")
+    if no_debias:
+        given["debias"] = "none"
+    debias = given.get("debias") or defaults.DEBIAS
+    check_choice("debias", debias, defaults.DEBIAS_MODES)
+    if debias != "paper" and given.get("tau") is not None and not no_debias:
+        raise OptionError("tau", f"applies to --debias paper only; --debias {debias} does not use it")
+    if debias != "paper":
+        given["tau"] = 0.0
+    if not given.get("knn"):
+        for key in ("knn_alpha", "knn_steps"):
+            if given.get(key) is not None:
+                raise OptionError(key, "does not apply with --knn 0 (no neighbours refine CLIP's labels; give --knn K)")
+    return no_debias or debias == "none"
 
 
 def _check_ranges(c: ZeroShotConfig) -> None:
