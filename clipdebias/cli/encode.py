@@ -22,6 +22,7 @@ def encode_command(
     pretrained: options.Pretrained = None,
     quick_gelu: options.QuickGelu = None,
     device: options.Device = defaults.DEVICE,
+    decode: options.Decode = defaults.DECODE,
     encode_precision: options.EncodePrecision = None,
     encode_batch_size: options.EncodeBatchSize = None,
     workers: options.Workers = None,
@@ -58,6 +59,7 @@ def encode_command(
         threads=threads,
         chunk_size=options.or_default(chunk_size, defaults.CHUNK_SIZE),
         rebuild=rebuild,
+        decode=decode,
     )
     with RichProgress() as progress:
         result, backbone = run_encode(config, progress)

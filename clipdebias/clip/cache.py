@@ -215,7 +215,7 @@ class _Encodable:
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            image = self.source.load(index) if self.min_side is None else self.source.load_at_least(index, self.min_side)
+            image = self.source.load_at_least(index, self.min_side)
             return index, self.transform(image), ""
         except UnreadableImage as err:
             return index, None, err.reason

@@ -86,11 +86,20 @@ def resolve_decode(decode: str, device: torch.device, preprocess_cfg: dict | Non
 
 
 def check_gpu_decode(device_type: str) -> None:
-    """The :class:`OptionError` of ``--decode gpu`` where no CUDA device encodes (before any work)."""
+    """The :class:`OptionError` of ``--decode gpu`` where no CUDA device encodes."""
     if not torch.cuda.is_available():
         raise OptionError("decode", "gpu needs a CUDA GPU, and torch sees none here; use --decode cpu (or auto)")
     if device_type != "cuda":
         raise OptionError("decode", f"gpu decodes on the model's device; it needs --device cuda, not {device_type}")
+
+
+def check_decode(decode: str, device: str) -> None:
+    """``--decode`` against ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), when the options are
+    resolved, before any work: an unknown name, or ``gpu`` where the model will not run on CUDA."""
+    if decode not in DECODES:
+        raise UserError(f"unknown --decode {decode!r}; choose one of: {', '.join(DECODES)}")
+    if decode == "gpu":
+        check_gpu_decode("cpu" if device == "cpu" else "cuda")
 
 
 class DevicePreprocess:
@@ -182,11 +191,7 @@ class JpegBatches:
 
     def _on_cpu(self, index: int) -> _Read:
         try:
-            image = (
-                self.source.load(index)
-                if self.min_side is None
-                else self.source.load_at_least(index, self.min_side)
-            )
+            image = self.source.load_at_least(index, self.min_side)
             return _Read(index, pixels=self.transform(image))
         except UnreadableImage as err:
             return _Read(index, reason=err.reason)
@@ -247,4 +252,3 @@ class JpegBatches:
                     yield self._assemble([future.result() for future in pending.popleft()])
             while pending:
                 yield self._assemble([future.result() for future in pending.popleft()])
-

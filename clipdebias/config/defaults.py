@@ -219,7 +219,8 @@ ZEROSHOT_OPTIONS: dict[str, Any] = {
     "data_root": None, "model": MODEL, "pretrained": PRETRAINED, "quick_gelu": None,
     "encode_precision": ENCODE_PRECISION, "classnames": None, "templates": None, "logit_scale": None,
     "select_topk_per_class": None, "steps_per_epoch": None, "init_weights": None, "precision": ZEROSHOT_PRECISION,
-    "seed": SEED, "device": DEVICE, "workers": None, "threads": None, "encode_batch_size": ENCODE_BATCH_SIZE,
+    "seed": SEED, "device": DEVICE, "decode": DECODE, "workers": None, "threads": None,
+    "encode_batch_size": ENCODE_BATCH_SIZE,
     "eval_batch_size": EVAL_BATCH_SIZE, "cache_dir": None, "report": True, "resume": False,
 }  # fmt: skip
 
