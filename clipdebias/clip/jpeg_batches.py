@@ -21,6 +21,7 @@ same preprocessing (the cache key's ``transform``): their embeddings agree withi
 from __future__ import annotations
 
 import collections
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -212,16 +213,18 @@ class JpegBatches:
         if not reads:
             return []
         device = self.preprocess.device
-        try:
-            return list(decode_jpeg([r.data for r in reads], mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
-            decoded: list[Tensor | None] = []
-            for read in reads:
-                try:
-                    decoded.append(decode_jpeg(read.data, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    decoded.append(None)
-            return decoded
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points at TorchCodec
+            try:
+                return list(decode_jpeg([r.data for r in reads], mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                decoded: list[Tensor | None] = []
+                for read in reads:
+                    try:
+                        decoded.append(decode_jpeg(read.data, mode=ImageReadMode.RGB, device=device))
+                    except RuntimeError:
+                        decoded.append(None)
+                return decoded
 
     def _assemble(self, reads: list[_Read]) -> Batch:
         on_device = [r for r in reads if r.data is not None]
