@@ -71,14 +71,18 @@ def photo(height: int, width: int, seed: int):
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def make_photos(root: Path, count: int, size: tuple[int, int] = LARGE_SIZE, classes: int = 4) -> Path:
-    """``count`` photo-like JPEGs of ``size`` (height, width) in an ImageFolder layout under ``root``."""
+def make_photos(
+    root: Path, count: int, size: tuple[int, int] = LARGE_SIZE, classes: int = 4, first_seed: int = 0
+) -> Path:
+    """``count`` photo-like JPEGs of ``size`` (height, width) in an ImageFolder layout under ``root``
+    (image ``i`` drawn with seed ``first_seed + i``)."""
     from PIL import Image
 
     for index in range(count):
         folder = root / "train" / f"class_{index % classes}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(photo(*size, seed=index)).save(folder / f"img_{index:05d}.jpg", quality=90)
+        pixels = photo(*size, seed=first_seed + index)
+        Image.fromarray(pixels).save(folder / f"img_{first_seed + index:06d}.jpg", quality=90)
     return root
 
 
