@@ -184,22 +184,25 @@ def test_odd_and_bad_files_take_the_cpu_path_and_are_skipped_and_listed_as_befor
     assert _cosines(vectors, cpu_vectors).min() >= COSINE
 
 
-def test_a_file_the_device_decoder_rejects_is_decoded_by_pillow(tmp_path, tiny, monkeypatch):
-    write_photos(_folder(tmp_path), ((64, 48), (48, 64), (40, 40)))
+def test_a_file_the_device_decoder_rejects_is_found_by_halving_and_decoded_by_pillow(tmp_path, tiny, monkeypatch):
+    write_photos(_folder(tmp_path), ((64, 48), (48, 64), (40, 40), (30, 60), (60, 30)))
     source = open_dataset("imagefolder", "train", tmp_path)
     import clipdebias.clip.jpeg_batches as jpeg_batches
 
-    real = jpeg_batches.decode_jpeg
+    real, rejected, calls = jpeg_batches.decode_jpeg, (_folder(tmp_path) / "photo_01.jpg").stat().st_size, []
 
     def reject_the_second(data, **kwargs):
-        if isinstance(data, list) or data.numel() == (_folder(tmp_path) / "photo_01.jpg").stat().st_size:
+        batch = data if isinstance(data, list) else [data]
+        calls.append(len(batch))
+        if any(item.numel() == rejected for item in batch):
             raise RuntimeError("nvjpeg: unsupported")
         return real(data, **kwargs)
 
     monkeypatch.setattr(jpeg_batches, "decode_jpeg", reject_the_second)
-    ids, pixels, failed = next(iter(_device_batches(source, tiny)([[0, 1, 2]])))
-    assert ids == [0, 1, 2] and not failed
-    assert torch.allclose(pixels[1], tiny.transform(source.load(1)))  # Pillow's, exactly
+    ids, pixels, failed = next(iter(_device_batches(source, tiny)([[0, 1, 2, 3, 4]])))
+    assert ids == [0, 1, 2, 3, 4] and not failed
+    assert calls == [5, 2, 1, 1, 3]  # the batch, its first half, its halves; the second half at once
+    assert torch.equal(pixels[1], tiny.transform(source.load(1)))  # Pillow's, exactly
 
 
 def test_one_cache_entry_serves_both_decoders(tmp_path, tiny):

@@ -9,9 +9,10 @@ Two paths turn a split's image files into CLIP's input batches:
   one is decoded and encoded); torchvision's ``decode_jpeg`` decodes the JPEGs of a batch at once on
   the model's device; :class:`DevicePreprocess` resizes (one ``interpolate`` per group of images of
   one size), crops and normalises them there, as open_clip's transform does. A file the device
-  decoder may not take (not a JPEG, CMYK, 16-bit, EXIF-rotated, truncated: see
-  :mod:`clipdebias.data.jpeg_header`) or fails on takes the ``cpu`` path, in the reading threads, so
-  an unreadable file is skipped with Pillow's reason, as before.
+  decoder may not take (not a JPEG, CMYK, 12-bit, EXIF-rotated, truncated: see
+  :mod:`clipdebias.data.jpeg_header`) takes the ``cpu`` path in the reading threads, and one it fails
+  on takes it after the batch (a failed batch is split in halves until the failing files are found),
+  so an unreadable file is skipped with Pillow's reason, as before.
 
 ``auto`` is ``gpu`` when the model encodes on a CUDA device, else ``cpu``. Both paths implement the
 same preprocessing (the cache key's ``transform``): their embeddings agree within cosine 0.995
@@ -162,6 +163,22 @@ class _Read:
     reason: str = ""
 
 
+def decode_or_split(data: list[Tensor], device: torch.device) -> list[Tensor | None]:
+    """``decode_jpeg`` of the encoded JPEGs ``data`` in one batch on ``device`` (RGB); when the batch
+    fails, each half on its own, down to the single files that fail (``None``)."""
+    if not data:
+        return []
+    try:
+        if len(data) == 1:
+            return [decode_jpeg(data[0], mode=ImageReadMode.RGB, device=device)]
+        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        if len(data) == 1:
+            return [None]
+        middle = len(data) // 2
+        return decode_or_split(data[:middle], device) + decode_or_split(data[middle:], device)
+
+
 def read_threads(workers: int | None) -> int:
     """Threads reading files for the device path: ``--workers`` when given (0 counts as 1), else one
     per core of this process."""
@@ -210,21 +227,9 @@ class JpegBatches:
 
     def _decode(self, reads: list[_Read]) -> list[Tensor | None]:
         """The device decodes of ``reads`` (each with data); ``None`` where the device decoder failed."""
-        if not reads:
-            return []
-        device = self.preprocess.device
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 points at TorchCodec
-            try:
-                return list(decode_jpeg([r.data for r in reads], mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                decoded: list[Tensor | None] = []
-                for read in reads:
-                    try:
-                        decoded.append(decode_jpeg(read.data, mode=ImageReadMode.RGB, device=device))
-                    except RuntimeError:
-                        decoded.append(None)
-                return decoded
+            return decode_or_split([r.data for r in reads], self.preprocess.device)  # type: ignore[misc]
 
     def _assemble(self, reads: list[_Read]) -> Batch:
         on_device = [r for r in reads if r.data is not None]
