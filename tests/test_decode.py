@@ -145,10 +145,14 @@ def test_the_device_decoder_takes_plain_jpegs_and_leaves_the_rest_to_pillow(tmp_
     write_photos(tmp_path, ((64, 48),))
     Image.fromarray(smooth_photo(64, 48, 1)).save(tmp_path / "progressive.jpg", quality=90, progressive=True)
     Image.fromarray(smooth_photo(64, 48, 2)).convert("L").save(tmp_path / "gray.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 1  # upright, as cameras write it
+    Image.fromarray(smooth_photo(64, 48, 3)).save(tmp_path / "upright_exif.jpg", exif=exif)
     write_odd_images(tmp_path / "odd")
     write_bad_images(tmp_path / "bad")
     takes = {p.name: device_decodable(read_jpeg_header(p.read_bytes())) for p in tmp_path.rglob("*.*")}
-    assert takes.pop("photo_00.jpg") and takes.pop("progressive.jpg") and takes.pop("gray.jpg")
+    for name in ("photo_00.jpg", "progressive.jpg", "gray.jpg", "upright_exif.jpg"):
+        assert takes.pop(name), name
     assert not any(takes.values()), takes  # CMYK, EXIF-rotated, truncated, PNG, PGM, empty: Pillow
 
 

@@ -128,6 +128,7 @@ class EncodeResult:
     elapsed_s: float
     was_complete: bool
     failed_examples: list[tuple[int, str, str]] = field(default_factory=list)
+    decoder: str = "cpu"  # the Decoding that ran: cpu (Pillow) or gpu (the device path)
 
 
 def _sha256(*parts: bytes) -> str:
@@ -521,7 +522,14 @@ def encode_split(
         meta, num_encoded, failed = distributed.on_main(lambda: _finish_entry(source, path, plan.meta, began))
     elapsed = time.perf_counter() - began
     return EncodeResult(
-        CacheEntry(path, meta), encoded, num_encoded - encoded, len(failed), elapsed, False, _examples(source, failed)
+        CacheEntry(path, meta),
+        encoded,
+        num_encoded - encoded,
+        len(failed),
+        elapsed,
+        False,
+        _examples(source, failed),
+        decoding.name,
     )
 
 
