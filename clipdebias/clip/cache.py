@@ -265,13 +265,15 @@ def _shard_loads(file: Path) -> bool:
 
 
 def _write_shard(
-    file: Path, ids: list[int], embeddings: list[np.ndarray], failed: list[tuple[int, str]], dim: int
+    file: Path, ids: list[int], embeddings: list[torch.Tensor], failed: list[tuple[int, str]], dim: int
 ) -> None:
+    """Write one chunk's shard; ``embeddings`` may still be on the model's device (copied here, once)."""
     buffer = io.BytesIO()
+    vectors = torch.cat(embeddings).to("cpu", torch.float32).numpy() if embeddings else np.zeros((0, dim), np.float32)
     np.savez(
         buffer,
         ids=np.asarray(ids, dtype=np.int64),
-        embeddings=np.concatenate(embeddings).astype(np.float32) if embeddings else np.zeros((0, dim), np.float32),
+        embeddings=vectors,
         failed_ids=np.asarray([i for i, _ in failed], dtype=np.int64),
         failed_reasons=np.asarray([r for _, r in failed], dtype=str),
     )
@@ -338,12 +340,14 @@ def _encode_chunks(
     pending = iter(todo)
     start, stop = next(pending)
     ids: list[int] = []
-    vectors: list[np.ndarray] = []
+    vectors: list[torch.Tensor] = []
     failed: list[tuple[int, str]] = []
     encoded = 0
     for batch_ids, pixels, batch_failed in loader:
         if pixels is not None:
-            vectors.append(encoder.encode_images(pixels).to("cpu", torch.float32).numpy())
+            # kept on the model's device until the shard is written: no wait for the GPU after each batch, so
+            # that the next batch is read and decoded while the model still runs on this one
+            vectors.append(encoder.encode_images(pixels))
         ids.extend(batch_ids)
         failed.extend(batch_failed)
         progress.advance(len(batch_ids) + len(batch_failed))
