@@ -141,6 +141,14 @@ Threads = Annotated[
         help="CPU threads of torch (1 is often fastest on a busy CPU)." + default(defaults.THREADS_TEXT),
     ),
 ]
+Decode = Annotated[
+    str,
+    Option(
+        "--decode",
+        help="Who decodes the images for CLIP: gpu (JPEGs in batches on the model's CUDA device, other files "
+        "on CPUs), cpu (Pillow in the decoding processes) or auto (gpu when the model runs on CUDA).",
+    ),
+]
 CacheDir = Annotated[
     str | None, Option("--cache-dir", help="Embedding cache folder." + default(defaults.CACHE_DIR_TEXT))
 ]

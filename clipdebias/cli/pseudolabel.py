@@ -98,6 +98,7 @@ def pseudolabel_command(
         Option("--reference-top-k", min=1, help="Classes per image in CLIPRankedPredictions.csv (--reference-format)."),
     ] = defaults.REFERENCE_TOP_K,
     device: options.Device = defaults.DEVICE,
+    decode: options.Decode = defaults.DECODE,
     encode_precision: options.EncodePrecision = None,
     encode_batch_size: options.EncodeBatchSize = None,
     workers: options.Workers = None,
@@ -170,6 +171,7 @@ def pseudolabel_command(
         chunk_size=options.or_default(chunk_size, defaults.CHUNK_SIZE),
         chunk_rows=chunk_rows,
         overwrite=overwrite,
+        decode=decode,
     )
     with RichProgress() as progress:
         run = run_pseudolabel(config, progress)

@@ -229,6 +229,7 @@ def zeroshot_command(
     ] = None,
     seed: options.Seed = defaults.SEED,
     device: options.Device = defaults.DEVICE,
+    decode: options.Decode = defaults.DECODE,
     encode_precision: options.EncodePrecision = None,
     workers: Annotated[
         int | None,
@@ -271,7 +272,7 @@ def zeroshot_command(
         warmup_epochs=warmup_epochs, ema_momentum=ema_momentum, init_weights=init_weights, image_size=image_size,
         multiviews=multiviews, precision=precision, seed=seed, device=device, workers=workers, threads=threads,
         encode_batch_size=encode_batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir, report=report,
-        resume=resume,
+        resume=resume, decode=decode,
     )  # fmt: skip
     errors = Console(stderr=True)
     with RichProgress(errors) as progress, TrainProgressView(errors) as view:

@@ -11,6 +11,7 @@ import numpy as np
 
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
 from clipdebias.clip.cache import EmbeddingStore, EncodeResult, cached_embeddings
+from clipdebias.clip.jpeg_batches import check_decode
 from clipdebias.clip.neighbours import Neighbours, array_neighbours, check_k, entry_neighbours, faiss_threads
 from clipdebias.clip.prompts import load_classnames, load_prompts, load_templates, text_classifier
 from clipdebias.config import defaults
@@ -71,6 +72,7 @@ class PseudoLabelConfig:
     chunk_size: int = defaults.CHUNK_SIZE
     chunk_rows: int = defaults.CHUNK_ROWS
     overwrite: bool = False  # replace an existing --out CSV, its sidecar and --reference-format files
+    decode: str = defaults.DECODE  # auto, cpu or gpu: who decodes the images CLIP encodes
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
         ]
     )
     check_choice("encode_precision", config.backbone.precision, defaults.PRECISIONS)
+    check_decode(config.decode, config.backbone.device)
 
 
 def _check_out(out: str) -> Path:
@@ -191,6 +194,7 @@ def _clip_logits(
         num_workers=config.workers,
         chunk_size=config.chunk_size,
         progress=progress,
+        decode=config.decode,
     )
     classifier = text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress)
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale

@@ -27,6 +27,14 @@ CHUNK_SIZE = 4096
 # Image decoding processes while encoding (--workers): None = 0 on CPU, up to 8 with a GPU
 # (clipdebias.utils.device.encode_workers).
 ENCODE_WORKERS_TEXT = "0 on CPU, up to 8 with a GPU"
+# Which decoder feeds CLIP while encoding (--decode): gpu = torchvision's batched JPEG decoder on the model's
+# CUDA device (other files on the CPU), cpu = Pillow in the decoding processes, auto = gpu when the model
+# encodes on CUDA, else cpu (clipdebias.clip.jpeg_batches).
+DECODES = ("auto", "cpu", "gpu")
+DECODE = "auto"
+# Pillow decodes a large JPEG at 1/2, 1/4 or 1/8 of its size when at least this many times the model's input
+# size remains on its shortest side (docs/performance.md, "Reduced-size JPEG decoding").
+DECODE_DRAFT_SCALE = 2
 # torch's CPU threads (--threads): None = torch's own default.
 THREADS_TEXT = "torch's"
 CACHE_DIR_TEXT = "$CLIPDEBIAS_CACHE or ~/.cache/clipdebias"
@@ -213,7 +221,8 @@ ZEROSHOT_OPTIONS: dict[str, Any] = {
     "data_root": None, "model": MODEL, "pretrained": PRETRAINED, "quick_gelu": None,
     "encode_precision": ENCODE_PRECISION, "classnames": None, "templates": None, "logit_scale": None,
     "select_topk_per_class": None, "steps_per_epoch": None, "init_weights": None, "precision": ZEROSHOT_PRECISION,
-    "seed": SEED, "device": DEVICE, "workers": None, "threads": None, "encode_batch_size": ENCODE_BATCH_SIZE,
+    "seed": SEED, "device": DEVICE, "decode": DECODE, "workers": None, "threads": None,
+    "encode_batch_size": ENCODE_BATCH_SIZE,
     "eval_batch_size": EVAL_BATCH_SIZE, "cache_dir": None, "report": True, "resume": False,
     "debias": DEBIAS, "knn": KNN, "knn_alpha": KNN_ALPHA, "knn_steps": KNN_STEPS,
 }  # fmt: skip

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipdebias.clip.jpeg_batches import check_decode
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_all, check_choice, check_training_ranges
 from clipdebias.config.defaults import SHARED_DEFAULTS as SHARED_DEFAULTS
@@ -29,7 +30,7 @@ from clipdebias.utils.errors import OptionError, UserError
 STUDENTS = ("head", "clip", "resnet50")
 # Options that may differ between a run and its --resume.
 RESUME_MAY_CHANGE = (
-    "resume", "device", "workers", "threads", "eval_batch_size", "encode_batch_size", "cache_dir", "report",
+    "resume", "device", "decode", "workers", "threads", "eval_batch_size", "encode_batch_size", "cache_dir", "report",
 )  # fmt: skip
 # How a config.json written before the renames of 0.1.x spells the options: ``precision`` was the
 # encoding precision, ``amp`` (None / True / False) the training precision (auto / bf16 / fp32).
@@ -82,6 +83,7 @@ class ZeroShotConfig:
     precision: str  # training: auto (bf16 on CUDA, else fp32), fp32 or bf16 (clip / resnet50 students)
     seed: int
     device: str
+    decode: str  # auto, cpu or gpu: who decodes the images CLIP encodes (clipdebias.clip.jpeg_batches)
     workers: int | None
     threads: int | None
     encode_batch_size: int
@@ -216,6 +218,7 @@ def _check_ranges(c: ZeroShotConfig) -> None:
     check_choice("head", c.head, HEADS)
     check_choice("encode_precision", c.encode_precision, defaults.PRECISIONS)
     check_choice("precision", c.precision, defaults.ZEROSHOT_PRECISIONS)
+    check_decode(c.decode, c.device)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 
 from clipdebias.clip.augmented_views import AugmentedView, augmented_view_id
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
-from clipdebias.clip.cache import EmbeddingStore, encode_split, read_manifest
+from clipdebias.clip.cache import EmbeddingStore, encode_split, eval_decoding, read_manifest
 from clipdebias.clip.neighbours import array_neighbours, check_k, entry_neighbours, faiss_threads
 from clipdebias.clip.prompts import load_prompts, load_templates, text_classifier
 from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, in_saved_names, loop_settings
@@ -96,6 +96,7 @@ def _encode(
         source, backbone, transform, transform_id, root, data_root=config.data_root,
         batch_size=config.encode_batch_size, num_workers=encode_workers(config.workers, backbone.device.type),
         progress=_Stage(progress, what),
+        decoding=eval_decoding(source, backbone, config.decode, config.workers) if view is None else None,
     )  # fmt: skip
     store = EmbeddingStore(result.entry)
     if len(store) == 0:
