@@ -110,6 +110,9 @@ class SSLDefaults:
     # "EMA teacher: warm-up and BatchNorm statistics").
     teacher_bn: str = "ema"
     ema_warmup: bool = False
+    # How the pseudo-labels are corrected (--debias, DEBIAS_MODES): paper = DebiasPL with tau, balance =
+    # online distribution alignment to a uniform prior, none = FixMatch (docs/algorithm.md).
+    debias: str = DEBIAS
 
 
 # FixMatch (Sohn et al. 2020) for CIFAR; DebiasPL's ImageNet scripts (Wang et al. 2022: threshold
