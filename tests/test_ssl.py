@@ -16,6 +16,7 @@ from fakes import make_cifar_root, make_image_folder
 
 from clipdebias.cli import main
 from clipdebias.commands.ssl import read_clip_pseudolabels, resolve_ssl_config, run_ssl
+from clipdebias.reporting.compare import compare_runs
 from clipdebias.training.loop import EpochEnd
 from clipdebias.utils.errors import UserError
 
@@ -494,3 +495,15 @@ def test_clip_pseudolabels_of_another_dataset_are_refused(tmp_path):
         match=r"row 1 says index 1 has label 2, the dataset says 1 \(1 such row; was the file written for another",
     ):
         read_clip_pseudolabels(table, 6, 3, truth)
+
+
+def test_compare_groups_the_three_methods_by_name_with_no_note_about_their_own_settings(tmp_path):
+    """fixmatch, debiaspl and balanced runs of the same seeds: three groups named by the method, paired
+    gains over FixMatch, and no note that tau, debias or no_debias differ (they follow from the method)."""
+    for seed in ("0", "1"):
+        for mode in ("none", "paper", "balance"):
+            _ssl(["--dataset", "digits", "--debias", mode, "--seed", seed, *TINY], tmp_path / "runs", f"{mode}{seed}")
+    result = compare_runs([tmp_path / "runs"], tmp_path / "compare")
+    assert sorted(group.name for group in result.groups) == ["balanced", "debiaspl", "fixmatch"]
+    assert all(group.paired_gain is not None for group in result.groups if group is not result.groups[0])
+    assert not [note for note in result.notes if "differ" in note], result.notes
