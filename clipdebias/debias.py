@@ -9,9 +9,10 @@ class prior ``q`` (probabilities, length ``C``), strength ``tau``.
 3. Adaptive margin loss with the updated prior: ``mean_b CE(z_s + tau log q, y) * mask``.
 4. Offline (transductive) prior: ``q = mean_i softmax(z_i)`` over a whole dataset.
 
-The balanced variant (``--debias balance`` in the training loop) replaces step 1 by distribution
-alignment: ``p ~ softmax(z_w) * pi / q`` (renormalised per row) with the target prior ``pi``
-(uniform), and step 3 by the plain masked cross-entropy.
+The balanced variant (``--debias balance`` in the training loop, :class:`BalancingPrior`) replaces step 1
+by ``p = softmax(z_w - b)`` with running per-class offsets ``b`` that take one stochastic step per batch
+towards ``mean softmax(z - b) = pi`` (the uniform target prior; the offline balance's fixed point), and
+step 3 by the plain masked cross-entropy.
 """
 
 from __future__ import annotations
@@ -172,26 +173,6 @@ def select_balanced_pseudo_labels(logits_w: Tensor, offsets: Tensor, threshold: 
     probs = torch.softmax(logits_w.detach().float() - offsets.to(logits_w.device, torch.float32), dim=-1)
     confidence, targets = probs.max(dim=-1)
     return targets, confidence, (confidence >= threshold).float()
-
-
-@torch.no_grad()
-def select_aligned_pseudo_labels(
-    logits_w: Tensor, prior: Tensor, threshold: float, target: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Pseudo-labels by distribution alignment: ``p ~ softmax(z_w) * target / prior`` per row.
-
-    ``target`` is the prior the labels should follow (``[C]`` probabilities; uniform when ``None``).
-    Returns ``(targets, confidence, mask)`` as :func:`select_pseudo_labels` does. With a uniform
-    target this is ``softmax(z_w - log q)``, i.e. :func:`select_pseudo_labels` with ``tau = 1``.
-    """
-    logits = logits_w.detach().float()
-    shift = -log_prior(prior, logits.device)
-    if target is not None:
-        shift = shift + log_prior(target, logits.device)
-    probs = torch.softmax(logits + shift, dim=-1)
-    confidence, targets = probs.max(dim=-1)
-    mask = (confidence >= threshold).float()
-    return targets, confidence, mask
 
 
 def adaptive_margin_loss(logits_s: Tensor, targets: Tensor, prior: Tensor, tau: float, mask: Tensor) -> Tensor:
