@@ -179,9 +179,12 @@ def test_debias_none_and_no_debias_equal_tau_zero_and_are_fixmatch(tmp_path):
     assert strip(_history(tmp_path / "n")) == strip(_history(tmp_path / "b"))
     configs = [json.loads((tmp_path / name / "config.json").read_text()) for name in "abn"]
     assert [(c["debias"], c["tau"]) for c in configs] == [("none", 0.0)] * 3
-    _, c = _ssl(["--dataset", "digits", *TINY], tmp_path, "c")  # the same run, debiased
+    # the same run, debiased (--tau alone means --debias paper), and balanced (the digits default)
+    _, c = _ssl(["--dataset", "digits", "--tau", "0.4", *TINY], tmp_path, "c")
     assert c["method"] == "debiaspl" and c["prior"] is not None
     assert json.loads((tmp_path / "c" / "config.json").read_text())["debias"] == "paper"
+    _, d = _ssl(["--dataset", "digits", *TINY], tmp_path, "d")
+    assert d["method"] == "balanced" and json.loads((tmp_path / "d" / "config.json").read_text())["debias"] == "balance"
 
 
 def test_debias_balance_is_the_balanced_method_and_checkpoints_its_offsets(tmp_path):
@@ -464,7 +467,11 @@ def test_resolved_defaults_per_dataset():
         "debiaspl",
     )
     assert resolve_ssl_config("digits", "out", no_debias=True).method == "fixmatch"
-    assert resolve_ssl_config("digits", "out", debias="balance").method == "balanced"
+    digits = resolve_ssl_config("digits", "out")
+    assert (digits.debias, digits.tau, digits.method) == ("balance", 0.0, "balanced")  # chosen on held-out train
+    assert resolve_ssl_config("digits", "out", tau=0.4).method == "debiaspl"  # --tau alone means --debias paper
+    assert resolve_ssl_config("digits", "out", debias="paper").tau == 0.4
+    assert (cifar.debias, imagenet.debias) == ("paper", "paper")
 
 
 def test_unexpected_errors_are_not_masked(tmp_path, monkeypatch):

@@ -107,12 +107,14 @@ RESUME_MAY_CHANGE = (
 
 def _resolve_debias(given: dict[str, Any], dataset_mode: str) -> tuple[str, bool]:
     """``(mode, no_debias)`` of the user's ``--debias`` / ``--no-debias`` / ``--tau`` (``given`` loses
-    ``no_debias``; its ``tau`` becomes 0 outside the paper mode). Raises :class:`OptionError`."""
+    ``no_debias``; its ``tau`` becomes 0 outside the paper mode). ``--tau`` without ``--debias`` means
+    the paper mode (the only one it applies to); with neither, the dataset's mode. Raises :class:`OptionError`."""
     no_debias = bool(given.pop("no_debias", False) or False)
     mode = given.get("debias")
     if no_debias and mode not in (None, "none"):
         raise OptionError("debias", f"{mode} contradicts --no-debias (a synonym of --debias none)")
-    mode = "none" if no_debias else (mode or dataset_mode)
+    implied = "paper" if given.get("tau") is not None else dataset_mode
+    mode = "none" if no_debias else (mode or implied)
     check_choice("debias", mode, defaults.DEBIAS_MODES)
     if mode != "paper":
         if given.get("tau") is not None:

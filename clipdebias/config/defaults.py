@@ -111,7 +111,8 @@ class SSLDefaults:
     teacher_bn: str = "ema"
     ema_warmup: bool = False
     # How the pseudo-labels are corrected (--debias, DEBIAS_MODES): paper = DebiasPL with tau, balance =
-    # online distribution alignment to a uniform prior, none = FixMatch (docs/algorithm.md).
+    # online balanced offsets to a uniform prior, none = FixMatch (docs/algorithm.md). digits: balance, chosen
+    # on held-out train (docs/results.md, "Semi-supervised digits — summary and reading").
     debias: str = DEBIAS
 
 
@@ -122,7 +123,7 @@ SSL_DEFAULTS: dict[str, SSLDefaults] = {
     "digits": SSLDefaults(
         labels="2-per-class", tau=TAU, threshold=0.95, prior_momentum=0.99, lambda_u=1.0, mu=4, batch_size=16,
         epochs=10, steps_per_epoch=250, lr=0.03, weight_decay=5e-4, warmup_epochs=0, ema_momentum=0.99, arch="cnn",
-        image_size=16, multiviews=False, ema_warmup=True,
+        image_size=16, multiviews=False, ema_warmup=True, debias="balance",
     ),
     "cifar10": SSLDefaults(
         labels="4-per-class", tau=TAU, threshold=0.95, prior_momentum=0.999, lambda_u=1.0, mu=7, batch_size=64,
