@@ -75,12 +75,13 @@ def test_digits_run_folder_follows_the_format(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert (
         config["command"] == "ssl"
-        and config["method"] == "debiaspl"
+        and config["method"] == "balanced"
         and config["classes"] == [str(c) for c in range(10)]
     )
     # Given options win, the rest are the digits defaults.
-    assert (config["tau"], config["threshold"], config["prior_momentum"], config["ema_momentum"]) == (
-        0.4,
+    assert (config["debias"], config["tau"], config["threshold"], config["prior_momentum"], config["ema_momentum"]) == (
+        "balance",
+        0.0,  # tau is for --debias paper only
         0.95,
         0.99,
         0.99,
@@ -97,7 +98,7 @@ def test_digits_run_folder_follows_the_format(tmp_path, capsys):
     assert all(set(r) == EPOCH_KEYS for r in history)
     assert len(history[-1]["prior"]) == 10 and sum(history[-1]["prior"]) == pytest.approx(1.0, abs=1e-5)
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0
-    assert metrics["method"] == "debiaspl" and metrics["dataset"] == "digits" and metrics["num_classes"] == 10
+    assert metrics["method"] == "balanced" and metrics["dataset"] == "digits" and metrics["num_classes"] == 10
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100 and len(metrics["per_class_top1"]) == 10
     assert metrics["top1"] == history[-1]["top1"] and metrics["eval_images"] == 540
     pl = metrics["pseudo_labels"]
@@ -341,7 +342,9 @@ def test_interrupted_run_with_copied_bn_and_ema_warmup_resumes_as_if_uninterrupt
         run_ssl(resolve_ssl_config("digits", out, resume=True, **{**given, "teacher_bn": "ema"}))
 
 
-@pytest.mark.parametrize("debias", [{}, {"no_debias": True}, {"tau": 0.0}], ids=["debiaspl", "no-debias", "tau-0"])
+@pytest.mark.parametrize(
+    "debias", [{"tau": 0.4}, {"no_debias": True}, {"tau": 0.0}], ids=["debiaspl", "no-debias", "tau-0"]
+)
 def test_a_run_folder_from_before_the_teacher_and_debias_options_resumes_as_it_was_trained(tmp_path, debias):
     """config.json and checkpoint.pt written before --teacher-bn / --ema-warmup / --debias existed: the run
     was trained with the reference teacher (ema, no warm-up) and DebiasPL with its tau (FixMatch with tau 0),
@@ -360,6 +363,9 @@ def test_a_run_folder_from_before_the_teacher_and_debias_options_resumes_as_it_w
     torch.save(checkpoint, out / "checkpoint.pt")
     resumed = run_ssl(resolve_ssl_config("digits", out, resume=True, **given, **debias))
     assert resumed["resumed_from_epoch"] == 2 and resumed["method"] == config["method"]
+    if "tau" in debias and debias["tau"] > 0:  # digits' default is now balance: an old DebiasPL run needs --tau
+        with pytest.raises(UserError, match=r"other options \(debias, method, tau\)"):
+            run_ssl(resolve_ssl_config("digits", out, resume=True, **given))
 
 
 def test_labeled_index_is_reused(tmp_path):
