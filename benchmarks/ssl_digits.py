@@ -112,15 +112,20 @@ def _matches(run: Run, folder: Path) -> bool:
     )
 
 
-def execute(runs: list[Run], out: Path, jobs: int, threads: int, log, executed: list[Run]) -> dict[Run, dict]:
+def execute(
+    runs: list[Run], out: Path, jobs: int, threads: int, log, executed: list[Run], existing_only: bool = False
+) -> dict[Run, dict]:
     """Run every missing run (``jobs`` processes at a time, ``threads`` torch threads each) and
     return every run's ``metrics.json`` plus its ``metrics.jsonl`` records as ``history``; the runs
-    actually started are appended to ``executed``."""
+    actually started are appended to ``executed``. With ``existing_only`` nothing is run: the runs
+    whose folder is missing or unfinished are left out of the result."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
-    def one(run: Run) -> tuple[Run, dict]:
+    def one(run: Run) -> tuple[Run, dict | None]:
         folder = out / run.phase / run.name
+        if existing_only and not _matches(run, folder):
+            return run, None
         if not _matches(run, folder):
             if folder.exists():
                 import shutil
@@ -142,7 +147,7 @@ def execute(runs: list[Run], out: Path, jobs: int, threads: int, log, executed: 
         return run, metrics
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return dict(pool.map(one, runs))
+        return {run: metrics for run, metrics in pool.map(one, runs) if metrics is not None}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -269,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (default: CPUs / jobs)")
+    parser.add_argument(
+        "--existing-only", action="store_true", help="run nothing: tables of the finished run folders in --out"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ssl-digits")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
@@ -295,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             grids["balanced"] = grids["fixmatch"]
             tune += [Run("tune", k, s, m, tau, t, args.holdout) for m in methods for tau, t in grids[m]]
     executed: list[Run] = []
-    results = execute(paper + tune, args.out, args.jobs, threads, log, executed)
+    results = execute(paper + tune, args.out, args.jobs, threads, log, executed, args.existing_only)
+    paper = [r for r in paper if r in results]
     tuned: list[Run] = []
     if args.tune:
         for k, method in itertools.product(budgets, methods):
@@ -306,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                 else "tuned"
             )
             tuned += [replace(best, phase=phase, seed=s) for s in seeds]
-        results.update(execute([r for r in tuned if r.phase == "tuned"], args.out, args.jobs, threads, log, executed))
+        todo = [r for r in tuned if r.phase == "tuned"]
+        results.update(execute(todo, args.out, args.jobs, threads, log, executed, args.existing_only))
+        tuned = [r for r in tuned if r in results]
     wall = time.perf_counter() - started
 
     command = "python benchmarks/ssl_digits.py " + " ".join(argv if argv is not None else sys.argv[1:])
