@@ -260,6 +260,7 @@ def write_results(path: Path, body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="final seeds per budget and method (0 .. N-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first final seed (to split runs over processes)")
     parser.add_argument("--budgets", default="1,2", help="labeled images per class, comma-separated")
     parser.add_argument(
         "--tune", action="store_true", help="tune on a held-out part of train, then rerun the best on val"
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = [m for m in METHODS if m in args.methods.split(",")]
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     log = lambda message: print(message, flush=True)  # noqa: E731
     started = time.perf_counter()
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}). Every run is `clipdebias ssl --dataset digits` with the digits defaults "
         "(docs/usage.md: 10 epochs x 250 steps, batch 16 labeled + 64 unlabeled, EMA teacher 0.99 "
         f"(`--teacher-bn {SSL_DEFAULTS['digits'].teacher_bn} --{'' if SSL_DEFAULTS['digits'].ema_warmup else 'no-'}"
-        f"ema-warmup`), prior momentum 0.99), on 540 val images; seeds 0..{args.seeds - 1} pick the labeled "
+        f"ema-warmup`), prior momentum 0.99), on 540 val images; seeds {seeds[0]}..{seeds[-1]} pick the labeled "
         "images, paired between methods.",
         "",
         "Methods: fixmatch = `--debias none`, debiaspl = `--debias paper` (tau as shown), balanced = "
