@@ -63,8 +63,9 @@ def ssl_command(
         str | None,
         Option(
             "--debias",
-            help="How the pseudo-labels are corrected: paper (DebiasPL, z - tau log q), balance (online "
-            "distribution alignment to a uniform prior), none (FixMatch)." + _DATASETS,
+            help="How the pseudo-labels are corrected: paper (DebiasPL, z - tau log q), balance (running "
+            "per-class offsets that make the pseudo-labels' mean uniform), none (FixMatch); --tau alone means "
+            "paper." + _DATASETS,
         ),
     ] = None,
     tau: Annotated[
