@@ -519,7 +519,7 @@ def test_debias_balance_with_knn_end_to_end(folder, cache, tiny_clip, tmp_path, 
     extra = ("--views", "0", "--select-threshold", "0.9", "--debias", "balance", "--knn", "3", "--knn-alpha", "0.3")
     metrics = _zeroshot(folder, cache, tiny_clip, out, *extra)
     assert seen == [((len(READABLE), 3), seen[0][1], "balance")] and seen[0][1].alpha == 0.3
-    assert metrics["debias"] == "balance" and metrics["method"] == "balance"
+    assert metrics["debias"] == "balance" and metrics["method"] == "balanced"
     assert metrics["knn"] == {"k": 3, "alpha": 0.3, "steps": defaults.KNN_STEPS}
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
     assert checkpoint["train_config"]["debias"] == "balance"  # the loop's online correction

@@ -53,6 +53,9 @@ CHUNK_ROWS = 16384
 # none = the plain zero-shot labels.
 DEBIAS_MODES = ("paper", "balance", "none")
 DEBIAS = "paper"
+# The method name a training run (ssl, zeroshot) records for each --debias mode, in metrics.json,
+# config.json, reports and compare; --debias paper with --tau 0 trains (and is named) as none.
+METHOD_OF_DEBIAS = {"paper": "debiaspl", "balance": "balanced", "none": "fixmatch"}
 # balance: stop when every class's corrected share is within this relative distance of its target share,
 # or after this many passes over the logits (each pass is one softmax over [N, C]).
 BALANCE_TOLERANCE = 1e-4
@@ -120,6 +123,10 @@ class SSLDefaults:
     # "EMA teacher: warm-up and BatchNorm statistics").
     teacher_bn: str = "ema"
     ema_warmup: bool = False
+    # How the pseudo-labels are corrected (--debias, DEBIAS_MODES): paper = DebiasPL with tau, balance =
+    # online balanced offsets to a uniform prior, none = FixMatch (docs/algorithm.md). digits: balance, chosen
+    # on held-out train (docs/results.md, "Semi-supervised digits — summary and reading").
+    debias: str = DEBIAS
 
 
 # FixMatch (Sohn et al. 2020) for CIFAR; DebiasPL's ImageNet scripts (Wang et al. 2022: threshold
@@ -129,7 +136,7 @@ SSL_DEFAULTS: dict[str, SSLDefaults] = {
     "digits": SSLDefaults(
         labels="2-per-class", tau=TAU, threshold=0.95, prior_momentum=0.99, lambda_u=1.0, mu=4, batch_size=16,
         epochs=10, steps_per_epoch=250, lr=0.03, weight_decay=5e-4, warmup_epochs=0, ema_momentum=0.99, arch="cnn",
-        image_size=16, multiviews=False, ema_warmup=True,
+        image_size=16, multiviews=False, ema_warmup=True, debias="balance",
     ),
     "cifar10": SSLDefaults(
         labels="4-per-class", tau=TAU, threshold=0.95, prior_momentum=0.999, lambda_u=1.0, mu=7, batch_size=64,

@@ -94,9 +94,8 @@ class ZeroShotConfig:
 
     @property
     def method(self) -> str:
-        if self.debias == "balance":
-            return "balance"
-        return "debiaspl" if self.debias == "paper" and self.tau > 0 else "fixmatch"
+        plain = self.debias == "paper" and self.tau == 0
+        return defaults.METHOD_OF_DEBIAS["none" if plain else self.debias]
 
     @property
     def knn_settings(self) -> KnnSettings:
