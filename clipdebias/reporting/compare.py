@@ -323,7 +323,7 @@ def chart_figure(groups: Sequence[GroupSummary]) -> Figure:
         "pseudo-label imbalance per epoch (geometric mean)",
         "largest / smallest class (log scale)",
         log_scale=True,
-        reference=(1.0, "balanced"),
+        reference=(1.0, "equal class counts"),
     )
     plots.line_panel(axes[3], lines("pseudo_label_accuracy", PERCENT), "pseudo-label accuracy per epoch", "%")
     return figure

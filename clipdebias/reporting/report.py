@@ -548,7 +548,7 @@ def _training_chart(run: RunRecord) -> Chart | None:
         "pseudo-label imbalance (largest / smallest class)",
         "ratio (log scale)",
         log_scale=True,
-        reference=(1.0, "balanced"),
+        reference=(1.0, "equal class counts"),
     )
     return Chart(
         "training.png",
