@@ -8,6 +8,11 @@ on one GPU. It measures, each after a warm-up:
 - ``encode, JPEGs``: ``clipdebias encode``'s library call (``cached_embeddings``: decode, CLIP
   transform, model, shards, FAISS index) over generated 256 px JPEGs, with the default number of
   DataLoader workers and with all cores;
+- ``encode, --decode``: the same call over generated ~500x375 photo-like JPEGs (ImageNet's typical
+  size) with ``--decode gpu`` (torchvision's batched JPEG decoder on the GPU, resize and normalise
+  there) and ``--decode cpu`` (Pillow in DataLoader workers), ViT-B-32 fp16, batch 512, each after a
+  warm-up run; and the cosine between the two paths' embeddings of every image. Goal: ``gpu`` at least
+  8,000 images/s on one H200, cosine at least 0.995. Without a GPU the device path runs on CPU tensors;
 - ``training loader``: the unlabeled ImageNet batch stream alone (decode, RandomResizedCrop, 2 weak
   + 2 strong views with RandAugment, pinned copies to the GPU): the most images per second the data
   pipeline can feed the loop;
@@ -66,6 +71,8 @@ class Sizes:
     zeroshot_batch: int = 32
     zeroshot_image_size: int = 224
     zeroshot_topk: int = 32  # confident images per class (of 128 per class on a 16-core GPU host)
+    decode_jpegs: int = 8192
+    decode_batch: int = 512
 
 
 GPU_SIZES = Sizes(
@@ -97,7 +104,12 @@ CPU_SIZES = Sizes(
     zeroshot_batch=2,
     zeroshot_image_size=32,
     zeroshot_topk=2,
+    decode_jpegs=16,
+    decode_batch=8,
 )
+DECODE_GOAL = 8000.0  # images/s of encode --decode gpu, ViT-B-32 fp16, one H200 (issue 16)
+DECODE_COSINE_GOAL = 0.995
+DECODE_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500))  # height, width: ImageNet's common shapes
 
 
 @dataclass
@@ -228,6 +240,100 @@ def encode_jpegs(report: Report, device, folder: Path, sizes: Sizes, workdir: Pa
             result.encoded / result.elapsed_s,
             f"{result.encoded} images of 256 px, cache writes included",
         )
+
+
+def make_photo_jpegs(root: Path, count: int) -> Path:
+    """``count`` photo-like JPEGs of :data:`DECODE_SIZES` in one ImageFolder, written by parallel processes;
+    as in ImageNet, a few are grayscale (1 in 50), progressive (1 in 50) or CMYK (1 in 1,000)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from encode_overhead import make_photos
+
+    parts = max(1, min(os.cpu_count() or 1, 16))
+    per_part = -(-count // parts)
+    with ProcessPoolExecutor(parts) as pool:
+        futures = [
+            pool.submit(
+                make_photos,
+                root / f"part{p}",
+                min(per_part, count - p * per_part),
+                DECODE_SIZES[p % 4],
+                1,
+                p * per_part,
+            )
+            for p in range(parts)
+            if count - p * per_part > 0
+        ]
+        for future in futures:
+            future.result()
+    train = root / "folder" / "train"
+    train.mkdir(parents=True, exist_ok=True)
+    for part in sorted(root.glob("part*")):
+        (part / "train" / "class_0").rename(train / part.name)
+    from PIL import Image
+
+    for number, path in enumerate(sorted(train.rglob("*.jpg"))):
+        kind = {7: "L", 23: "progressive"}.get(number % 50) or ("CMYK" if number % 1000 == 11 else None)
+        if kind is not None:
+            with Image.open(path) as image:
+                image.load()
+            progressive = kind == "progressive"
+            (image if progressive else image.convert(kind)).save(path, quality=90, progressive=progressive)
+    return root / "folder"
+
+
+def encode_decode(report: Report, device, sizes: Sizes, workdir: Path) -> None:
+    """``encode`` with ``--decode gpu`` and ``--decode cpu`` on the same photo-like JPEGs, and the cosine
+    between their embeddings (on a CPU machine the device path runs on CPU tensors)."""
+    import numpy as np
+
+    from clipdebias.clip.backbone import BackboneConfig, load_backbone
+    from clipdebias.clip.cache import Decoding, encode_split, eval_decoding, load_embeddings
+    from clipdebias.clip.jpeg_batches import DevicePreprocess, JpegBatches, min_decode_side, read_threads
+    from clipdebias.data.sources import open_dataset
+
+    folder = make_photo_jpegs(workdir / "photos", sizes.decode_jpegs)
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    backbone = load_backbone(BackboneConfig("ViT-B-32", "none", precision, str(device)))
+    source = open_dataset("imagefolder", "train", folder)
+    min_side = min_decode_side(backbone.preprocess_cfg)
+    on_cpu_tensors = JpegBatches(
+        source, DevicePreprocess(backbone.preprocess_cfg, device), backbone.transform, min_side, read_threads(None)
+    )
+    on_gpu = device.type == "cuda"
+    paths = {
+        "gpu": eval_decoding(source, backbone, "gpu", None) if on_gpu else Decoding(0, min_side, on_cpu_tensors),
+        "cpu": eval_decoding(source, backbone, "cpu", None),
+    }
+    entries = {}
+    for name, decoding in paths.items():
+        for run in ("warm-up", "measured"):
+            result = encode_split(
+                source, backbone, backbone.transform, backbone.transform_id, workdir / f"decode-{name}-{run}",
+                batch_size=sizes.decode_batch, decoding=decoding,
+            )  # fmt: skip
+        entries[name] = result.entry
+        rate = result.encoded / result.elapsed_s
+        goal = f"; goal >= {DECODE_GOAL:,.0f} on one H200" if name == "gpu" and device.type == "cuda" else ""
+        where = "" if device.type == "cuda" or name == "cpu" else " (device path on CPU tensors)"
+        report.add(
+            "encode, --decode",
+            f"{name}{where}, ViT-B-32 {precision}, batch {sizes.decode_batch}",
+            rate,
+            f"{result.encoded} photo-like JPEGs ~500x375 (2% gray, 2% progressive, 0.1% CMYK), "
+            f"cache writes included{goal}",
+        )
+    ids, gpu, _ = load_embeddings(entries["gpu"])
+    cpu_ids, cpu, _ = load_embeddings(entries["cpu"])
+    assert ids.tolist() == cpu_ids.tolist()
+    cos = (gpu * cpu).sum(-1) / np.linalg.norm(gpu, axis=-1) / np.linalg.norm(cpu, axis=-1)
+    report.add(
+        "encode, --decode",
+        "cosine gpu vs cpu embeddings",
+        None,
+        f"min {cos.min():.6f}, mean {cos.mean():.6f} over {len(cos)} images "
+        f"(goal >= {DECODE_COSINE_GOAL}; random weights)",
+    )
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -488,6 +594,7 @@ def main() -> None:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("encode, tensors", lambda: encode_tensors(report, device, sizes)),
             ("encode, JPEGs", lambda: encode_jpegs(report, device, folder, sizes, workdir)),
+            ("encode, --decode", lambda: encode_decode(report, device, sizes, workdir)),
             ("training loader", lambda: training_loader(report, device, folder, sizes)),
             ("train synthetic", lambda: synthetic_training(report, device, sizes, args.compile)),
             ("zeroshot", lambda: zeroshot_students(report, device, _with_val_split(folder), sizes, workdir)),

@@ -1,13 +1,14 @@
-"""Accuracy benchmark: FixMatch vs DebiasPL on digits, several label budgets, paired seeds.
+"""Accuracy benchmark: FixMatch vs DebiasPL vs the balanced variant on digits, several label budgets, paired seeds.
 
-    python benchmarks/ssl_digits.py --seeds 5 --budgets 1,2 --tune --jobs 2
+    python benchmarks/ssl_digits.py --seeds 10 --budgets 1,2 --jobs 2 --threads 1
 
-For every budget (labeled images per class) and seed, both methods train on the *same* labeled
-split (the split depends on the seed only) with the ``clipdebias ssl`` digits defaults. Phases:
+For every budget (labeled images per class) and seed, every method (``--debias none``, ``paper``,
+``balance``) trains on the *same* labeled split (the split depends on the seed only) with the
+``clipdebias ssl`` digits defaults. Phases:
 
 1. ``paper``: the defaults of ``clipdebias ssl --dataset digits`` (tau 0.4, threshold 0.95), on val.
-2. ``tune`` (with ``--tune``): a grid over the threshold for FixMatch and over (tau, threshold)
-   for DebiasPL, with as many points each, trained with ``--holdout`` (a stratified part of *train*
+2. ``tune`` (with ``--tune``): a grid over the threshold for FixMatch and the balanced variant and over
+   (tau, threshold) for DebiasPL, with as many points each, trained with ``--holdout`` (a stratified part of *train*
    held out as the evaluation split) on other seeds than the final ones; val is never looked at.
 3. ``tuned``: the best grid point of each method and budget (mean holdout top-1), on val with the
    phase-1 seeds. A point equal to the defaults reuses the phase-1 runs.
@@ -44,6 +45,9 @@ DEFAULT_TAU, DEFAULT_THRESHOLD = SSL_DEFAULTS["digits"].tau, SSL_DEFAULTS["digit
 FIXMATCH_GRID = (0.7, 0.8, 0.9, 0.95)  # thresholds
 DEBIASPL_GRID = tuple(itertools.product((0.4, 1.0), (0.8, 0.95)))  # (tau, threshold)
 TUNE_SEED_OFFSET = 100  # tuning seeds are 100, 101, ...: never the seeds of the final runs
+# The --debias mode of each method; "labeled-only" is FixMatch with lambda_u 0.
+MODES = {"fixmatch": "none", "debiaspl": "paper", "balanced": "balance", "labeled-only": "none"}
+METHODS = ("fixmatch", "debiaspl", "balanced")  # the order of the tables; gains are over the first
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Run:
     phase: str
     per_class: int
     seed: int
-    method: str  # "fixmatch" | "debiaspl" | "labeled-only"
+    method: str  # a key of MODES
     tau: float
     threshold: float
     holdout: float = 0.0
@@ -78,7 +82,7 @@ class Run:
             "--out",
             str(out),
         ]
-        args += ["--no-debias"] if self.method != "debiaspl" else ["--tau", str(self.tau)]
+        args += ["--debias", MODES[self.method]] + (["--tau", str(self.tau)] if self.method == "debiaspl" else [])
         if self.method == "labeled-only":
             args += ["--lambda-u", "0"]
         if self.holdout:
@@ -94,7 +98,10 @@ def _matches(run: Run, folder: Path) -> bool:
         return False
     digits = SSL_DEFAULTS["digits"]
     teacher = (config.get("teacher_bn", "ema"), config.get("ema_warmup", False))  # older runs: the reference teacher
-    return (config["tau"], config["threshold"], config["seed"], config["labels"], config["holdout"], *teacher) == (
+    mode = config.get("debias", "paper" if config["tau"] > 0 else "none")  # older runs: paper, or none with tau 0
+    saved = (mode, config["tau"], config["threshold"], config["seed"], config["labels"], config["holdout"], *teacher)
+    return saved == (
+        MODES[run.method],
         run.tau if run.method == "debiaspl" else 0.0,
         run.threshold,
         run.seed,
@@ -105,15 +112,20 @@ def _matches(run: Run, folder: Path) -> bool:
     )
 
 
-def execute(runs: list[Run], out: Path, jobs: int, threads: int, log, executed: list[Run]) -> dict[Run, dict]:
+def execute(
+    runs: list[Run], out: Path, jobs: int, threads: int, log, executed: list[Run], existing_only: bool = False
+) -> dict[Run, dict]:
     """Run every missing run (``jobs`` processes at a time, ``threads`` torch threads each) and
     return every run's ``metrics.json`` plus its ``metrics.jsonl`` records as ``history``; the runs
-    actually started are appended to ``executed``."""
+    actually started are appended to ``executed``. With ``existing_only`` nothing is run: the runs
+    whose folder is missing or unfinished are left out of the result."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
-    def one(run: Run) -> tuple[Run, dict]:
+    def one(run: Run) -> tuple[Run, dict | None]:
         folder = out / run.phase / run.name
+        if existing_only and not _matches(run, folder):
+            return run, None
         if not _matches(run, folder):
             if folder.exists():
                 import shutil
@@ -135,7 +147,7 @@ def execute(runs: list[Run], out: Path, jobs: int, threads: int, log, executed: 
         return run, metrics
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return dict(pool.map(one, runs))
+        return {run: metrics for run, metrics in pool.map(one, runs) if metrics is not None}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -153,13 +165,13 @@ def _rows(results: dict[Run, dict], runs: list[Run]) -> list[str]:
     lines = []
     for (k, method, tau, threshold), members in sorted(
         groups.items(),
-        key=lambda item: (item[0][0], item[0][1] != "labeled-only", item[0][1] != "fixmatch", item[0][2:]),
+        key=lambda item: (item[0][0], (("labeled-only", *METHODS).index(item[0][1])), item[0][2:]),
     ):
         members = sorted(members, key=lambda r: r.seed)
         metrics = [results[r] for r in members]
         top1 = [m["top1"] for m in metrics]
         gain = "-"
-        if method == "debiaspl":
+        if method in METHODS[1:]:
             partners = {r.seed: results[r] for r in runs if r.per_class == k and r.method == "fixmatch"}
             diffs = [m["top1"] - partners[r.seed]["top1"] for r, m in zip(members, metrics) if r.seed in partners]
             if diffs:
@@ -178,18 +190,18 @@ def _rows(results: dict[Run, dict], runs: list[Run]) -> list[str]:
 
 
 HEADER = (
-    "| labels per class | method | tau | threshold | seeds | top-1 % | paired gain over FixMatch (points) | "
+    "| labels per class | method | tau | threshold | seeds | top-1 % | paired gain over FixMatch (points, wins) | "
     "worst class top-1 % | pseudo-label accuracy % | mask rate % | imbalance ratio, median (min–max) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def _trajectory(results: dict[Run, dict], runs: list[Run]) -> list[str]:
-    """Per epoch: mean top-1 and median imbalance ratio of FixMatch and DebiasPL (same runs as a table above)."""
+    """Per epoch: mean top-1 and median imbalance ratio of each method (same runs as a table above)."""
     lines = []
     for k in sorted({r.per_class for r in runs}):
         series = {}
-        for method in ("fixmatch", "debiaspl"):
+        for method in METHODS:
             histories = [results[r]["history"] for r in runs if r.per_class == k and r.method == method]
             if histories:
                 series[method] = histories
@@ -226,11 +238,13 @@ def _tuning_table(results: dict[Run, dict], budgets: list[int]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for k in budgets:
-        for method in ("fixmatch", "debiaspl"):
+        for method in METHODS:
             scores: dict[tuple[float, float], list[float]] = {}
             for run, metrics in results.items():
                 if run.phase == "tune" and run.per_class == k and run.method == method:
                     scores.setdefault((run.tau, run.threshold), []).append(metrics["top1"])
+            if not scores:
+                continue
             chosen = _best(results, k, method)
             for (tau, threshold), values in sorted(scores.items()):
                 mark = " ← chosen" if (tau, threshold) == (chosen.tau, chosen.threshold) else ""
@@ -246,6 +260,7 @@ def write_results(path: Path, body: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="final seeds per budget and method (0 .. N-1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first final seed (to split runs over processes)")
     parser.add_argument("--budgets", default="1,2", help="labeled images per class, comma-separated")
     parser.add_argument(
         "--tune", action="store_true", help="tune on a held-out part of train, then rerun the best on val"
@@ -255,13 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--labeled-only", action="store_true", help="also train on the labeled images only (lambda_u 0)"
     )
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)} (gains need fixmatch)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (default: CPUs / jobs)")
+    parser.add_argument(
+        "--existing-only", action="store_true", help="run nothing: tables of the finished run folders in --out"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-ssl-digits")
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",")]
-    seeds = list(range(args.seeds))
+    methods = [m for m in METHODS if m in args.methods.split(",")]
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     log = lambda message: print(message, flush=True)  # noqa: E731
     started = time.perf_counter()
@@ -270,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         Run("paper", k, s, m, DEFAULT_TAU if m == "debiaspl" else 0.0, DEFAULT_THRESHOLD)
         for k in budgets
         for s in seeds
-        for m in ("fixmatch", "debiaspl")
+        for m in methods
     ]
     if args.labeled_only:
         paper += [Run("paper", k, s, "labeled-only", 0.0, DEFAULT_THRESHOLD) for k in budgets for s in seeds]
@@ -278,13 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune:
         tune_seeds = [TUNE_SEED_OFFSET + i for i in range(args.tune_seeds)]
         for k, s in itertools.product(budgets, tune_seeds):
-            tune += [Run("tune", k, s, "fixmatch", 0.0, t, args.holdout) for t in FIXMATCH_GRID]
-            tune += [Run("tune", k, s, "debiaspl", tau, t, args.holdout) for tau, t in DEBIASPL_GRID]
+            grids = {"fixmatch": [(0.0, t) for t in FIXMATCH_GRID], "debiaspl": DEBIASPL_GRID}
+            grids["balanced"] = grids["fixmatch"]
+            tune += [Run("tune", k, s, m, tau, t, args.holdout) for m in methods for tau, t in grids[m]]
     executed: list[Run] = []
-    results = execute(paper + tune, args.out, args.jobs, threads, log, executed)
+    results = execute(paper + tune, args.out, args.jobs, threads, log, executed, args.existing_only)
+    paper = [r for r in paper if r in results]
     tuned: list[Run] = []
     if args.tune:
-        for k, method in itertools.product(budgets, ("fixmatch", "debiaspl")):
+        for k, method in itertools.product(budgets, methods):
             best = _best(results, k, method)
             phase = (
                 "paper"
@@ -292,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                 else "tuned"
             )
             tuned += [replace(best, phase=phase, seed=s) for s in seeds]
-        results.update(execute([r for r in tuned if r.phase == "tuned"], args.out, args.jobs, threads, log, executed))
+        todo = [r for r in tuned if r.phase == "tuned"]
+        results.update(execute(todo, args.out, args.jobs, threads, log, executed, args.existing_only))
+        tuned = [r for r in tuned if r in results]
     wall = time.perf_counter() - started
 
     command = "python benchmarks/ssl_digits.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -300,24 +326,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     body = [
-        "## Semi-supervised digits: FixMatch vs DebiasPL",
+        "## Semi-supervised digits: FixMatch vs DebiasPL vs balanced",
         "",
         f"Reproduce: `{command}` ({len(results)} runs; this invocation trained {len(executed)} of them in "
         f"{wall / 60:.1f} min and reused the others' run folders; "
         f"{statistics.mean(train_times):.0f} s of training per run on average, {args.jobs} run(s) at a time with "
         f"{threads} torch thread(s) each; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}). Every run is `clipdebias ssl --dataset digits` with the digits defaults "
-        "(docs/usage.md: 10 epochs x 250 steps, batch 16 labeled + 64 unlabeled, EMA teacher 0.99, prior "
-        "momentum 0.99), on 540 val images; seeds 0..{} pick the labeled images, paired between methods.".format(
-            args.seeds - 1
-        ),
+        "(docs/usage.md: 10 epochs x 250 steps, batch 16 labeled + 64 unlabeled, EMA teacher 0.99 "
+        f"(`--teacher-bn {SSL_DEFAULTS['digits'].teacher_bn} --{'' if SSL_DEFAULTS['digits'].ema_warmup else 'no-'}"
+        f"ema-warmup`), prior momentum 0.99), on 540 val images; seeds {seeds[0]}..{seeds[-1]} pick the labeled "
+        "images, paired between methods.",
         "",
-        "Columns: top-1 and worst-class top-1 of the EMA teacher on val (mean ± std over seeds); paired gain = "
-        "DebiasPL - FixMatch on the same seed (same labeled images); pseudo-label accuracy, mask rate and "
+        "Methods: fixmatch = `--debias none`, debiaspl = `--debias paper` (tau as shown), balanced = "
+        "`--debias balance`. Columns: top-1 and worst-class top-1 of the EMA teacher on val (mean ± std over "
+        "seeds); paired gain = method - FixMatch on the same seed (same labeled images; wins: seeds where it is "
+        "higher); pseudo-label accuracy, mask rate and "
         "imbalance ratio (largest / smallest class count, smallest floored at 1) of the confident pseudo-labels "
         "of the last epoch.",
         "",
-        "### Paper defaults (tau 0.4, threshold 0.95)",
+        f"### Digits defaults (DebiasPL tau {DEFAULT_TAU:g}; threshold {DEFAULT_THRESHOLD:g})",
         "",
         HEADER,
         *_rows(results, paper),

@@ -9,9 +9,10 @@ class prior ``q`` (probabilities, length ``C``), strength ``tau``.
 3. Adaptive margin loss with the updated prior: ``mean_b CE(z_s + tau log q, y) * mask``.
 4. Offline (transductive) prior: ``q = mean_i softmax(z_i)`` over a whole dataset.
 
-The balanced variant (``--debias balance`` in the training loop) replaces step 1 by distribution
-alignment: ``p ~ softmax(z_w) * pi / q`` (renormalised per row) with the target prior ``pi``
-(uniform), and step 3 by the plain masked cross-entropy.
+The balanced variant (``--debias balance`` in the training loop, :class:`BalancingPrior`) replaces step 1
+by ``p = softmax(z_w - b)`` with running per-class offsets ``b`` that take one stochastic step per batch
+towards ``mean softmax(z - b) = pi`` (the uniform target prior; the offline balance's fixed point), and
+step 3 by the plain masked cross-entropy.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ class ClassPrior:
         With ``mask`` (``[B]``, 0/1), the mean is taken over the selected rows only; if no row is
         selected (on any rank) the prior is left unchanged.
         """
+        batch_mean = self._batch_mean(probs, mask)
+        if batch_mean is None:
+            return
+        new = self.momentum * self.probs + (1.0 - self.momentum) * batch_mean
+        self.probs = new / new.sum()
+
+    def _batch_mean(self, probs: Tensor, mask: Tensor | None = None) -> Tensor | None:
+        """The mean of ``probs`` ``[B, C]`` over the (selected) rows of every rank; ``None`` if none."""
         if probs.ndim != 2 or probs.shape[1] != self.num_classes:
             raise ValueError(f"probs must have shape [B, {self.num_classes}], got {tuple(probs.shape)}")
         probs = probs.detach().to(device=self.probs.device, dtype=torch.float32)
@@ -76,10 +85,8 @@ class ClassPrior:
             dist.all_reduce(stats)
         count = stats[-1]
         if count <= 0:
-            return
-        batch_mean = stats[:-1] / count
-        new = self.momentum * self.probs + (1.0 - self.momentum) * batch_mean
-        self.probs = new / new.sum()
+            return None
+        return stats[:-1] / count
 
     def to(self, device: torch.device | str) -> ClassPrior:
         self.probs = self.probs.to(device)
@@ -94,6 +101,49 @@ class ClassPrior:
             raise ValueError(f"prior state has shape {tuple(probs.shape)}, expected ({self.num_classes},)")
         self.probs = probs.to(self.probs.device).clone()
         self.momentum = float(state.get("momentum", self.momentum))
+
+
+class BalancingPrior(ClassPrior):
+    """A :class:`ClassPrior` that also keeps the per-class offsets ``b`` of the online balanced correction.
+
+    The pseudo-labels come from ``softmax(z_w - b)``; after each batch :meth:`update_offsets` moves ``b``
+    by one stochastic step towards the offline balance's fixed point ``mean_i softmax(z_i - b) = pi``
+    (``pi``: the uniform target prior)::
+
+        b <- b + (1 - m) * (mean_batch softmax(z_w - b) / pi - 1),   then b <- b - mean(b)
+
+    with the prior's momentum ``m``: a class that takes more than its share of the corrected probability
+    mass is pushed down, one that takes less is pushed up. ``offsets`` starts at 0 and is part of the
+    state (a resumed run continues with it).
+    """
+
+    def __init__(self, num_classes: int, momentum: float = 0.999, sync_distributed: bool = True):
+        super().__init__(num_classes, momentum, sync_distributed)
+        self.offsets = torch.zeros(self.num_classes, dtype=torch.float32)
+
+    @torch.no_grad()
+    def update_offsets(self, corrected_probs: Tensor) -> None:
+        """One step of ``b`` from the corrected probabilities ``softmax(z_w - b)`` ``[B, C]`` of a batch."""
+        batch_mean = self._batch_mean(corrected_probs)
+        if batch_mean is None:
+            return
+        new = self.offsets + (1.0 - self.momentum) * (batch_mean * self.num_classes - 1.0)
+        self.offsets = new - new.mean()
+
+    def to(self, device: torch.device | str) -> BalancingPrior:
+        super().to(device)
+        self.offsets = self.offsets.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "offsets": self.offsets.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        offsets = torch.as_tensor(state.get("offsets", torch.zeros(self.num_classes)), dtype=torch.float32)
+        if offsets.shape != (self.num_classes,):
+            raise ValueError(f"offsets state has shape {tuple(offsets.shape)}, expected ({self.num_classes},)")
+        self.offsets = offsets.to(self.probs.device).clone()
 
 
 def debias_logits(logits: Tensor, prior: Tensor, tau: float) -> Tensor:
@@ -117,23 +167,12 @@ def select_pseudo_labels(
 
 
 @torch.no_grad()
-def select_aligned_pseudo_labels(
-    logits_w: Tensor, prior: Tensor, threshold: float, target: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Pseudo-labels by distribution alignment: ``p ~ softmax(z_w) * target / prior`` per row.
-
-    ``target`` is the prior the labels should follow (``[C]`` probabilities; uniform when ``None``).
-    Returns ``(targets, confidence, mask)`` as :func:`select_pseudo_labels` does. With a uniform
-    target this is ``softmax(z_w - log q)``, i.e. :func:`select_pseudo_labels` with ``tau = 1``.
-    """
-    logits = logits_w.detach().float()
-    shift = -log_prior(prior, logits.device)
-    if target is not None:
-        shift = shift + log_prior(target, logits.device)
-    probs = torch.softmax(logits + shift, dim=-1)
+def select_balanced_pseudo_labels(logits_w: Tensor, offsets: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Pseudo-labels of the online balanced correction: ``softmax(z_w - b)`` with the offsets ``b`` ``[C]``
+    of a :class:`BalancingPrior`. Returns ``(targets, confidence, mask)`` as :func:`select_pseudo_labels`."""
+    probs = torch.softmax(logits_w.detach().float() - offsets.to(logits_w.device, torch.float32), dim=-1)
     confidence, targets = probs.max(dim=-1)
-    mask = (confidence >= threshold).float()
-    return targets, confidence, mask
+    return targets, confidence, (confidence >= threshold).float()
 
 
 def adaptive_margin_loss(logits_s: Tensor, targets: Tensor, prior: Tensor, tau: float, mask: Tensor) -> Tensor:

@@ -100,7 +100,8 @@ EXPECTED = {
                                       "--encode-batch-size", "--chunk-size")},
     "pseudolabel": {"--tau": defaults.TAU, "--select-threshold": defaults.SELECT_THRESHOLD,
                     "--chunk-rows": defaults.CHUNK_ROWS, "--debias": defaults.DEBIAS,
-                    "--reference-top-k": defaults.REFERENCE_TOP_K},
+                    "--reference-top-k": defaults.REFERENCE_TOP_K, "--knn": defaults.KNN,
+                    "--knn-alpha": defaults.KNN_ALPHA, "--knn-steps": defaults.KNN_STEPS},
     "zeroshot": {
         "--student": defaults.STUDENT, "--model": defaults.MODEL, "--pretrained": defaults.PRETRAINED,
         **{f"--{k.replace('_', '-')}": v for k, v in _SHARED.items() if k != "min_steps_per_epoch"},
@@ -108,6 +109,8 @@ EXPECTED = {
         "--encode-precision": defaults.ENCODE_PRECISION, "--encode-batch-size": defaults.ENCODE_BATCH_SIZE,
         "--eval-batch-size": defaults.EVAL_BATCH_SIZE,
         "--image-size": defaults.STUDENT_DEFAULTS["resnet50"].image_size,
+        "--debias": defaults.DEBIAS, "--knn": defaults.KNN, "--knn-alpha": defaults.KNN_ALPHA,
+        "--knn-steps": defaults.KNN_STEPS,
     },
 }  # fmt: skip
 PER_STUDENT = ("--epochs", "--batch-size", "--mu", "--lr", "--weight-decay", "--warmup-epochs", "--ema-momentum",

@@ -278,7 +278,7 @@ def test_refined_rows_feed_the_corrections(mode):
     indices = nb.nearest_neighbours(_clustered(80), 5, device="cpu").indices
     refined = _refined_numpy(logits, indices, 0.5, 1)
     want = debiased_pseudo_labels(np.log(refined).astype(np.float32), mode=mode, chunk_rows=16)
-    got = debiased_pseudo_labels(KnnRefinedRows(logits, indices, 0.5, chunk_rows=16), mode=mode, chunk_rows=16)
+    got = debiased_pseudo_labels(KnnRefinedRows(logits, indices, 0.5, 1, chunk_rows=16), mode=mode, chunk_rows=16)
     assert (got.label == want.label).mean() >= 0.97  # float16 buffer: a near-tie may flip
     np.testing.assert_allclose(got.prior, want.prior, atol=2e-3)
 
@@ -312,3 +312,134 @@ def test_a_second_process_computing_the_same_file_is_refused_but_a_finished_file
         assert not nb.entry_neighbours(entry, 4, device="cpu").computed  # reading needs no lock
     finally:
         os.close(handle)
+
+
+# --- pseudolabel --knn: the command end to end ---------------------------------------------------------
+
+
+def _teacher_files(tmp_path: Path, per_class: int = 8) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A folder of 3 classes, a teacher biased towards class 0 and embeddings clustered by class."""
+    from fakes import make_image_folder
+
+    folder = make_image_folder(tmp_path / "data", per_class=per_class, val_per_class=1)
+    rng = np.random.default_rng(3)
+    truth = np.repeat(np.arange(3), per_class)
+    logits = (rng.normal(0, 1, (len(truth), 3)) + 1.5 * np.eye(3)[truth]).astype(np.float32)
+    logits[:, 0] += 1.2
+    embeddings = (4 * np.eye(3)[truth] + rng.normal(0, 1, (len(truth), 3))).astype(np.float32)
+    np.save(tmp_path / "teacher.npy", logits)
+    np.save(tmp_path / "emb.npy", embeddings)
+    return folder, logits, embeddings
+
+
+def _run_pseudolabel(folder: Path, tmp_path: Path, out: str, *extra: str) -> int:
+    from clipdebias.cli import main
+
+    args = ["pseudolabel", "--dataset", "imagefolder", "--data-root", str(folder), "--no-report"]
+    return main([*args, "--logits", str(tmp_path / "teacher.npy"), "--out", str(tmp_path / out), *extra])
+
+
+def test_pseudolabel_knn_refines_the_teachers_logits_then_corrects_and_reuses_the_neighbours(
+    tmp_path, cache_root, capsys, monkeypatch
+):
+    import json
+
+    import pandas as pd
+
+    from clipdebias.pseudolabels.offline import KnnSettings, offline_pseudo_labels
+
+    folder, logits, embeddings = _teacher_files(tmp_path)
+    extra = ["--embeddings", str(tmp_path / "emb.npy"), "--knn", "3", "--knn-alpha", "0.6", "--knn-steps", "2"]
+    assert _run_pseudolabel(folder, tmp_path, "a.csv", *extra, "--debias", "balance") == 0
+    assert "neighbours found now (exact)" in capsys.readouterr().out
+    table, sidecar = pd.read_csv(tmp_path / "a.csv"), json.loads((tmp_path / "a.json").read_text())
+    found = nb.nearest_neighbours(_unit(embeddings), 3, method="exact")
+    expected = offline_pseudo_labels(logits, found.indices, KnnSettings(3, 0.6, 2), mode="balance").pseudo
+    assert table["pseudo_label"].tolist() == expected.label.tolist()
+    # raw_* stay the teacher's own labels: neither refined nor corrected
+    assert table["raw_pseudo_label"].tolist() == logits.argmax(1).tolist()
+    plain = debiased_pseudo_labels(KnnRefinedRows(logits, found.indices, 0.6, 2), mode="none")
+    assert not np.array_equal(plain.label, logits.argmax(1)), "the refinement changed some labels"
+    assert sidecar["knn"] == {"k": 3, "alpha": 0.6, "steps": 2} and sidecar["debias"] == "balance"
+    paper = debiased_pseudo_labels(logits)  # the paper's default on the teacher's own logits
+    assert sidecar["paper_class_counts"] == np.bincount(paper.label, minlength=3).tolist()
+    stored = list((cache_root / "neighbours").glob("knn-*-k3.npz"))
+    assert len(stored) == 1
+    before = stored[0].stat().st_mtime_ns
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the stored neighbours were searched again")
+
+    monkeypatch.setattr(nb, "_run_blocks", no_search)
+    assert _run_pseudolabel(folder, tmp_path, "b.csv", *extra, "--debias", "balance") == 0
+    assert "neighbours read from the store" in capsys.readouterr().out
+    assert stored[0].stat().st_mtime_ns == before
+    assert pd.read_csv(tmp_path / "b.csv")["pseudo_label"].equals(table["pseudo_label"])
+
+
+def test_pseudolabel_knn_over_the_clip_cache_is_stored_in_the_entry(tmp_path, tiny_clip, cache_root, monkeypatch):
+    import json
+
+    from fakes import make_image_folder
+
+    from clipdebias.cli import main
+
+    folder = make_image_folder(tmp_path / "data", per_class=5, val_per_class=1)
+    args = ["pseudolabel", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip]
+    args += ["--pretrained", "none", "--templates", "simple", "--no-report", "--knn", "4", "--threads", "1"]
+    threads = []
+    monkeypatch.setattr(nb.faiss, "omp_set_num_threads", lambda n: threads.append(n))
+    assert main([*args, "--out", str(tmp_path / "a.csv")]) == 0
+    assert threads and threads[0] == 1, "--threads reaches faiss"
+    stored = list(cache_root.rglob("neighbours-k4.npz"))
+    assert len(stored) == 1
+    before = stored[0].stat().st_mtime_ns
+    assert main([*args, "--out", str(tmp_path / "b.csv"), "--debias", "none"]) == 0
+    assert stored[0].stat().st_mtime_ns == before and len(list(cache_root.rglob("neighbours-k*.npz"))) == 1
+    sidecar = json.loads((tmp_path / "b.json").read_text())
+    assert sidecar["knn"]["k"] == 4 and sidecar["debias"] == "none" and len(sidecar["paper_class_counts"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--knn", "-1", "--embeddings", "EMB"], "--knn must be 0 (off)"),
+        (["--knn", "24", "--embeddings", "EMB"], "--knn must be less than the number of images (24)"),
+        (["--knn", "3"], "--knn with --logits needs --embeddings"),
+        (["--embeddings", "EMB"], "--embeddings is read by --knn only"),
+        (["--knn", "3", "--embeddings", "SHORT"], "--embeddings have 20 rows but the logits have 24"),
+        (["--knn", "3", "--embeddings", "NAN"], "--embeddings row 5 holds NaN"),
+        (["--knn", "3", "--embeddings", "EMB", "--knn-alpha", "1.5"], "--knn-alpha must be in [0, 1]"),
+        (["--knn", "3", "--embeddings", "EMB", "--knn-steps", "0"], "--knn-steps must be 1 or more"),
+        (["--knn", "3", "--embeddings", "missing.npy"], "--embeddings missing.npy: no such file"),
+        (["--knn-alpha", "0.3"], "--knn-alpha does not apply with --knn 0"),
+        (["--knn", "0", "--knn-steps", "2"], "--knn-steps does not apply with --knn 0"),
+    ],
+)
+def test_pseudolabel_bad_knn_input_is_one_line_and_writes_nothing(tmp_path, cache_root, capsys, extra, words):
+    folder, _, embeddings = _teacher_files(tmp_path)
+    np.save(tmp_path / "short.npy", embeddings[:20])
+    broken = embeddings.copy()
+    broken[5, 1] = np.nan
+    np.save(tmp_path / "nan.npy", broken)
+    files = {"EMB": "emb.npy", "SHORT": "short.npy", "NAN": "nan.npy"}
+    extra = [str(tmp_path / files[item]) if item in files else item for item in extra]
+    assert _run_pseudolabel(folder, tmp_path, "x.csv", *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.json").exists()
+    assert not (cache_root / "neighbours").exists() or not any((cache_root / "neighbours").iterdir())
+
+
+def test_embeddings_without_logits_are_refused(tmp_path, tiny_clip, cache_root, capsys):
+    from fakes import make_image_folder
+
+    from clipdebias.cli import main
+
+    folder = make_image_folder(tmp_path / "data", per_class=3, val_per_class=1)
+    np.save(tmp_path / "emb.npy", np.ones((9, 4), np.float32))
+    args = ["pseudolabel", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip]
+    args += ["--pretrained", "none", "--knn", "2", "--embeddings", str(tmp_path / "emb.npy")]
+    assert main([*args, "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --embeddings goes with --logits") and err.count("\n") == 1

@@ -398,3 +398,49 @@ def test_no_gallery_without_image_files(tmp_path):
     assert any("paths are not image files here" in note for note in moved.notes)
     run = write_report(make_run_folder(tmp_path / "zs", with_pseudolabels_csv=True))
     assert any(note.startswith("pseudolabels.csv: no gallery.png") for note in run.notes)
+
+
+def _count_chart_labels(csv) -> tuple[list[str], str]:
+    chart = next(c for c in pseudolabel_section(read_pseudolabels(csv)).charts if c.filename == "class_counts.png")
+    labels = chart.figure.axes[0].get_legend_handles_labels()[1]
+    return [label for label in labels if not label.startswith("flat: ")], chart.caption
+
+
+def test_the_report_names_the_mode_and_draws_raw_paper_and_chosen_counts(tmp_path):
+    """A balance + kNN CSV written by pseudolabel: its report says so, and the class-count chart has
+    the raw, the paper default's and the chosen mode's counts (the paper's from the sidecar)."""
+    from fakes import make_image_folder
+
+    folder = make_image_folder(tmp_path / "data", per_class=8, val_per_class=1)
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 8)
+    logits = (rng.normal(0, 1, (24, 3)) + 1.5 * np.eye(3)[truth]).astype(np.float32)
+    logits[:, 0] += 1.5
+    np.save(tmp_path / "t.npy", logits)
+    np.save(tmp_path / "e.npy", (3 * np.eye(3)[truth] + rng.normal(0, 1, (24, 3))).astype(np.float32))
+    args = ["pseudolabel", "--dataset", "imagefolder", "--data-root", str(folder), "--logits", str(tmp_path / "t.npy")]
+    extra = ["--debias", "balance", "--knn", "4", "--embeddings", str(tmp_path / "e.npy"), "--cache-dir", str(tmp_path)]
+    assert main([*args, *extra, "--out", str(tmp_path / "pl.csv")]) == 0
+    markdown = (tmp_path / "pl_report" / "report.md").read_text()
+    assert "| correction | balance + kNN (K 4, alpha 0.9) |" in markdown
+    labels, description = _count_chart_labels(tmp_path / "pl.csv")
+    assert labels == ["raw zero-shot", "paper (tau 0.4)", "balance + kNN (K 4, alpha 0.9)"]
+    assert "paper's default correction (tau 0.4)" in description
+    sidecar = json.loads((tmp_path / "pl.json").read_text())
+    result = write_report(tmp_path / "pl.csv", tmp_path / "again")
+    paper = np.array(sidecar["paper_class_counts"])
+    chosen = np.bincount(pd.read_csv(tmp_path / "pl.csv")["pseudo_label"], minlength=3)
+    expected = f"{paper.max() / max(paper.min(), 1):.1f}× → {chosen.max() / max(chosen.min(), 1):.1f}×"
+    assert summary_value(result, "imbalance, all rows (paper default → balance + kNN (K 4, alpha 0.9))") == expected
+
+    # the paper default itself: two curves, named by its tau
+    assert main([*args, "--out", str(tmp_path / "paper.csv"), "--no-report"]) == 0
+    assert _count_chart_labels(tmp_path / "paper.csv")[0] == ["raw zero-shot", "paper (tau 0.4)"]
+
+
+def test_a_sidecar_without_paper_counts_draws_raw_vs_chosen_and_says_so(tmp_path):
+    csv = make_pseudolabel_csv(tmp_path / "old.csv", num_classes=6, tau=1.0)
+    labels, description = _count_chart_labels(csv)
+    assert labels == ["raw zero-shot", "paper (tau 1)"]
+    assert "paper's default correction is not drawn" in description
+    assert "cannot be recomputed" in description

@@ -16,6 +16,7 @@ from fakes import make_cifar_root, make_image_folder
 
 from clipdebias.cli import main
 from clipdebias.commands.ssl import read_clip_pseudolabels, resolve_ssl_config, run_ssl
+from clipdebias.reporting.compare import compare_runs
 from clipdebias.training.loop import EpochEnd
 from clipdebias.utils.errors import UserError
 
@@ -74,12 +75,13 @@ def test_digits_run_folder_follows_the_format(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert (
         config["command"] == "ssl"
-        and config["method"] == "debiaspl"
+        and config["method"] == "balanced"
         and config["classes"] == [str(c) for c in range(10)]
     )
     # Given options win, the rest are the digits defaults.
-    assert (config["tau"], config["threshold"], config["prior_momentum"], config["ema_momentum"]) == (
-        0.4,
+    assert (config["debias"], config["tau"], config["threshold"], config["prior_momentum"], config["ema_momentum"]) == (
+        "balance",
+        0.0,  # tau is for --debias paper only
         0.95,
         0.99,
         0.99,
@@ -96,7 +98,7 @@ def test_digits_run_folder_follows_the_format(tmp_path, capsys):
     assert all(set(r) == EPOCH_KEYS for r in history)
     assert len(history[-1]["prior"]) == 10 and sum(history[-1]["prior"]) == pytest.approx(1.0, abs=1e-5)
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0
-    assert metrics["method"] == "debiaspl" and metrics["dataset"] == "digits" and metrics["num_classes"] == 10
+    assert metrics["method"] == "balanced" and metrics["dataset"] == "digits" and metrics["num_classes"] == 10
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100 and len(metrics["per_class_top1"]) == 10
     assert metrics["top1"] == history[-1]["top1"] and metrics["eval_images"] == 540
     pl = metrics["pseudo_labels"]
@@ -167,14 +169,77 @@ def test_cifar_run(tmp_path):
     assert len(_history(out)) == 2
 
 
-def test_no_debias_equals_tau_zero_and_is_fixmatch(tmp_path):
+def test_debias_none_and_no_debias_equal_tau_zero_and_are_fixmatch(tmp_path):
     _, a = _ssl(["--dataset", "digits", "--no-debias", *TINY], tmp_path, "a")
     _, b = _ssl(["--dataset", "digits", "--tau", "0", *TINY], tmp_path, "b")
-    assert a["method"] == b["method"] == "fixmatch"
+    _, n = _ssl(["--dataset", "digits", "--debias", "none", *TINY], tmp_path, "n")
+    assert a["method"] == b["method"] == n["method"] == "fixmatch"
     assert a["prior"] is None and _history(tmp_path / "a")[-1]["prior"] is None
-    assert {k: a[k] for k in STABLE} == {k: b[k] for k in STABLE}
-    _, c = _ssl(["--dataset", "digits", *TINY], tmp_path, "c")  # the same run, debiased
+    assert {k: a[k] for k in STABLE} == {k: b[k] for k in STABLE} == {k: n[k] for k in STABLE}
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(_history(tmp_path / "n")) == strip(_history(tmp_path / "b"))
+    configs = [json.loads((tmp_path / name / "config.json").read_text()) for name in "abn"]
+    assert [(c["debias"], c["tau"]) for c in configs] == [("none", 0.0)] * 3
+    # the same run, debiased (--tau alone means --debias paper), and balanced (the digits default)
+    _, c = _ssl(["--dataset", "digits", "--tau", "0.4", *TINY], tmp_path, "c")
     assert c["method"] == "debiaspl" and c["prior"] is not None
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["debias"] == "paper"
+    _, d = _ssl(["--dataset", "digits", *TINY], tmp_path, "d")
+    assert d["method"] == "balanced" and json.loads((tmp_path / "d" / "config.json").read_text())["debias"] == "balance"
+
+
+def test_debias_balance_is_the_balanced_method_and_checkpoints_its_offsets(tmp_path):
+    out, balanced = _ssl(["--dataset", "digits", "--debias", "balance", *TINY], tmp_path, "balanced")
+    config = json.loads((out / "config.json").read_text())
+    assert (balanced["method"], config["method"], config["debias"], config["tau"]) == (
+        "balanced",
+        "balanced",
+        "balance",
+        0.0,
+    )
+    assert balanced["prior"] is not None and _history(out)[-1]["prior"] is not None
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["train_config"]["debias"] == "balance"
+    assert not torch.equal(checkpoint["prior"]["offsets"], torch.zeros(10))
+
+
+def test_interrupted_balanced_run_resumes_with_its_offsets_as_if_uninterrupted(tmp_path):
+    """The balanced mode's state (the offsets b and the prior) is in the checkpoint: a run stopped after
+    epoch 1 continues exactly like one that never stopped, and resuming in another mode is refused."""
+    given = dict(epochs=3, steps_per_epoch=6, batch_size=4, mu=2, device="cpu", seed=2, debias="balance")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(event):
+        if isinstance(event, EpochEnd):
+            raise Stop
+
+    out = tmp_path / "stopped"
+    with pytest.raises(Stop):
+        run_ssl(resolve_ssl_config("digits", out, **given), progress=stop_after_first_epoch)
+    stopped = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert stopped["epoch"] == 1 and not torch.equal(stopped["prior"]["offsets"], torch.zeros(10))
+    resumed = run_ssl(resolve_ssl_config("digits", out, resume=True, **given))
+    full = run_ssl(resolve_ssl_config("digits", tmp_path / "full", **given))
+    assert resumed["resumed_from_epoch"] == 1
+    assert {k: resumed[k] for k in STABLE} == {k: full[k] for k in STABLE}
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(_history(out)) == strip(_history(tmp_path / "full"))
+    a, b = (torch.load(o / "checkpoint.pt", weights_only=False) for o in (out, tmp_path / "full"))
+    assert torch.equal(a["prior"]["offsets"], b["prior"]["offsets"])
+    for other in ("paper", "none"):
+        with pytest.raises(UserError, match="debias"):
+            run_ssl(resolve_ssl_config("digits", out, resume=True, **{**given, "debias": other}))
+
+
+def test_a_fixmatch_run_resumes_under_either_spelling(tmp_path):
+    """--no-debias, --debias none and --tau 0 are one training: a run started with one resumes with another."""
+    given = dict(epochs=2, steps_per_epoch=3, batch_size=4, mu=2, device="cpu")
+    out = tmp_path / "fixmatch"
+    run_ssl(resolve_ssl_config("digits", out, no_debias=True, **given))
+    assert run_ssl(resolve_ssl_config("digits", out, resume=True, tau=0.0, **given))["resumed_from_epoch"] == 2
+    assert run_ssl(resolve_ssl_config("digits", out, resume=True, debias="none", **given))["method"] == "fixmatch"
 
 
 def test_same_seed_same_metrics_other_seed_other_split(tmp_path):
@@ -277,22 +342,30 @@ def test_interrupted_run_with_copied_bn_and_ema_warmup_resumes_as_if_uninterrupt
         run_ssl(resolve_ssl_config("digits", out, resume=True, **{**given, "teacher_bn": "ema"}))
 
 
-def test_a_run_folder_from_before_the_teacher_options_resumes_with_the_reference_teacher(tmp_path):
-    """config.json and checkpoint.pt written before --teacher-bn / --ema-warmup existed: the run was
-    trained with the reference teacher (ema, no warm-up) and resumes with exactly that."""
+@pytest.mark.parametrize(
+    "debias", [{"tau": 0.4}, {"no_debias": True}, {"tau": 0.0}], ids=["debiaspl", "no-debias", "tau-0"]
+)
+def test_a_run_folder_from_before_the_teacher_and_debias_options_resumes_as_it_was_trained(tmp_path, debias):
+    """config.json and checkpoint.pt written before --teacher-bn / --ema-warmup / --debias existed: the run
+    was trained with the reference teacher (ema, no warm-up) and DebiasPL with its tau (FixMatch with tau 0),
+    and resumes with exactly that."""
     given = dict(epochs=2, steps_per_epoch=3, batch_size=4, mu=2, device="cpu", teacher_bn="ema", ema_warmup=False)
     out = tmp_path / "old"
-    run_ssl(resolve_ssl_config("digits", out, **given))
+    run_ssl(resolve_ssl_config("digits", out, **given, **debias))
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(
-        json.dumps({k: v for k, v in config.items() if k not in ("teacher_bn", "ema_warmup")})
+        json.dumps({k: v for k, v in config.items() if k not in ("teacher_bn", "ema_warmup", "debias")})
     )
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
-    for key in ("teacher_bn", "ema_warmup"):
+    for key in ("teacher_bn", "ema_warmup", "debias"):
         del checkpoint["train_config"][key]
     del checkpoint["teacher_updates"]
     torch.save(checkpoint, out / "checkpoint.pt")
-    assert run_ssl(resolve_ssl_config("digits", out, resume=True, **given))["resumed_from_epoch"] == 2
+    resumed = run_ssl(resolve_ssl_config("digits", out, resume=True, **given, **debias))
+    assert resumed["resumed_from_epoch"] == 2 and resumed["method"] == config["method"]
+    if "tau" in debias and debias["tau"] > 0:  # digits' default is now balance: an old DebiasPL run needs --tau
+        with pytest.raises(UserError, match=r"other options \(debias, method, tau\)"):
+            run_ssl(resolve_ssl_config("digits", out, resume=True, **given))
 
 
 def test_labeled_index_is_reused(tmp_path):
@@ -351,7 +424,11 @@ def test_clip_pseudolabels_fallback_run_and_validation(tmp_path, capsys):
         (["--dataset", "cifar10"], "needs --data-root"),
         (["--dataset", "imagefolder", "--data-root", "/nonexistent/data"], "not a directory"),
         (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-        (["--dataset", "digits", "--no-debias", "--tau", "0.4"], "--no-debias"),
+        (["--dataset", "digits", "--no-debias", "--tau", "0.4"], "--tau applies to --debias paper only"),
+        (["--dataset", "digits", "--debias", "balance", "--tau", "0.4"], "--debias balance does not use it"),
+        (["--dataset", "digits", "--debias", "none", "--tau", "0"], "--tau applies to --debias paper only"),
+        (["--dataset", "digits", "--no-debias", "--debias", "balance"], "--debias balance contradicts --no-debias"),
+        (["--dataset", "digits", "--debias", "both"], "unknown --debias 'both'"),
         (["--dataset", "digits", "--threshold", "1.5"], "--threshold"),
         (["--dataset", "digits", "--arch", "vgg"], "unknown --arch"),
         (["--dataset", "digits", "--teacher-bn", "recompute"], "unknown --teacher-bn 'recompute'"),
@@ -396,6 +473,11 @@ def test_resolved_defaults_per_dataset():
         "debiaspl",
     )
     assert resolve_ssl_config("digits", "out", no_debias=True).method == "fixmatch"
+    digits = resolve_ssl_config("digits", "out")
+    assert (digits.debias, digits.tau, digits.method) == ("balance", 0.0, "balanced")  # chosen on held-out train
+    assert resolve_ssl_config("digits", "out", tau=0.4).method == "debiaspl"  # --tau alone means --debias paper
+    assert resolve_ssl_config("digits", "out", debias="paper").tau == 0.4
+    assert (cifar.debias, imagenet.debias) == ("paper", "paper")
 
 
 def test_unexpected_errors_are_not_masked(tmp_path, monkeypatch):
@@ -426,3 +508,15 @@ def test_clip_pseudolabels_of_another_dataset_are_refused(tmp_path):
         match=r"row 1 says index 1 has label 2, the dataset says 1 \(1 such row; was the file written for another",
     ):
         read_clip_pseudolabels(table, 6, 3, truth)
+
+
+def test_compare_groups_the_three_methods_by_name_with_no_note_about_their_own_settings(tmp_path):
+    """fixmatch, debiaspl and balanced runs of the same seeds: three groups named by the method, paired
+    gains over FixMatch, and no note that tau, debias or no_debias differ (they follow from the method)."""
+    for seed in ("0", "1"):
+        for mode in ("none", "paper", "balance"):
+            _ssl(["--dataset", "digits", "--debias", mode, "--seed", seed, *TINY], tmp_path / "runs", f"{mode}{seed}")
+    result = compare_runs([tmp_path / "runs"], tmp_path / "compare")
+    assert sorted(group.name for group in result.groups) == ["balanced", "debiaspl", "fixmatch"]
+    assert all(group.paired_gain is not None for group in result.groups if group is not result.groups[0])
+    assert not [note for note in result.notes if "differ" in note], result.notes

@@ -11,8 +11,9 @@ from torch import nn
 from clipdebias.data.augment import GrayAugment, gray_to_tensor
 from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import epoch_plan
-from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_pseudo_labels
+from clipdebias.debias import BalancingPrior, ClassPrior, adaptive_margin_loss, select_pseudo_labels
 from clipdebias.metrics import PseudoLabelCounter, eval_result, imbalance_ratio, per_class_accuracy
+from clipdebias.pseudolabels.balance import balance_offsets
 from clipdebias.training.models import SmallCNN, build_model, load_init_weights
 from clipdebias.training.optim import cosine_factor, make_sgd
 from clipdebias.training.step import (
@@ -20,6 +21,7 @@ from clipdebias.training.step import (
     TrainConfig,
     apply_fallback,
     fixmatch_step,
+    make_prior,
     warmup_momentum,
 )
 from clipdebias.utils.errors import UserError
@@ -375,24 +377,67 @@ def test_debias_none_is_the_same_step_as_tau_zero():
     assert out_none.targets.tolist() == out_zero.targets.tolist()
 
 
-def test_balanced_step_aligns_labels_to_a_uniform_prior_and_uses_plain_cross_entropy():
+def test_balanced_step_labels_with_the_offsets_before_their_step_and_uses_plain_cross_entropy():
     weak = torch.tensor([[2.0, 1.4, 0.0], [1.0, 0.9, 0.0], [0.0, 0.0, 4.0]])
     strong = torch.tensor([[1.0, 0.5, 0.0], [0.2, 0.3, 1.0], [0.0, 0.3, 1.0]])
-    config = TrainConfig(num_classes=3, epochs=1, steps_per_epoch=1, tau=0.4, debias="balance", threshold=0.4)
+    config = TrainConfig(
+        num_classes=3, epochs=1, steps_per_epoch=1, debias="balance", threshold=0.4, prior_momentum=0.5
+    )
     assert config.uses_prior and config.loss_tau == 0.0
-    prior = ClassPrior(3, momentum=0.5)
-    prior.probs = torch.tensor([0.6, 0.1, 0.3])
-    before = prior.probs.clone()
+    prior = make_prior(config)
+    assert isinstance(prior, BalancingPrior) and torch.equal(prior.offsets, torch.zeros(3))
+    prior.offsets = torch.tensor([1.0, -0.5, -0.5])  # class 0 has been taking more than its share
+    b, q = prior.offsets.clone(), prior.probs.clone()
     model = _Fixed()
+
     out = fixmatch_step(model, EMATeacher(model, 0.9), prior, *_batches([weak], [strong]), config)
-    aligned = torch.softmax(weak, dim=-1) / before
-    aligned = aligned / aligned.sum(dim=-1, keepdim=True)
-    confidence, targets = aligned.max(dim=-1)
+
+    corrected = torch.softmax(weak - b, dim=-1)
+    confidence, targets = corrected.max(dim=-1)
     mask = (confidence >= 0.4).float()
-    assert out.targets.tolist() == targets.tolist() == [1, 1, 2]  # class 0's head start is divided out
+    assert out.targets.tolist() == targets.tolist() == [1, 1, 2]  # class 0's head start is taken away
+    assert out.mask.tolist() == mask.tolist()
     expected_u = (nn.functional.cross_entropy(strong, targets, reduction="none") * mask).mean()
     assert out.loss_u.item() == pytest.approx(expected_u.item(), abs=1e-6)
-    assert not torch.equal(prior.probs, before)  # the running prior still follows the raw teacher
+    # One step of the offsets: b + (1 - m) (C * mean softmax(z - b) - 1), centred; the prior follows the raw teacher.
+    step = b + 0.5 * (3 * corrected.mean(dim=0) - 1)
+    assert torch.allclose(prior.offsets, step - step.mean(), atol=1e-6)
+    q_after = 0.5 * q + 0.5 * torch.softmax(weak, dim=-1).mean(dim=0)
+    assert torch.allclose(prior.probs, q_after / q_after.sum(), atol=1e-6)
+
+
+def test_online_offsets_reach_the_offline_balance_fixed_point_on_a_fixed_teacher():
+    """On a teacher that stops changing, the running offsets converge to the offsets of the offline
+    ``pseudolabel --debias balance`` (mean_i softmax(z_i - b) = uniform), up to the batch noise."""
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 5, (4000,), generator=generator)
+    bias = torch.tensor([2.0, 1.0, 0.0, -0.5, -1.0])  # a teacher that favours the first classes
+    logits = 3.0 * nn.functional.one_hot(truth, 5) + bias + torch.randn(4000, 5, generator=generator)
+    offline, _ = balance_offsets(logits.numpy(), tolerance=1e-7)
+    prior = BalancingPrior(5, momentum=0.98)
+    for _ in range(3000):
+        rows = torch.randint(0, 4000, (256,), generator=generator)
+        prior.update_offsets(torch.softmax(logits[rows] - prior.offsets, dim=-1))
+    assert np.allclose(prior.offsets.numpy(), offline.offsets, atol=0.05)
+    marginal = torch.softmax(logits - prior.offsets, dim=-1).mean(dim=0)
+    assert torch.allclose(marginal, torch.full((5,), 0.2), atol=0.01)
+    raw = torch.softmax(logits, dim=-1).mean(dim=0)
+    assert raw.max() / raw.min() > 4  # the teacher's own marginal was far from uniform
+
+
+def test_balancing_prior_state_round_trips_with_its_offsets_and_reads_a_state_without_them():
+    prior = BalancingPrior(3, momentum=0.9)
+    prior.update(torch.tensor([[0.7, 0.2, 0.1]]))
+    prior.update_offsets(torch.tensor([[0.7, 0.2, 0.1]]))
+    restored = BalancingPrior(3, momentum=0.9)
+    restored.load_state_dict(prior.state_dict())
+    assert torch.equal(restored.offsets, prior.offsets) and torch.equal(restored.probs, prior.probs)
+    assert not torch.equal(restored.offsets, torch.zeros(3))
+    plain = BalancingPrior(3, momentum=0.9)
+    plain.load_state_dict(ClassPrior(3).state_dict())  # a ClassPrior's state: offsets start at 0
+    assert torch.equal(plain.offsets, torch.zeros(3))
+    with pytest.raises(ValueError, match="offsets"):
+        plain.load_state_dict({**prior.state_dict(), "offsets": torch.zeros(4)})
 
 
 def test_unknown_debias_mode_is_refused():

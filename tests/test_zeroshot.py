@@ -16,6 +16,7 @@ from PIL import Image
 from clipdebias.cli import main
 from clipdebias.clip.augmented_views import AugmentedView
 from clipdebias.commands.zeroshot.head import ZeroShotArrays, fallback_table, zero_shot_eval
+from clipdebias.config import defaults
 from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import UNLABELED_STREAM, epoch_plan
 from clipdebias.debias import ClassPrior, select_pseudo_labels
@@ -483,3 +484,102 @@ def test_a_bad_init_weights_file_fails_before_encoding_and_leaves_no_run(folder,
     assert "--init-weights" in capsys.readouterr().err
     assert not (out / "config.json").exists() and not (out / "pseudolabels.csv").exists()
     _zeroshot(folder, cache, tiny_clip, out, *resnet)  # the corrected command is not "already holds a run"
+
+
+# --- --debias and --knn -------------------------------------------------------------------------------
+
+
+def test_balanced_zero_shot_on_val_applies_the_train_offsets():
+    from clipdebias.commands.zeroshot.head import pseudo_label_train_rows, zero_shot_eval_as_trained
+
+    arrays = _arrays()
+    selection = pseudo_label_train_rows(arrays, 0.0, 0.0, 3, debias="balance")
+    offsets = selection.pseudo.balance.offsets
+    plain, corrected = zero_shot_eval_as_trained(arrays, selection.pseudo)
+    logits = arrays.logit_scale * torch.from_numpy(arrays.eval_embeddings) @ arrays.classifier.T
+    shifted = (logits - torch.from_numpy(offsets).float()).argmax(-1).numpy()
+    assert corrected.top1 == pytest.approx(100.0 * np.mean(shifted == arrays.eval_labels))
+    assert plain.top1 == zero_shot_eval(arrays, selection.pseudo.prior, tau=0.0)[0].top1
+    none = pseudo_label_train_rows(arrays, 0.0, 0.0, 3, debias="none")
+    assert zero_shot_eval_as_trained(arrays, none.pseudo)[1].top1 == plain.top1
+
+
+def test_debias_balance_with_knn_end_to_end(folder, cache, tiny_clip, tmp_path, monkeypatch):
+    from clipdebias.commands.zeroshot import head as zeroshot_head_module
+
+    seen = []
+    real = zeroshot_head_module.offline_pseudo_labels
+
+    def spy(logits, neighbours, knn, **kwargs):
+        seen.append((None if neighbours is None else neighbours.shape, knn, kwargs["mode"]))
+        return real(logits, neighbours, knn, **kwargs)
+
+    monkeypatch.setattr(zeroshot_head_module, "offline_pseudo_labels", spy)
+    out = tmp_path / "balance"
+    extra = ("--views", "0", "--select-threshold", "0.9", "--debias", "balance", "--knn", "3", "--knn-alpha", "0.3")
+    metrics = _zeroshot(folder, cache, tiny_clip, out, *extra)
+    assert seen == [((len(READABLE), 3), seen[0][1], "balance")] and seen[0][1].alpha == 0.3
+    assert metrics["debias"] == "balance" and metrics["method"] == "balanced"
+    assert metrics["knn"] == {"k": 3, "alpha": 0.3, "steps": defaults.KNN_STEPS}
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["train_config"]["debias"] == "balance"  # the loop's online correction
+    sidecar = json.loads((out / "pseudolabels.json").read_text())
+    assert sidecar["debias"] == "balance" and sidecar["knn"]["k"] == 3 and "paper_class_counts" in sidecar
+    table = pd.read_csv(out / "pseudolabels.csv")
+    assert metrics["train_pseudo_labels"]["zeroshot_debiased_top1"] == pytest.approx(
+        100 * (table["pseudo_label"] == table["label"]).mean()
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert (config["debias"], config["knn"], config["tau"]) == ("balance", 3, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--debias", "balance", "--tau", "0.5"], "--tau applies to --debias paper only"),
+        (["--debias", "none", "--tau", "0.5"], "--tau applies to --debias paper only"),
+        (["--no-debias", "--debias", "balance"], "--no-debias means --debias none"),
+        (["--debias", "fair"], "unknown --debias 'fair'"),
+        (["--knn", "-2"], "--knn must be 0 (off)"),
+        (["--knn", "18"], "--knn must be less than the number of images (19)"),
+        (["--knn", "3", "--knn-alpha", "2"], "--knn-alpha must be in [0, 1]"),
+        (["--knn", "3", "--knn-steps", "0"], "--knn-steps must be 1 or more"),
+        (["--knn-alpha", "0.5"], "--knn-alpha does not apply with --knn 0"),
+    ],
+)
+def test_bad_debias_and_knn_options_are_one_line(folder, cache, tiny_clip, tmp_path, capsys, extra, words):
+    extra = [("19" if item == "18" else item) for item in extra]
+    assert main([*_args(folder, cache, tiny_clip, *extra), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_no_debias_is_debias_none():
+    from clipdebias.commands.zeroshot.config import loop_settings, resolve_zeroshot_config
+
+    a = resolve_zeroshot_config("digits", "/tmp/a", no_debias=True)
+    b = resolve_zeroshot_config("digits", "/tmp/a", debias="none")
+    assert a == b and (a.debias, a.tau, a.no_debias, a.method) == ("none", 0.0, True, "fixmatch")
+    # none trains as paper with tau 0: the same step, and the checkpoint a --no-debias run wrote before
+    train = loop_settings(a).train_config(10, 100)
+    assert (train.debias, train.tau, train.uses_prior) == ("paper", 0.0, False)
+    balance = loop_settings(resolve_zeroshot_config("digits", "/tmp/a", debias="balance")).train_config(10, 100)
+    assert (balance.debias, balance.uses_prior, balance.loss_tau) == ("balance", True, 0.0)
+
+
+def test_a_run_started_before_debias_and_knn_resumes(folder, cache, tiny_clip, tmp_path, capsys):
+    """A config.json without ``debias`` / ``knn*`` (a run of an earlier release) resumes with the
+    settings it was made with, and refuses another mode or a kNN refinement."""
+    out = tmp_path / "old"
+    metrics = _zeroshot(folder, cache, tiny_clip, out, "--views", "0")
+    saved = json.loads((out / "config.json").read_text())
+    old = {key: value for key, value in saved.items() if key not in ("debias", "knn", "knn_alpha", "knn_steps")}
+    (out / "config.json").write_text(json.dumps(old))
+    resumed = _zeroshot(folder, cache, tiny_clip, out, "--views", "0", "--resume")
+    assert resumed["resumed_from_epoch"] == 1 and {k: resumed[k] for k in STABLE} == {k: metrics[k] for k in STABLE}
+    for changed in (["--debias", "balance"], ["--knn", "2"]):
+        (out / "config.json").write_text(json.dumps(old))
+        capsys.readouterr()
+        assert main([*_args(folder, cache, tiny_clip, "--views", "0", *changed), "--out", str(out), "--resume"]) == 2
+        assert "it was started with other options" in capsys.readouterr().err

@@ -13,6 +13,11 @@ from clipdebias.cli import options
 from clipdebias.cli.rich_progress import RichProgress
 from clipdebias.config import defaults
 
+_DECODERS = {
+    "gpu": "gpu: JPEGs on the model's device, other files by Pillow (--decode)",
+    "cpu": "cpu: Pillow, large JPEGs at a reduced size (--decode)",
+}
+
 
 def encode_command(
     dataset: options.Dataset,
@@ -22,6 +27,7 @@ def encode_command(
     pretrained: options.Pretrained = None,
     quick_gelu: options.QuickGelu = None,
     device: options.Device = defaults.DEVICE,
+    decode: options.Decode = defaults.DECODE,
     encode_precision: options.EncodePrecision = None,
     encode_batch_size: options.EncodeBatchSize = None,
     workers: options.Workers = None,
@@ -58,6 +64,7 @@ def encode_command(
         threads=threads,
         chunk_size=options.or_default(chunk_size, defaults.CHUNK_SIZE),
         rebuild=rebuild,
+        decode=decode,
     )
     with RichProgress() as progress:
         result, backbone = run_encode(config, progress)
@@ -76,6 +83,7 @@ def encode_command(
     else:
         rate = f" ({result.encoded / result.elapsed_s:,.1f} img/s)" if result.encoded and result.elapsed_s > 0 else ""
         table.add_row("encoded now", f"{result.encoded:,} in {result.elapsed_s:.1f} s{rate}")
+        table.add_row("decoded by", _DECODERS[result.decoder])
         table.add_row("reused from an earlier run", f"{result.reused:,}")
     table.add_row("unreadable (skipped)", f"{result.failed:,}" + (" (listed in manifest.csv)" if result.failed else ""))
     for index, path, reason in result.failed_examples:

@@ -141,6 +141,14 @@ Threads = Annotated[
         help="CPU threads of torch (1 is often fastest on a busy CPU)." + default(defaults.THREADS_TEXT),
     ),
 ]
+Decode = Annotated[
+    str,
+    Option(
+        "--decode",
+        help="Who decodes the images for CLIP: gpu (JPEGs in batches on the model's CUDA device, other files "
+        "on CPUs), cpu (Pillow in the decoding processes) or auto (gpu when the model runs on CUDA).",
+    ),
+]
 CacheDir = Annotated[
     str | None, Option("--cache-dir", help="Embedding cache folder." + default(defaults.CACHE_DIR_TEXT))
 ]
@@ -177,6 +185,39 @@ LogitScale = Annotated[
         help="Multiplies the cosine similarities." + default("the model's, 100 for OpenAI CLIP"),
     ),
 ]
+
+# kNN refinement of the teacher's probabilities (pseudolabel, zeroshot; docs/algorithm.md)
+Knn = Annotated[
+    int,
+    Option(
+        "--knn",
+        help="Refine each image's probabilities with those of its K nearest neighbours (cosine of the "
+        "image embeddings) before the correction; 0 = off.",
+    ),
+]
+KnnAlpha = Annotated[
+    float | None,
+    Option(
+        "--knn-alpha",
+        help="--knn: weight of the neighbours' mean, in [0, 1] (0 = the plain teacher)." + default(defaults.KNN_ALPHA),
+    ),
+]
+KnnSteps = Annotated[
+    int | None,
+    Option(
+        "--knn-steps",
+        help="--knn: steps of label propagation anchored to the teacher (1 = one smoothing)."
+        + default(defaults.KNN_STEPS),
+    ),
+]
+
+
+def refuse_knn_settings_without_knn(knn: int | None, knn_alpha: float | None, knn_steps: int | None) -> None:
+    """``--knn-alpha`` / ``--knn-steps`` given while ``--knn`` is 0 (or left at its default, 0) is a mistake."""
+    if not knn:
+        why = "no neighbours refine the teacher; give --knn K"
+        refuse_given("--knn 0", why, knn_alpha=knn_alpha, knn_steps=knn_steps)
+
 
 # --- training -----------------------------------------------------------------------------------------
 

@@ -74,6 +74,17 @@ def pseudolabel_command(
         str | None,
         Option("--logits", help="Use a teacher's [N, C] logits (.npy, rows in dataset order) instead of CLIP."),
     ] = None,
+    knn: options.Knn = defaults.KNN,
+    knn_alpha: options.KnnAlpha = None,
+    knn_steps: options.KnnSteps = None,
+    embeddings: Annotated[
+        str | None,
+        Option(
+            "--embeddings",
+            help="With --logits and --knn: the images' [N, D] embeddings (.npy, rows in dataset order) "
+            "whose nearest neighbours refine the teacher.",
+        ),
+    ] = None,
     reference_format: Annotated[
         str | None,
         Option(
@@ -87,6 +98,7 @@ def pseudolabel_command(
         Option("--reference-top-k", min=1, help="Classes per image in CLIPRankedPredictions.csv (--reference-format)."),
     ] = defaults.REFERENCE_TOP_K,
     device: options.Device = defaults.DEVICE,
+    decode: options.Decode = defaults.DECODE,
     encode_precision: options.EncodePrecision = None,
     encode_batch_size: options.EncodeBatchSize = None,
     workers: options.Workers = None,
@@ -122,8 +134,10 @@ def pseudolabel_command(
         options.refuse_given(
             "--logits", "the teacher's logits replace CLIP", model=model, pretrained=pretrained,
             quick_gelu=quick_gelu, templates=templates, logit_scale=logit_scale, encode_precision=encode_precision,
-            encode_batch_size=encode_batch_size, workers=workers, cache_dir=cache_dir, chunk_size=chunk_size,
+            encode_batch_size=encode_batch_size, workers=workers, chunk_size=chunk_size,
+            cache_dir=cache_dir if embeddings is None else None,  # --embeddings' neighbours are stored there
         )  # fmt: skip
+    options.refuse_knn_settings_without_knn(knn, knn_alpha, knn_steps)
     config = PseudoLabelConfig(
         dataset=dataset,
         data_root=data_root,
@@ -144,6 +158,10 @@ def pseudolabel_command(
         select_threshold=options.or_default(select_threshold, defaults.SELECT_THRESHOLD),
         logit_scale=logit_scale,
         logits=logits,
+        knn=knn,
+        knn_alpha=options.or_default(knn_alpha, defaults.KNN_ALPHA),
+        knn_steps=options.or_default(knn_steps, defaults.KNN_STEPS),
+        embeddings=embeddings,
         reference_dir=reference_format,
         reference_top_k=reference_top_k,
         cache_dir=cache_dir,
@@ -153,6 +171,7 @@ def pseudolabel_command(
         chunk_size=options.or_default(chunk_size, defaults.CHUNK_SIZE),
         chunk_rows=chunk_rows,
         overwrite=overwrite,
+        decode=decode,
     )
     with RichProgress() as progress:
         run = run_pseudolabel(config, progress)

@@ -1,4 +1,5 @@
-"""``clipdebias ssl``: FixMatch + DebiasPL semi-supervised training (options -> config -> run_ssl)."""
+"""``clipdebias ssl``: FixMatch + DebiasPL (or the balanced variant) semi-supervised training
+(options -> config -> run_ssl)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,18 @@ def ssl_command(
         float,
         Option("--holdout", help="Evaluate on this stratified fraction of train, held out, instead of val (tuning)."),
     ] = defaults.HOLDOUT,
-    tau: Annotated[float | None, Option("--tau", help="DebiasPL strength; 0 = FixMatch." + _DATASETS)] = None,
+    debias: Annotated[
+        str | None,
+        Option(
+            "--debias",
+            help="How the pseudo-labels are corrected: paper (DebiasPL, z - tau log q), balance (running "
+            "per-class offsets that make the pseudo-labels' mean uniform), none (FixMatch); --tau alone means "
+            "paper." + _DATASETS,
+        ),
+    ] = None,
+    tau: Annotated[
+        float | None, Option("--tau", help="DebiasPL strength of --debias paper; 0 = FixMatch." + _DATASETS)
+    ] = None,
     threshold: Annotated[
         float | None, Option("--threshold", help="Pseudo-label confidence threshold." + _DATASETS)
     ] = None,
@@ -100,7 +112,9 @@ def ssl_command(
         bool | None,
         Option("--multiviews/--single-view", help="Two weak + two strong views per unlabeled image." + _DATASETS),
     ] = None,
-    no_debias: Annotated[bool, Option("--no-debias", help="Plain FixMatch (the same loop with --tau 0).")] = False,
+    no_debias: Annotated[
+        bool, Option("--no-debias", help="Plain FixMatch: --debias none (the same as --tau 0).")
+    ] = False,
     clip_pseudolabels: Annotated[
         Path | None,
         Option("--clip-pseudolabels", help="Pseudo-label CSV used as fallback labels (DebiasPL w/ CLIP)."),
@@ -155,6 +169,7 @@ def ssl_command(
         labels=labels,
         labeled_index=labeled_index,
         holdout=holdout,
+        debias=debias,
         tau=tau,
         threshold=threshold,
         prior_momentum=prior_momentum,

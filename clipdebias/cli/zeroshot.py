@@ -38,8 +38,9 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
     known = [v for v in metrics["per_class_top1"] if v is not None]
     split = f"{metrics['eval_split']}, {metrics['eval_images']} images"
     rows = [
+        ("correction of CLIP's labels", _correction_text(metrics)),
         (f"CLIP zero-shot top-1 ({split})", percent(metrics["zeroshot_top1"])),
-        ("CLIP zero-shot top-1, debiased", percent(metrics["zeroshot_debiased_top1"])),
+        ("CLIP zero-shot top-1, corrected", percent(metrics["zeroshot_debiased_top1"])),
         ("student top-1", percent(metrics["student_top1"])),
         ("student top-5", percent(metrics["top5"])),
         ("student worst class top-1", percent(min(known)) if known else "-"),
@@ -57,6 +58,15 @@ def _summary(metrics: dict[str, Any], out: str) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _correction_text(metrics: dict[str, Any]) -> str:
+    mode = metrics.get("debias", "paper")
+    text = f"paper, tau {metrics['tau']:g}" if mode == "paper" else mode
+    knn = metrics.get("knn") or {}
+    if knn.get("k"):
+        text += f"; kNN K {knn['k']}, alpha {knn['alpha']:g}, {knn['steps']} step(s)"
+    return text
 
 
 def zeroshot_command(
@@ -143,8 +153,20 @@ def zeroshot_command(
         ),
     ] = None,
     no_debias: Annotated[
-        bool, Option("--no-debias", help="The same pipeline without DebiasPL (--tau 0), for comparison.")
+        bool, Option("--no-debias", help="The same pipeline without any correction (--debias none), for comparison.")
     ] = False,
+    debias: Annotated[
+        str | None,
+        Option(
+            "--debias",
+            help="How CLIP's labels and the training's pseudo-labels are corrected: paper (DebiasPL, --tau), "
+            "balance (offsets to a uniform class prior offline, distribution alignment online) or none."
+            + options.default(defaults.DEBIAS),
+        ),
+    ] = None,
+    knn: options.Knn = defaults.KNN,
+    knn_alpha: options.KnnAlpha = None,
+    knn_steps: options.KnnSteps = None,
     threshold: Annotated[
         float | None,
         Option("--threshold", help="Student pseudo-label confidence threshold." + options.default(_SHARED.threshold)),
@@ -207,6 +229,7 @@ def zeroshot_command(
     ] = None,
     seed: options.Seed = defaults.SEED,
     device: options.Device = defaults.DEVICE,
+    decode: options.Decode = defaults.DECODE,
     encode_precision: options.EncodePrecision = None,
     workers: Annotated[
         int | None,
@@ -243,12 +266,13 @@ def zeroshot_command(
         encode_precision=encode_precision, classnames=classnames, templates=templates, logit_scale=logit_scale,
         head=head, views=views, feature_dropout=feature_dropout, feature_noise=feature_noise,
         select_threshold=select_threshold, select_topk_per_class=select_topk_per_class, clip_fallback=clip_fallback,
-        tau=tau, no_debias=no_debias, threshold=threshold, prior_momentum=prior_momentum, lambda_u=lambda_u, mu=mu,
+        tau=tau, no_debias=no_debias, debias=debias, knn=knn, knn_alpha=knn_alpha, knn_steps=knn_steps,
+        threshold=threshold, prior_momentum=prior_momentum, lambda_u=lambda_u, mu=mu,
         batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, ema_momentum=ema_momentum, init_weights=init_weights, image_size=image_size,
         multiviews=multiviews, precision=precision, seed=seed, device=device, workers=workers, threads=threads,
         encode_batch_size=encode_batch_size, eval_batch_size=eval_batch_size, cache_dir=cache_dir, report=report,
-        resume=resume,
+        resume=resume, decode=decode,
     )  # fmt: skip
     errors = Console(stderr=True)
     with RichProgress(errors) as progress, TrainProgressView(errors) as view:

@@ -19,6 +19,12 @@ the finished entry is written by one merge of the shards (index, then manifest, 
 leaves finished shards behind; the next run encodes only the chunks without a shard, on the same
 chunk grid, so the result equals an uninterrupted run. A lock file keeps two processes from
 writing one entry at once.
+
+Decoders and the cache: ``--decode cpu`` (Pillow, large JPEGs decoded at a reduced size) and ``--decode
+gpu`` (:mod:`clipdebias.clip.jpeg_batches`) implement the same preprocessing, so they write and reuse the
+same entry (the key's ``transform`` names the model's preprocessing, not the decoder). Their embeddings of
+one image agree within cosine 0.995 (tests/test_decode.py); an entry, or a resumed one's shards, may hold
+both. ``meta.json`` lists the decoders that wrote an entry's shards under ``"decoders"``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -45,8 +51,9 @@ from torch.utils.data import DataLoader
 
 from clipdebias import __version__
 from clipdebias.clip.backbone import Backbone
+from clipdebias.clip.jpeg_batches import DevicePreprocess, JpegBatches, min_decode_side, read_threads, resolve_decode
 from clipdebias.config import defaults
-from clipdebias.data.sources import ArraySource, ImageSource, UnreadableImage
+from clipdebias.data.sources import ArraySource, FolderSource, ImageSource, UnreadableImage
 from clipdebias.utils import distributed
 from clipdebias.utils.atomic import atomic_write, atomic_write_json, prepare_dir
 from clipdebias.utils.device import encode_workers
@@ -121,6 +128,7 @@ class EncodeResult:
     elapsed_s: float
     was_complete: bool
     failed_examples: list[tuple[int, str, str]] = field(default_factory=list)
+    decoder: str = "cpu"  # the Decoding that ran: cpu (Pillow) or gpu (the device path)
 
 
 def _sha256(*parts: bytes) -> str:
@@ -195,18 +203,21 @@ def _entry_lock(path: Path) -> Iterator[None]:
 
 
 class _Encodable:
-    """Dataset positions to ``(index, pixels or None, why not)``, for a DataLoader."""
+    """Dataset positions to ``(index, pixels or None, why not)``, for a DataLoader; ``min_side``: a large
+    JPEG may be decoded at a reduced size that keeps this many pixels on its shortest side."""
 
-    def __init__(self, source: ImageSource, transform: Callable):
+    def __init__(self, source: ImageSource, transform: Callable, min_side: int | None = None):
         self.source = source
         self.transform = transform
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
-            return index, self.transform(self.source.load(index)), ""
+            image = self.source.load_at_least(index, self.min_side)
+            return index, self.transform(image), ""
         except UnreadableImage as err:
             return index, None, err.reason
 
@@ -254,13 +265,15 @@ def _shard_loads(file: Path) -> bool:
 
 
 def _write_shard(
-    file: Path, ids: list[int], embeddings: list[np.ndarray], failed: list[tuple[int, str]], dim: int
+    file: Path, ids: list[int], embeddings: list[torch.Tensor], failed: list[tuple[int, str]], dim: int
 ) -> None:
+    """Write one chunk's shard; ``embeddings`` may still be on the model's device (copied here, once)."""
     buffer = io.BytesIO()
+    vectors = torch.cat(embeddings).to("cpu", torch.float32).numpy() if embeddings else np.zeros((0, dim), np.float32)
     np.savez(
         buffer,
         ids=np.asarray(ids, dtype=np.int64),
-        embeddings=np.concatenate(embeddings).astype(np.float32) if embeddings else np.zeros((0, dim), np.float32),
+        embeddings=vectors,
         failed_ids=np.asarray([i for i, _ in failed], dtype=np.int64),
         failed_reasons=np.asarray([r for _, r in failed], dtype=str),
     )
@@ -284,6 +297,34 @@ class _ChunkBatches:
         return sum(-(-(stop - start) // self.batch_size) for start, stop in self.chunks)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How :func:`encode_split` decodes: Pillow in ``num_workers`` DataLoader processes (``min_side``: see
+    :class:`_Encodable`), or ``device`` (a :class:`JpegBatches` that also holds the CPU path's settings)."""
+
+    num_workers: int = 0
+    min_side: int | None = None
+    device: JpegBatches | None = None
+
+    @property
+    def name(self) -> str:
+        return "gpu" if self.device is not None else "cpu"
+
+
+def _batches(
+    source: ImageSource, encoder: ImageEncoder, transform: Callable, chunks: _ChunkBatches, decoding: Decoding
+) -> Iterable[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    if decoding.device is not None:
+        return decoding.device(chunks)
+    return DataLoader(
+        _Encodable(source, transform, decoding.min_side),
+        batch_sampler=chunks,
+        num_workers=decoding.num_workers,
+        collate_fn=_collate,
+        pin_memory=str(getattr(encoder, "device", "cpu")).startswith("cuda"),
+    )
+
+
 def _encode_chunks(
     source: ImageSource,
     encoder: ImageEncoder,
@@ -291,26 +332,22 @@ def _encode_chunks(
     path: Path,
     todo: list[tuple[int, int]],
     batch_size: int,
-    num_workers: int,
+    decoding: Decoding,
     progress: Progress,
 ) -> int:
     """Encode the chunks in ``todo`` and write one shard each; returns how many images were encoded."""
-    loader = DataLoader(
-        _Encodable(source, transform),
-        batch_sampler=_ChunkBatches(todo, batch_size),
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=str(getattr(encoder, "device", "cpu")).startswith("cuda"),
-    )
+    loader = _batches(source, encoder, transform, _ChunkBatches(todo, batch_size), decoding)
     pending = iter(todo)
     start, stop = next(pending)
     ids: list[int] = []
-    vectors: list[np.ndarray] = []
+    vectors: list[torch.Tensor] = []
     failed: list[tuple[int, str]] = []
     encoded = 0
     for batch_ids, pixels, batch_failed in loader:
         if pixels is not None:
-            vectors.append(encoder.encode_images(pixels).to("cpu", torch.float32).numpy())
+            # kept on the model's device until the shard is written: no wait for the GPU after each batch, so
+            # that the next batch is read and decoded while the model still runs on this one
+            vectors.append(encoder.encode_images(pixels))
         ids.extend(batch_ids)
         failed.extend(batch_failed)
         progress.advance(len(batch_ids) + len(batch_failed))
@@ -371,7 +408,7 @@ class _Plan:
 
 
 def _plan_entry(
-    source: ImageSource, path: Path, key: dict[str, str], dim: int, chunk_size: int, rebuild: bool
+    source: ImageSource, path: Path, key: dict[str, str], dim: int, chunk_size: int, rebuild: bool, decoder: str
 ) -> _Plan:
     """Start (or continue) the entry at ``path``: discard it if ``rebuild`` or its key differs,
     write ``meta.json`` marked unfinished, list the chunks without a finished shard."""
@@ -396,6 +433,7 @@ def _plan_entry(
         "dim": dim,
         "clipdebias": __version__,
         "started": (meta or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        "decoders": sorted({*(meta or {}).get("decoders", []), decoder}),
     }
     atomic_write_json(path / META_FILE, meta)
     bounds = _chunk_bounds(len(source), chunk)
@@ -440,6 +478,7 @@ def encode_split(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     rebuild: bool = False,
     progress: Progress | None = None,
+    decoding: Decoding | None = None,
 ) -> EncodeResult:
     """Encode every image of ``source`` once into the cache entry for this key, resuming if needed.
 
@@ -453,12 +492,15 @@ def encode_split(
     entry (the cache directory must be shared by all nodes). The entry is the same as one
     process's, and a killed run resumes with any number of processes. Only rank 0 reports
     ``progress``, for its own chunks.
+
+    ``decoding``: how images are decoded (default: Pillow, every pixel, in ``num_workers`` processes).
     """
     if batch_size < 1 or chunk_size < 1:
         raise UserError(f"--batch-size and --chunk-size must be at least 1 (got {batch_size}, {chunk_size})")
     if num_workers < 0:
         raise OptionError("num_workers", f"must be 0 or more (got {num_workers})")
     progress = (progress or NoProgress()) if distributed.is_main_process() else NoProgress()
+    decoding = decoding or Decoding(num_workers=num_workers)
     began = time.perf_counter()
     key = cache_key(source, data_root, encoder.cache_identity, transform_id)
     path = entry_path(cache_dir, key)
@@ -467,7 +509,7 @@ def encode_split(
         def prepare() -> _Plan:
             prepare_dir(path, "cache entry")
             held.enter_context(_entry_lock(path))  # rank 0 holds the lock for the whole run
-            return _plan_entry(source, path, key, encoder.embed_dim, chunk_size, rebuild)
+            return _plan_entry(source, path, key, encoder.embed_dim, chunk_size, rebuild, decoding.name)
 
         plan = distributed.on_main(prepare)
         if plan.complete:
@@ -478,13 +520,20 @@ def encode_split(
             "encoding images", plan.reused + sum(stop - start for start, stop in mine), completed=plan.reused
         )
         encoded_here = (
-            _encode_chunks(source, encoder, transform, path, mine, batch_size, num_workers, progress) if mine else 0
+            _encode_chunks(source, encoder, transform, path, mine, batch_size, decoding, progress) if mine else 0
         )
         encoded = _sum_over_ranks(encoded_here)  # also waits until every rank has written its shards
         meta, num_encoded, failed = distributed.on_main(lambda: _finish_entry(source, path, plan.meta, began))
     elapsed = time.perf_counter() - began
     return EncodeResult(
-        CacheEntry(path, meta), encoded, num_encoded - encoded, len(failed), elapsed, False, _examples(source, failed)
+        CacheEntry(path, meta),
+        encoded,
+        num_encoded - encoded,
+        len(failed),
+        elapsed,
+        False,
+        _examples(source, failed),
+        decoding.name,
     )
 
 
@@ -588,8 +637,10 @@ def cached_embeddings(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     rebuild: bool = False,
     progress: Progress | None = None,
+    decode: str = defaults.DECODE,
 ) -> EncodeResult:
-    """:func:`encode_split` with a backbone's own evaluation transform."""
+    """:func:`encode_split` with a backbone's own evaluation transform, decoded as ``decode`` says
+    (``auto``, ``cpu`` or ``gpu``: :func:`eval_decoding`)."""
     return encode_split(
         source,
         backbone,
@@ -602,4 +653,17 @@ def cached_embeddings(
         chunk_size=chunk_size,
         rebuild=rebuild,
         progress=progress,
+        decoding=eval_decoding(source, backbone, decode, num_workers),
     )
+
+
+def eval_decoding(source: ImageSource, backbone: Backbone, decode: str, workers: int | None) -> Decoding:
+    """How to decode ``source`` for ``backbone``'s evaluation transform: ``decode`` resolved on its
+    device (:func:`resolve_decode`), large JPEGs at a reduced size on the CPU path, ``workers`` decoding
+    processes (CPU path) or reading threads (device path; both default as the CLI says)."""
+    min_side = min_decode_side(backbone.preprocess_cfg)
+    path = resolve_decode(decode, backbone.device, backbone.preprocess_cfg)
+    if path == "cpu" or not isinstance(source, FolderSource):  # in-memory images: nothing to decode
+        return Decoding(encode_workers(workers, backbone.device.type), min_side)
+    preprocess = DevicePreprocess(backbone.preprocess_cfg, backbone.device)
+    return Decoding(0, min_side, JpegBatches(source, preprocess, backbone.transform, min_side, read_threads(workers)))

@@ -348,6 +348,21 @@ def _run_blocks(
 # --- the public functions ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def faiss_threads(threads: int | None) -> Iterator[None]:
+    """FAISS's OpenMP threads set to ``threads`` (``--threads``) inside the block, restored after;
+    ``None`` leaves FAISS's own default."""
+    if threads is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def _none(rows: int) -> Neighbours:
     """``K = 0``: no neighbours (nothing searched or stored)."""
     return Neighbours(np.zeros((rows, 0), np.int64), np.zeros((rows, 0), np.float32), "none")

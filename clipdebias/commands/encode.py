@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
 from clipdebias.clip.cache import EncodeResult, cached_embeddings
+from clipdebias.clip.jpeg_batches import check_decode
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_choice, check_encoding
 from clipdebias.data.sources import check_dataset, open_dataset
@@ -33,11 +34,13 @@ class EncodeConfig:
     threads: int | None = None  # None: torch's own default
     chunk_size: int = defaults.CHUNK_SIZE
     rebuild: bool = False
+    decode: str = defaults.DECODE
 
     def __post_init__(self) -> None:
         """Bad values fail here, when the options are resolved, before any work."""
         check_encoding(self)
         check_choice("encode_precision", self.backbone.precision, defaults.PRECISIONS)
+        check_decode(self.decode, self.backbone.device)
 
 
 def run_encode(config: EncodeConfig, progress: Progress | None = None) -> tuple[EncodeResult, Backbone]:
@@ -67,5 +70,6 @@ def _run_encode(config: EncodeConfig, progress: Progress | None) -> tuple[Encode
         chunk_size=config.chunk_size,
         rebuild=config.rebuild,
         progress=progress,
+        decode=config.decode,
     )
     return result, backbone

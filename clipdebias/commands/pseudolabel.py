@@ -11,6 +11,8 @@ import numpy as np
 
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
 from clipdebias.clip.cache import EmbeddingStore, EncodeResult, cached_embeddings
+from clipdebias.clip.jpeg_batches import check_decode
+from clipdebias.clip.neighbours import Neighbours, array_neighbours, check_k, entry_neighbours, faiss_threads
 from clipdebias.clip.prompts import load_classnames, load_prompts, load_templates, text_classifier
 from clipdebias.config import defaults
 from clipdebias.config.checks import check_all, check_choice, check_encoding, check_finite
@@ -22,7 +24,8 @@ from clipdebias.pseudolabels.files import (
     pseudo_label_table,
     sidecar_path,
 )
-from clipdebias.pseudolabels.labels import PseudoLabelSummary, debiased_pseudo_labels, summarize
+from clipdebias.pseudolabels.labels import PseudoLabelSummary, summarize
+from clipdebias.pseudolabels.offline import KnnSettings, check_knn_settings, offline_pseudo_labels
 from clipdebias.pseudolabels.reference import (
     empty_reference_file,
     reference_file_names,
@@ -56,6 +59,10 @@ class PseudoLabelConfig:
     select_threshold: float = defaults.SELECT_THRESHOLD  # "selected": debiased confidence >= it
     logit_scale: float | None = None  # None: the model's own (100 for OpenAI CLIP)
     logits: str | None = None  # a teacher's [N, C] logits (.npy) instead of CLIP
+    knn: int = defaults.KNN  # refine with the K nearest neighbours' probabilities first; 0 = off
+    knn_alpha: float = defaults.KNN_ALPHA
+    knn_steps: int = defaults.KNN_STEPS
+    embeddings: str | None = None  # with --logits and --knn: the images' [N, D] embeddings (.npy)
     reference_dir: str | None = None
     reference_top_k: int = defaults.REFERENCE_TOP_K  # classes per image in CLIPRankedPredictions.csv
     cache_dir: str | None = None
@@ -65,6 +72,7 @@ class PseudoLabelConfig:
     chunk_size: int = defaults.CHUNK_SIZE
     chunk_rows: int = defaults.CHUNK_ROWS
     overwrite: bool = False  # replace an existing --out CSV, its sidecar and --reference-format files
+    decode: str = defaults.DECODE  # auto, cpu or gpu: who decodes the images CLIP encodes
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class PseudoLabelRun:
     threshold: float
     correction: str  # e.g. "debiased (tau 0.4)", "balanced (uniform prior)"
     balance: BalancedOffsets | None  # --debias balance: the passes it took, whether it converged
+    neighbours: Neighbours | None  # --knn K > 0: the neighbours used (``computed`` False: read from the store)
     num_images: int
     encode: EncodeResult | None
     backbone_rows: list[tuple[str, str]]
@@ -92,6 +101,15 @@ def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
     check_finite(config)
     check_encoding(config)
     check_choice("debias", config.debias, defaults.DEBIAS_MODES)
+    check_knn_settings(KnnSettings(config.knn, config.knn_alpha, config.knn_steps))
+    if config.embeddings is not None and config.logits is None:
+        raise OptionError("embeddings", "goes with --logits (without it, CLIP's cached embeddings are used)")
+    if config.embeddings is not None and config.knn == 0:
+        raise OptionError("embeddings", "is read by --knn only; add --knn K (K > 0) or leave it out")
+    if config.knn > 0 and config.logits is not None and config.embeddings is None:
+        raise OptionError(
+            "knn", "with --logits needs --embeddings FILE.npy (the images' [N, D] embeddings, rows in dataset order)"
+        )
     if config.tau is not None and config.debias != "paper":
         raise OptionError("tau", f"applies to --debias paper only; --debias {config.debias} does not use it")
     if config.target_prior is not None and config.debias != "balance":
@@ -106,6 +124,7 @@ def check_pseudolabel_config(config: PseudoLabelConfig) -> None:
         ]
     )
     check_choice("encode_precision", config.backbone.precision, defaults.PRECISIONS)
+    check_decode(config.decode, config.backbone.device)
 
 
 def _check_out(out: str) -> Path:
@@ -175,6 +194,7 @@ def _clip_logits(
         num_workers=config.workers,
         chunk_size=config.chunk_size,
         progress=progress,
+        decode=config.decode,
     )
     classifier = text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress)
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
@@ -213,6 +233,8 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
     if config.logits is None:
         load_templates(config.dataset, config.templates)  # a bad template fails before the model loads
         prepare_cache_dir(config.cache_dir)
+    elif config.embeddings is not None:  # their neighbours are stored in the cache
+        prepare_cache_dir(config.cache_dir)
     backbone = None
     if config.logits is None:  # the backbone first: missing weights fail before a long folder scan
         backbone = load_backbone(config.backbone, digest_dir=resolve_cache_dir(config.cache_dir))
@@ -223,23 +245,36 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
     reference_index = reference_indices(source) if config.reference_dir is not None else None
     encoded: EncodeResult | None = None
     scale: float | None = None
+    check_k(config.knn, len(source))  # from the listing: before any image is encoded
+    neighbours: Neighbours | None = None
     if config.logits is not None:
         logits: LogitRows = load_logits_file(config.logits, len(source), len(classes))
         indices = np.arange(len(source), dtype=np.int64)
         teacher, rows = f"logits file {config.logits}", [("teacher", f"logits file {config.logits}")]
+        if config.embeddings is not None:
+            neighbours = _array_neighbours(config, len(source), progress)
     else:
         logits, indices, encoded, rows, scale = _clip_logits(config, backbone, source, progress)
         teacher = "clip"
-    result = debiased_pseudo_labels(
+        if config.knn > 0:
+            with faiss_threads(config.threads):
+                neighbours = entry_neighbours(encoded.entry, config.knn, device=backbone.device, progress=progress)
+    knn = KnnSettings(config.knn, config.knn_alpha, config.knn_steps)
+    offline = offline_pseudo_labels(
         logits,
-        defaults.TAU if config.tau is None else config.tau,
-        config.select_threshold,
-        config.chunk_rows,
+        neighbours.indices if neighbours is not None else None,
+        knn,
         mode=config.debias,
+        tau=defaults.TAU if config.tau is None else config.tau,
+        threshold=config.select_threshold,
         target_prior=target,
-        progress=progress,
+        chunk_rows=config.chunk_rows,
         top_k=config.reference_top_k if config.reference_dir is not None else 0,
+        progress=progress,
     )
+    result = offline.pseudo
+    if neighbours is not None:
+        rows.append(("kNN refinement", _knn_row(knn, neighbours)))
     paths = [source.path(i) for i in range(len(source))]
     table = pseudo_label_table(result, indices, paths, source.labels, classes)
     summary = summarize(result, source.labels[indices], len(classes))
@@ -256,6 +291,7 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
         split=config.split,
         num_images=len(source),
     )
+    sidecar |= offline.sidecar_keys(len(classes))
     files = pseudo_label_files(table, out, sidecar)
     if config.reference_dir is not None:
         files += reference_format_files(table, result, config.reference_dir, reference_index)
@@ -275,7 +311,33 @@ def _run_pseudolabel(config: PseudoLabelConfig, progress: Progress | None) -> Ps
         result.threshold,
         result.correction,
         result.balance,
+        neighbours,
         len(source),
         encoded,
         rows,
     )
+
+
+def load_embeddings_file(path: str) -> np.ndarray:
+    """``--embeddings``: an ``[N, D]`` ``.npy`` array, memory-mapped (its rows and values are checked
+    by :func:`clipdebias.clip.neighbours.array_neighbours`)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise OptionError("embeddings", f"{path}: no such file")
+    try:
+        return np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise OptionError("embeddings", f"{path} is not a .npy array ({err})") from err
+
+
+def _array_neighbours(config: PseudoLabelConfig, num_images: int, progress: Progress) -> Neighbours:
+    """The neighbours of ``--embeddings``' rows, stored in (and reused from) the cache's ``neighbours/``."""
+    embeddings = load_embeddings_file(config.embeddings)
+    store = prepare_cache_dir(config.cache_dir) / "neighbours"
+    with faiss_threads(config.threads):
+        return array_neighbours(embeddings, config.knn, rows=num_images, store_dir=store, progress=progress)
+
+
+def _knn_row(knn: KnnSettings, neighbours: Neighbours) -> str:
+    found = "read from the store" if not neighbours.computed else f"found now ({neighbours.method})"
+    return f"K {knn.k}, alpha {knn.alpha:g}, {knn.steps} step{'' if knn.steps == 1 else 's'}; neighbours {found}"

@@ -30,7 +30,7 @@ from clipdebias.data.sources import DATASETS, GRAYSCALE_DATASETS, MIN_CLASSES, I
 from clipdebias.data.splits import split_labeled
 from clipdebias.data.streams import StreamSpec, build_streams
 from clipdebias.pseudolabels.files import read_csv_columns
-from clipdebias.training.loop import ADDED_SETTINGS, ProgressEvent, Runtime, train
+from clipdebias.training.loop import ADDED_SETTINGS, ProgressEvent, Runtime, debias_mode, train
 from clipdebias.training.models import ARCHS, build_model, check_init_weights_file
 from clipdebias.training.optim import cosine_schedule, make_sgd
 from clipdebias.training.run_folder import RunFolder, check_resume
@@ -39,7 +39,7 @@ from clipdebias.training.step import Fallback, TrainConfig
 from clipdebias.utils import distributed
 from clipdebias.utils.atomic import prepare_dir
 from clipdebias.utils.device import resolve_device, training_workers
-from clipdebias.utils.errors import UserError
+from clipdebias.utils.errors import OptionError, UserError
 from clipdebias.utils.formatting import count_of
 from clipdebias.utils.threads import torch_threads
 
@@ -57,7 +57,8 @@ class SSLConfig:
     labels: str
     labeled_index: str | None
     holdout: float
-    tau: float
+    tau: float  # 0 unless debias is "paper"
+    debias: str  # paper | balance | none; "paper" with tau 0 is recorded as "none" (the same training)
     threshold: float
     prior_momentum: float
     lambda_u: float
@@ -75,7 +76,7 @@ class SSLConfig:
     init_weights: str | None
     image_size: int
     multiviews: bool
-    no_debias: bool
+    no_debias: bool  # --no-debias given (a synonym of --debias none)
     clip_pseudolabels: str | None
     clip_fallback: float
     seed: int
@@ -91,13 +92,34 @@ class SSLConfig:
 
     @property
     def method(self) -> str:
-        return "debiaspl" if self.tau > 0 else "fixmatch"
+        return defaults.METHOD_OF_DEBIAS[self.debias]
 
 
-# Options that may differ between a run and its --resume (how it runs, not what it computes).
+# Options that may differ between a run and its --resume (how it runs, not what it computes); no_debias
+# only says how "--debias none" was spelled.
 RESUME_MAY_CHANGE = (
     "resume", "device", "workers", "threads", "eval_batch_size", "precision", "compile", "prefetch_factor",
+    "no_debias",
 )  # fmt: skip
+
+
+def _resolve_debias(given: dict[str, Any], dataset_mode: str) -> tuple[str, bool]:
+    """``(mode, no_debias)`` of the user's ``--debias`` / ``--no-debias`` / ``--tau`` (``given`` loses
+    ``no_debias``; its ``tau`` becomes 0 outside the paper mode). ``--tau`` without ``--debias`` means
+    the paper mode (the only one it applies to); with neither, the dataset's mode. Raises :class:`OptionError`."""
+    no_debias = bool(given.pop("no_debias", False) or False)
+    mode = given.get("debias")
+    if no_debias and mode not in (None, "none"):
+        raise OptionError("debias", f"{mode} contradicts --no-debias (a synonym of --debias none)")
+    implied = "paper" if given.get("tau") is not None else dataset_mode
+    mode = "none" if no_debias else (mode or implied)
+    check_choice("debias", mode, defaults.DEBIAS_MODES)
+    if mode != "paper":
+        if given.get("tau") is not None:
+            spelled = "--no-debias" if no_debias else f"--debias {mode}"
+            raise OptionError("tau", f"applies to --debias paper only; {spelled} does not use it")
+        given["tau"] = 0.0
+    return mode, no_debias
 
 
 def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig:
@@ -108,11 +130,7 @@ def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig
     """
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    no_debias = bool(given.pop("no_debias", False) or False)
-    if no_debias and given.get("tau") not in (None, 0, 0.0):
-        raise UserError(f"--no-debias means --tau 0; it cannot be combined with --tau {given['tau']}")
-    if no_debias:
-        given["tau"] = 0.0
+    given["debias"], no_debias = _resolve_debias(given, DEFAULTS[dataset].debias)
     values = fill_options(
         "ssl",
         SSLConfig,
@@ -122,6 +140,8 @@ def resolve_ssl_config(dataset: str, out: str | Path, **given: Any) -> SSLConfig
     )
     if values["workers"] is None:
         values["workers"] = 0 if dataset == "digits" else training_workers()
+    if values["debias"] == "paper" and values["tau"] == 0:
+        values["debias"] = "none"  # --tau 0 is FixMatch: recorded as such, so both spellings resume each other
     config = SSLConfig(dataset=dataset, out=str(Path(out).expanduser()), no_debias=no_debias, **values)
     _check_ranges(config)
     return config
@@ -267,7 +287,8 @@ def _config_json(config: SSLConfig, classes: list[str]) -> dict[str, Any]:
 
 
 def _check_resume(run: RunFolder, config: SSLConfig, classes: list[str]) -> None:
-    check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE, ADDED_SETTINGS)
+    added = {**ADDED_SETTINGS, "debias": debias_mode(run.read_config() or {})}
+    check_resume(run, _config_json(config, classes), config.resume, RESUME_MAY_CHANGE, added)
 
 
 def run_ssl(config: SSLConfig, progress: Callable[[ProgressEvent], None] | None = None) -> dict[str, Any]:
@@ -347,6 +368,7 @@ def _run_ssl(
         epochs=config.epochs,
         steps_per_epoch=config.steps_per_epoch,
         tau=config.tau,
+        debias=config.debias,
         threshold=config.threshold,
         prior_momentum=config.prior_momentum,
         lambda_u=config.lambda_u,

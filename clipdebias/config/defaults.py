@@ -27,6 +27,14 @@ CHUNK_SIZE = 4096
 # Image decoding processes while encoding (--workers): None = 0 on CPU, up to 8 with a GPU
 # (clipdebias.utils.device.encode_workers).
 ENCODE_WORKERS_TEXT = "0 on CPU, up to 8 with a GPU"
+# Which decoder feeds CLIP while encoding (--decode): gpu = torchvision's batched JPEG decoder on the model's
+# CUDA device (other files on the CPU), cpu = Pillow in the decoding processes, auto = gpu when the model
+# encodes on CUDA, else cpu (clipdebias.clip.jpeg_batches).
+DECODES = ("auto", "cpu", "gpu")
+DECODE = "auto"
+# Pillow decodes a large JPEG at 1/2, 1/4 or 1/8 of its size when at least this many times the model's input
+# size remains on its shortest side (docs/performance.md, "Reduced-size JPEG decoding").
+DECODE_DRAFT_SCALE = 2
 # torch's CPU threads (--threads): None = torch's own default.
 THREADS_TEXT = "torch's"
 CACHE_DIR_TEXT = "$CLIPDEBIAS_CACHE or ~/.cache/clipdebias"
@@ -45,18 +53,23 @@ CHUNK_ROWS = 16384
 # none = the plain zero-shot labels.
 DEBIAS_MODES = ("paper", "balance", "none")
 DEBIAS = "paper"
+# The method name a training run (ssl, zeroshot) records for each --debias mode, in metrics.json,
+# config.json, reports and compare; --debias paper with --tau 0 trains (and is named) as none.
+METHOD_OF_DEBIAS = {"paper": "debiaspl", "balance": "balanced", "none": "fixmatch"}
 # balance: stop when every class's corrected share is within this relative distance of its target share,
 # or after this many passes over the logits (each pass is one softmax over [N, C]).
 BALANCE_TOLERANCE = 1e-4
 BALANCE_MAX_ITERATIONS = 100
 # kNN refinement of the teacher's probabilities (clipdebias.pseudolabels.knn, docs/algorithm.md):
 # p'_i = (1 - alpha) p_i + alpha * mean of p_j over the K nearest other images (cosine of the CLIP
-# embeddings). KNN = K; 0 = off (the plain teacher). KNN_ALPHA = alpha in [0, 1]: 0.5 weighs an image
-# and its neighbourhood alike, an untuned middle. KNN_STEPS = T passes of label propagation anchored to
-# the teacher (1 = the formula above; each further step costs one pass and a second float16 [N, C] buffer).
+# embeddings). KNN = K; 0 = off (the plain teacher: no neighbour search, no [N, C] buffer). KNN_ALPHA =
+# alpha in [0, 1] and KNN_STEPS = T passes of label propagation anchored to the teacher (1 = the formula
+# above; each further step costs one pass and a second float16 [N, C] buffer): alpha 0.9, T 3 gave the
+# most accurate kNN + balance labels on the tuning seeds of both digits teachers, train rows only
+# (benchmarks/pseudolabel_quality.py, docs/results.md; K 10 there, within 0.7 points of K 5 and 20).
 KNN = 0
-KNN_ALPHA = 0.5
-KNN_STEPS = 1
+KNN_ALPHA = 0.9
+KNN_STEPS = 3
 # Classes per image in CLIPRankedPredictions.csv of --reference-format (at most the number of classes).
 REFERENCE_TOP_K = 5
 
@@ -110,6 +123,10 @@ class SSLDefaults:
     # "EMA teacher: warm-up and BatchNorm statistics").
     teacher_bn: str = "ema"
     ema_warmup: bool = False
+    # How the pseudo-labels are corrected (--debias, DEBIAS_MODES): paper = DebiasPL with tau, balance =
+    # online balanced offsets to a uniform prior, none = FixMatch (docs/algorithm.md). digits: balance, chosen
+    # on held-out train (docs/results.md, "Semi-supervised digits — summary and reading").
+    debias: str = DEBIAS
 
 
 # FixMatch (Sohn et al. 2020) for CIFAR; DebiasPL's ImageNet scripts (Wang et al. 2022: threshold
@@ -119,7 +136,7 @@ SSL_DEFAULTS: dict[str, SSLDefaults] = {
     "digits": SSLDefaults(
         labels="2-per-class", tau=TAU, threshold=0.95, prior_momentum=0.99, lambda_u=1.0, mu=4, batch_size=16,
         epochs=10, steps_per_epoch=250, lr=0.03, weight_decay=5e-4, warmup_epochs=0, ema_momentum=0.99, arch="cnn",
-        image_size=16, multiviews=False, ema_warmup=True,
+        image_size=16, multiviews=False, ema_warmup=True, debias="balance",
     ),
     "cifar10": SSLDefaults(
         labels="4-per-class", tau=TAU, threshold=0.95, prior_momentum=0.999, lambda_u=1.0, mu=7, batch_size=64,
@@ -211,8 +228,10 @@ ZEROSHOT_OPTIONS: dict[str, Any] = {
     "data_root": None, "model": MODEL, "pretrained": PRETRAINED, "quick_gelu": None,
     "encode_precision": ENCODE_PRECISION, "classnames": None, "templates": None, "logit_scale": None,
     "select_topk_per_class": None, "steps_per_epoch": None, "init_weights": None, "precision": ZEROSHOT_PRECISION,
-    "seed": SEED, "device": DEVICE, "workers": None, "threads": None, "encode_batch_size": ENCODE_BATCH_SIZE,
+    "seed": SEED, "device": DEVICE, "decode": DECODE, "workers": None, "threads": None,
+    "encode_batch_size": ENCODE_BATCH_SIZE,
     "eval_batch_size": EVAL_BATCH_SIZE, "cache_dir": None, "report": True, "resume": False,
+    "debias": DEBIAS, "knn": KNN, "knn_alpha": KNN_ALPHA, "knn_steps": KNN_STEPS,
 }  # fmt: skip
 
 

@@ -84,6 +84,11 @@ class ImageSource(ABC):
     def load(self, index: int) -> Image.Image:
         """Image ``index`` as RGB; raises :class:`UnreadableImage` if it cannot be decoded."""
 
+    def load_at_least(self, index: int, min_side: int | None) -> Image.Image:
+        """Image ``index`` as :meth:`load` gives it, or a JPEG file decoded at a reduced size that
+        keeps at least ``min_side`` pixels on its shortest side (:func:`read_image`; ``None``: full size)."""
+        return self.load(index)
+
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return self.load(index), int(self.labels[index])
 
@@ -120,6 +125,9 @@ class FolderSource(ImageSource):
 
     def load(self, index: int) -> Image.Image:
         return read_image(self.paths[index])
+
+    def load_at_least(self, index: int, min_side: int | None) -> Image.Image:
+        return read_image(self.paths[index], min_side)
 
 
 def check_dataset(name: str, split: str, root: str | Path | None = None, min_classes: int = 1) -> None:

@@ -20,11 +20,13 @@ class Selection:
 
     ``confident`` / ``rest``: positions into the train rows (sorted): the confident set trained with
     its pseudo-label (in ``zeroshot``, CLIP's label) as its target, and the unlabeled rest.
+    ``paper_label``: the labels of the paper's default correction of the same teacher, when known.
     """
 
     pseudo: PseudoLabels
     confident: np.ndarray
     rest: np.ndarray
+    paper_label: np.ndarray | None = None  # the paper's default correction, for comparison (reports)
 
 
 def select_confident(

@@ -43,7 +43,7 @@ SETTING_KEYS_IGNORED = frozenset(
 """config.json keys that do not change what a run measures: they never make a group suspicious."""
 GROUP_KEYS_EXAMPLE = "method, dataset, labels, tau, threshold, seed, arch, student"
 """Keys named in the error for a --by key that no run has."""
-IGNORED_BY_METHOD = {"fixmatch": frozenset({"tau"})}
+IGNORED_BY_METHOD = {"fixmatch": frozenset({"tau"}), "balanced": frozenset({"tau"})}
 """Options a method does not use: they neither split nor name its groups."""
 COMPARE_FILE = "compare.md"
 COMPARE_CHART = "compare.png"
@@ -181,8 +181,9 @@ def _mixed_settings(group: GroupSummary) -> str | None:
     )
 
 
-METHOD_KEYS = frozenset({"method", "no_debias"})
-"""config.json keys that follow from the method: they differ between FixMatch and DebiasPL by design."""
+METHOD_KEYS = frozenset({"method", "no_debias", "debias"})
+"""config.json keys that follow from the method: they differ between FixMatch, DebiasPL and the balanced
+variant by design."""
 
 
 def _settings_beside_baseline(group: GroupSummary, baseline: GroupSummary, varying: Sequence[str]) -> str | None:
@@ -322,7 +323,7 @@ def chart_figure(groups: Sequence[GroupSummary]) -> Figure:
         "pseudo-label imbalance per epoch (geometric mean)",
         "largest / smallest class (log scale)",
         log_scale=True,
-        reference=(1.0, "balanced"),
+        reference=(1.0, "equal class counts"),
     )
     plots.line_panel(axes[3], lines("pseudo_label_accuracy", PERCENT), "pseudo-label accuracy per epoch", "%")
     return figure

@@ -45,6 +45,7 @@ UPRIGHT_NAME_CHARS = 3
 
 RAW_COLOR = "tab:red"
 DEBIASED_COLOR = "tab:blue"
+PAPER_COLOR = "tab:green"  # the paper's default correction, drawn beside another chosen mode
 FIRST_COLOR = "tab:gray"
 PALETTE = (
     "tab:blue",

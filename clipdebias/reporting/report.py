@@ -18,21 +18,22 @@ leave a chart or a row out (with a note); only foreign input raises :class:`User
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clipdebias import __version__, metrics
+from clipdebias.config import defaults
 from clipdebias.pseudolabels.files import PseudoLabelTable, read_pseudolabels
 from clipdebias.reporting import gallery, plots
 from clipdebias.reporting.runs import RunRecord, as_imbalance, read_run
 from clipdebias.utils.atomic import atomic_write_text
 from clipdebias.utils.errors import UserError
 from clipdebias.utils.formatting import fmt, fmt_change, markdown_table
-from clipdebias.utils.json_values import as_vector
+from clipdebias.utils.json_values import as_number, as_vector
 
 if TYPE_CHECKING:  # matplotlib is heavy: plots.py imports it only when a chart is drawn
     from matplotlib.figure import Figure
@@ -131,6 +132,43 @@ def _never_predicted(counts: np.ndarray) -> int:
     return int((np.asarray(counts) == 0).sum())
 
 
+def correction_name(sidecar: Mapping[str, Any]) -> str:
+    """The chosen correction in a few words, from a pseudo-label sidecar: ``paper (tau 0.4)``,
+    ``balance``, ``none``, with `` + kNN (K 10, alpha 0.5)`` when the teacher was refined first; the
+    paper mode when the sidecar predates the modes."""
+    if not sidecar:
+        return "corrected (mode unknown: no sidecar)"
+    mode = str(sidecar.get("debias") or "paper")
+    tau = as_number(sidecar.get("tau"))
+    text = f"paper (tau {tau:g})" if mode == "paper" and tau is not None else mode
+    knn = sidecar.get("knn")
+    if isinstance(knn, Mapping) and (as_number(knn.get("k")) or 0) > 0:
+        alpha = as_number(knn.get("alpha"))
+        text += f" + kNN (K {int(knn['k'])}, alpha {'?' if alpha is None else f'{alpha:g}'})"
+    return text
+
+
+def _paper_curve(table: PseudoLabelTable, num_classes: int) -> tuple[plots.Curve | None, str]:
+    """The paper's default correction's class counts beside a different chosen mode (from the
+    sidecar's ``paper_class_counts``), and a sentence for the chart saying what is drawn."""
+    mode = str(table.sidecar.get("debias") or "paper")
+    knn = table.sidecar.get("knn")
+    refined = isinstance(knn, Mapping) and (as_number(knn.get("k")) or 0) > 0
+    default_paper = mode == "paper" and not refined and table.tau == defaults.TAU
+    if default_paper:
+        return None, ""
+    counts = as_vector(table.sidecar.get("paper_class_counts"), num_classes)
+    if counts is None:
+        return None, (
+            " The paper's default correction is not drawn (raw vs the chosen correction only): there is no "
+            "`paper_class_counts` in a sidecar (none, or one of an earlier release), and it cannot be "
+            "recomputed from the CSV's labels alone."
+        )
+    tau = as_number(table.sidecar.get("paper_tau")) or defaults.TAU
+    curve = plots.Curve(f"paper (tau {tau:g})", np.asarray(counts, dtype=float), plots.PAPER_COLOR)
+    return curve, f" The green curve is the paper's default correction (tau {tau:g}) of the same teacher."
+
+
 def pseudolabel_section(
     table: PseudoLabelTable, prefix: str = "", row_prefix: str = "", heading: str = "Pseudo-labels"
 ) -> Section:
@@ -143,8 +181,11 @@ def pseudolabel_section(
     deb_counts = metrics.class_counts(table.pseudo_label, num_classes)
     raw_selected = table.raw_selected
     selected = table.selected
+    chosen = correction_name(table.sidecar)
+    paper_curve, paper_text = _paper_curve(table, num_classes)
     summary: list[Row] = [
         (f"{row_prefix}input", f"pseudo-label CSV: {table.num_rows} rows, {num_classes} classes"),
+        (f"{row_prefix}correction", chosen),
         (
             f"{row_prefix}tau / threshold",
             f"{fmt(table.tau, 2) if table.tau is not None else 'unknown'} / {_threshold_text(table)}",
@@ -160,8 +201,16 @@ def pseudolabel_section(
     ]
     count_curves = [
         plots.Curve("raw zero-shot", raw_counts.astype(float), plots.RAW_COLOR),
-        plots.Curve("debiased", deb_counts.astype(float), plots.DEBIASED_COLOR),
+        *([paper_curve] if paper_curve is not None else []),
+        plots.Curve(chosen, deb_counts.astype(float), plots.DEBIASED_COLOR),
     ]
+    if paper_curve is not None:
+        summary.append(
+            (
+                f"{row_prefix}imbalance, all rows (paper default → {chosen})",
+                fmt_change(metrics.imbalance_ratio(paper_curve.values), metrics.imbalance_ratio(deb_counts), 1, "×"),
+            )
+        )
     kept_curves: list[plots.Curve] = []
     if selected is not None and raw_selected is not None:
         raw_kept = metrics.class_counts(table.raw_pseudo_label[raw_selected], num_classes)
@@ -205,7 +254,8 @@ def pseudolabel_section(
             "predicted by the raw zero-shot labels (beyond 30 classes each curve is sorted on its own and "
             "the largest and smallest classes are named under the axis); the dashed line is a perfectly balanced "
             "labelling with the same total. The closer a curve hugs its line, the less biased the "
-            "pseudo-labels. The count axis is logarithmic when one class has over 10 times another's rows.",
+            "pseudo-labels. The count axis is logarithmic when one class has over 10 times another's rows. "
+            f"The blue curve is the chosen correction: {chosen}." + paper_text,
             figure,
         )
     ]
@@ -498,7 +548,7 @@ def _training_chart(run: RunRecord) -> Chart | None:
         "pseudo-label imbalance (largest / smallest class)",
         "ratio (log scale)",
         log_scale=True,
-        reference=(1.0, "balanced"),
+        reference=(1.0, "equal class counts"),
     )
     return Chart(
         "training.png",

@@ -39,7 +39,7 @@ import inspect
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,7 +53,7 @@ from clipdebias.debias import ClassPrior
 from clipdebias.metrics import EvalResult, PseudoLabelCounter, PseudoLabelStats, entropy
 from clipdebias.training.run_folder import RunFolder
 from clipdebias.training.run_layout import CHECKPOINT
-from clipdebias.training.step import EMATeacher, Fallback, TrainConfig, fixmatch_step
+from clipdebias.training.step import EMATeacher, Fallback, TrainConfig, fixmatch_step, make_prior
 from clipdebias.utils import distributed
 from clipdebias.utils.errors import UserError
 
@@ -61,6 +61,16 @@ CHECKPOINT_FORMAT = 1
 # TrainConfig fields added after checkpoint format 1, with the value that a checkpoint (or a run folder's
 # config.json) written before them was trained with, so that it still resumes, with the same teacher.
 ADDED_SETTINGS: dict[str, Any] = {"teacher_bn": "ema", "ema_warmup": False}
+
+
+def debias_mode(settings: Mapping[str, Any]) -> str:
+    """The debias mode that saved settings (a checkpoint's ``train_config``, a run folder's
+    ``config.json``) trained with: the recorded one, ``paper`` before the mode existed, and ``none``
+    for ``paper`` with ``tau == 0`` (the same step), so that the two spellings resume each other."""
+    mode = str(settings.get("debias", "paper"))
+    return "none" if mode == "paper" and not float(settings.get("tau") or 0.0) > 0 else mode
+
+
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -206,6 +216,7 @@ def _restore(
         )
     current = asdict(config)
     saved = {**ADDED_SETTINGS, **checkpoint["train_config"]}
+    saved["debias"], current["debias"] = debias_mode(saved), debias_mode(current)
     changed = sorted(k for k in set(saved) | set(current) if k != "log_every" and saved.get(k) != current.get(k))
     if changed:
         raise UserError(f"cannot resume: the checkpoint was trained with other settings ({', '.join(changed)})")
@@ -423,7 +434,8 @@ def train(
     device = torch.device(device)
     model = _prepare_student(model, device, runtime)
     teacher = EMATeacher(model, config.ema_momentum, config.teacher_bn, config.ema_warmup)
-    prior = ClassPrior(config.num_classes, config.prior_momentum).to(device) if config.uses_prior else None
+    prior = make_prior(config)
+    prior = prior.to(device) if prior is not None else None
     fallback = fallback.to(device) if fallback is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision == "fp16")
     done = _Progress()

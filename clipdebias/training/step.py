@@ -1,5 +1,5 @@
-"""One training step: FixMatch with an EMA teacher, debiased by DebiasPL when ``tau > 0`` (or balanced
-by distribution alignment with ``debias="balance"``).
+"""One training step: FixMatch with an EMA teacher, debiased by DebiasPL when ``tau > 0`` (or by the
+online balanced correction with ``debias="balance"``).
 
 :func:`fixmatch_step` computes the losses of one step of the loop (:mod:`clipdebias.training.loop`)
 from a labeled and an unlabeled batch:
@@ -7,7 +7,9 @@ from a labeled and an unlabeled batch:
 1. the EMA teacher (eval mode, no gradient) gives weak-view logits ``z_w`` (the mean over weak
    views with ``--multiviews``);
 2. pseudo-labels, confidences and masks come from ``clipdebias.debias.select_pseudo_labels`` with
-   the class prior *before* its update (with ``tau = 0`` this is plain FixMatch);
+   the class prior *before* its update (with ``tau = 0`` this is plain FixMatch), or in the balanced
+   mode from ``softmax(z_w - b)`` with the offsets ``b`` before their update
+   (:class:`clipdebias.debias.BalancingPrior`, which then takes its step);
 3. optionally, rows the student is unsure of take a fallback label (:func:`apply_fallback`);
 4. the prior is updated from the raw teacher probabilities ``softmax(z_w)``;
 5. the student's strong-view loss is ``adaptive_margin_loss`` with the *updated* prior, and the
@@ -29,7 +31,13 @@ from torch import Tensor, nn
 
 from clipdebias.config.defaults import DEBIAS_MODES, TEACHER_BN_MODES
 from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
-from clipdebias.debias import ClassPrior, adaptive_margin_loss, select_aligned_pseudo_labels, select_pseudo_labels
+from clipdebias.debias import (
+    BalancingPrior,
+    ClassPrior,
+    adaptive_margin_loss,
+    select_balanced_pseudo_labels,
+    select_pseudo_labels,
+)
 
 # Steps between two progress reports (and the host syncs they cost on a GPU).
 DEFAULT_LOG_EVERY = 10
@@ -50,7 +58,7 @@ class TrainConfig:
     steps_per_epoch: int
     tau: float = 0.4
     # How the pseudo-labels are corrected (DEBIAS_MODES): paper = DebiasPL with ``tau`` (``tau == 0``
-    # is plain FixMatch), balance = distribution alignment to a uniform prior, none = plain FixMatch.
+    # is plain FixMatch), balance = online balanced offsets (uniform target prior), none = plain FixMatch.
     debias: str = "paper"
     threshold: float = 0.95
     prior_momentum: float = 0.999
@@ -79,13 +87,22 @@ class TrainConfig:
         return self.tau if self.debias == "paper" else 0.0
 
 
-def select_targets(z_w: Tensor, prior: Tensor, config: TrainConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """``(targets, confidence, mask)`` of one set of weak-view logits in ``config``'s debias mode, with
-    the running prior ``prior`` (uniform when the mode keeps none)."""
+def make_prior(config: TrainConfig) -> ClassPrior | None:
+    """The running state of ``config``'s debias mode: a :class:`BalancingPrior` (prior and offsets) for
+    the balanced mode, a :class:`ClassPrior` for DebiasPL, none for FixMatch."""
     if config.debias == "balance":
-        return select_aligned_pseudo_labels(z_w, prior, config.threshold)
+        return BalancingPrior(config.num_classes, config.prior_momentum)
+    return ClassPrior(config.num_classes, config.prior_momentum) if config.uses_prior else None
+
+
+def select_targets(z_w: Tensor, prior: ClassPrior | None, config: TrainConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """``(targets, confidence, mask)`` of one set of weak-view logits in ``config``'s debias mode, with
+    the running ``prior`` as it was before this batch (``None``: the mode keeps none)."""
+    if isinstance(prior, BalancingPrior):
+        return select_balanced_pseudo_labels(z_w, prior.offsets, config.threshold)
     tau = config.tau if config.debias == "paper" else 0.0
-    return select_pseudo_labels(z_w, prior, tau, config.threshold)
+    probs = prior.probs if prior is not None else torch.full((config.num_classes,), 1.0 / config.num_classes)
+    return select_pseudo_labels(z_w, probs, tau, config.threshold)
 
 
 @dataclass(frozen=True)
@@ -203,17 +220,18 @@ def fixmatch_step(
 
     mean_weak = torch.stack(weak_logits).mean(dim=0)
     uniform = torch.full((config.num_classes,), 1.0 / config.num_classes, device=mean_weak.device)
-    prior_before = prior.probs if prior is not None else uniform
     candidates = [mean_weak] + (list(weak_logits) if len(weak_logits) > 1 else [])
     selections = []
     for z_w in candidates:
-        targets, _, mask = select_targets(z_w, prior_before, config)
+        targets, _, mask = select_targets(z_w, prior, config)
         if fallback is not None:
             rows = unlabeled.indices.to(fallback.targets.device)
             targets, mask = apply_fallback(
                 targets, mask, fallback.targets[rows], fallback.confidence[rows], fallback.threshold
             )
         selections.append((targets, mask))
+    if isinstance(prior, BalancingPrior):  # with the offsets the labels above were selected with
+        prior.update_offsets(torch.softmax(mean_weak - prior.offsets.to(mean_weak.device), dim=-1))
     if prior is not None:
         prior.update(torch.softmax(mean_weak, dim=-1))
     prior_after = prior.probs if prior is not None else uniform

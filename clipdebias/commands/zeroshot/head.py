@@ -21,7 +21,8 @@ from clipdebias.commands.zeroshot.config import HeadSettings, LoopSettings
 from clipdebias.data.streams import Shard
 from clipdebias.debias import debias_logits
 from clipdebias.metrics import EvalResult, eval_result
-from clipdebias.pseudolabels.labels import debiased_pseudo_labels
+from clipdebias.pseudolabels.labels import PseudoLabels
+from clipdebias.pseudolabels.offline import NO_KNN, KnnSettings, corrected_eval_logits, offline_pseudo_labels
 from clipdebias.pseudolabels.rows import ZeroShotLogits
 from clipdebias.pseudolabels.selection import Selection, select_confident
 from clipdebias.training.embedding_streams import EmbeddingStream, FeatureNoise, as_device_tensor, embedding_evaluator
@@ -81,10 +82,19 @@ def pseudo_label_train_rows(
     topk_per_class: int | None,
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    *,
+    debias: str = "paper",
+    knn: KnnSettings = NO_KNN,
+    neighbours: np.ndarray | None = None,
 ) -> Selection:
-    """Debiased zero-shot pseudo-labels (``tau``; ``selected`` at ``select_threshold``) of the train
-    rows and the confident/rest split; ``progress`` sees the passes over the logits."""
-    pseudo = debiased_pseudo_labels(train_logits(arrays, device), tau, select_threshold, progress=progress)
+    """Corrected zero-shot pseudo-labels of the train rows (``debias`` mode, ``tau`` for paper; first
+    refined with ``neighbours``, ``[N, K]`` train row positions, when ``knn.k > 0``; ``selected`` at
+    ``select_threshold``) and the confident/rest split; ``progress`` sees the passes over the logits."""
+    offline = offline_pseudo_labels(
+        train_logits(arrays, device), neighbours, knn, mode=debias, tau=tau, threshold=select_threshold,
+        progress=progress,
+    )  # fmt: skip
+    pseudo = offline.pseudo
     confident, rest = select_confident(pseudo.label, pseudo.confidence, select_threshold, topk_per_class)
     if len(confident) == 0:
         raise UserError(
@@ -96,7 +106,7 @@ def pseudo_label_train_rows(
             "every train image is in the confident set, none is left to train on as unlabeled; "
             "raise --select-threshold or lower --select-topk-per-class"
         )
-    return Selection(pseudo, confident, rest)
+    return Selection(pseudo, confident, rest, offline.paper_label)
 
 
 def train_logits(arrays: ZeroShotArrays, device: torch.device | str = "cpu") -> ZeroShotLogits:
@@ -111,6 +121,15 @@ def zero_shot_eval(arrays: ZeroShotArrays, prior: np.ndarray, tau: float) -> tup
     labels = torch.as_tensor(np.asarray(arrays.eval_labels), dtype=torch.long)
     debiased = debias_logits(logits, torch.as_tensor(prior, dtype=torch.float32), tau)
     return eval_result(logits, labels), eval_result(debiased, labels)
+
+
+def zero_shot_eval_as_trained(arrays: ZeroShotArrays, pseudo: PseudoLabels) -> tuple[EvalResult, EvalResult]:
+    """CLIP zero-shot on the evaluation rows, plain and corrected as the train rows were (``pseudo``'s
+    mode, with the train prior or the train offsets: inductive; no kNN refinement of evaluation rows,
+    see :func:`clipdebias.pseudolabels.offline.corrected_eval_logits`)."""
+    logits = ZeroShotLogits(arrays.eval_embeddings, arrays.classifier, arrays.logit_scale)[:].float()
+    labels = torch.as_tensor(np.asarray(arrays.eval_labels), dtype=torch.long)
+    return eval_result(logits, labels), eval_result(corrected_eval_logits(logits, pseudo), labels)
 
 
 def fallback_table(arrays: ZeroShotArrays, selection: Selection, threshold: float) -> Fallback:
@@ -218,10 +237,15 @@ def zeroshot_head(
     device: torch.device | str = "cpu",
     run: RunFolder | None = None,
     progress: Callable[[ProgressEvent], None] | None = None,
+    knn: KnnSettings = NO_KNN,
+    neighbours: np.ndarray | None = None,
 ) -> ZeroShotOutcome:
-    """The whole array-level pipeline: pseudo-labels (``loop.tau``), confident split, the zero-shot
-    baselines on the evaluation rows, and the trained head's accuracy."""
-    selection = pseudo_label_train_rows(arrays, loop.tau, select_threshold, topk_per_class, device)
-    plain, debiased = zero_shot_eval(arrays, selection.pseudo.prior, loop.tau)
+    """The whole array-level pipeline: pseudo-labels (``loop.debias``, ``loop.tau``; refined with
+    ``neighbours`` by ``knn``), confident split, the zero-shot baselines on the evaluation rows, and
+    the trained head's accuracy."""
+    selection = pseudo_label_train_rows(
+        arrays, loop.tau, select_threshold, topk_per_class, device, debias=loop.debias, knn=knn, neighbours=neighbours
+    )
+    plain, debiased = zero_shot_eval_as_trained(arrays, selection.pseudo)
     _, result = fit_head(arrays, selection, loop, head, device=device, run=run, progress=progress)
     return ZeroShotOutcome(selection, plain, debiased, result.final_eval, result)

@@ -27,7 +27,8 @@ import torch
 
 from clipdebias.clip.augmented_views import AugmentedView, augmented_view_id
 from clipdebias.clip.backbone import Backbone, BackboneConfig, load_backbone
-from clipdebias.clip.cache import EmbeddingStore, encode_split, read_manifest
+from clipdebias.clip.cache import EmbeddingStore, encode_split, eval_decoding, read_manifest
+from clipdebias.clip.neighbours import array_neighbours, check_k, entry_neighbours, faiss_threads
 from clipdebias.clip.prompts import load_prompts, load_templates, text_classifier
 from clipdebias.commands.zeroshot.config import RESUME_MAY_CHANGE, ZeroShotConfig, in_saved_names, loop_settings
 from clipdebias.commands.zeroshot.head import (
@@ -35,9 +36,10 @@ from clipdebias.commands.zeroshot.head import (
     ZeroShotArrays,
     fit_head,
     pseudo_label_train_rows,
-    zero_shot_eval,
+    zero_shot_eval_as_trained,
 )
 from clipdebias.commands.zeroshot.image_students import train_image_student
+from clipdebias.config import defaults
 from clipdebias.config.resolve import run_config_json
 from clipdebias.data.skipped import SkippedImage, skipped_from_manifest
 from clipdebias.data.sources import MIN_CLASSES, ImageSource, check_dataset, open_dataset
@@ -94,6 +96,7 @@ def _encode(
         source, backbone, transform, transform_id, root, data_root=config.data_root,
         batch_size=config.encode_batch_size, num_workers=encode_workers(config.workers, backbone.device.type),
         progress=_Stage(progress, what),
+        decoding=eval_decoding(source, backbone, config.decode, config.workers) if view is None else None,
     )  # fmt: skip
     store = EmbeddingStore(result.entry)
     if len(store) == 0:
@@ -123,9 +126,9 @@ def _embedding_arrays(
     progress: Progress,
     classifier: torch.Tensor,
     scale: float,
-) -> tuple[ZeroShotArrays, list[SkippedImage]]:
+) -> tuple[ZeroShotArrays, list[SkippedImage], EmbeddingStore]:
     """Encode (or read from the cache) what the student needs: train rows readable in every view, val
-    rows; and the images of both splits that could not be read."""
+    rows; the images of both splits that could not be read; the train split's cache entry."""
     train = _encode(config, backbone, train_split, root, progress, None)
     evaluation_store = _encode(config, backbone, evaluation, root, progress, None)
     view_stores = (
@@ -148,7 +151,7 @@ def _embedding_arrays(
         eval_labels=evaluation_store.labels.copy(), views=views, num_train_images=len(train_split),
         eval_ids=evaluation_store.ids.copy(),
     )  # fmt: skip
-    return arrays, _skipped(train) + _skipped(evaluation_store)
+    return arrays, _skipped(train) + _skipped(evaluation_store), train
 
 
 def _skipped(store: EmbeddingStore) -> list[SkippedImage]:
@@ -156,6 +159,28 @@ def _skipped(store: EmbeddingStore) -> list[SkippedImage]:
     if store.entry.num_failed == 0:
         return []
     return skipped_from_manifest(store.entry.meta["key"]["split"], read_manifest(store.entry))
+
+
+def _train_neighbours(
+    config: ZeroShotConfig,
+    train: EmbeddingStore,
+    arrays: ZeroShotArrays,
+    root: Path,
+    device: torch.device,
+    progress: Progress,
+) -> np.ndarray | None:
+    """``--knn K``: the K nearest train rows of every train row (rows of ``arrays``), stored with the
+    train split's cache entry (or, when some rows were left out, keyed by the rows' content in the
+    cache's ``neighbours/``) and reused by the next run; ``None`` when K is 0."""
+    if config.knn == 0:
+        return None
+    with faiss_threads(config.threads):
+        if np.array_equal(arrays.train_ids, train.ids):
+            return entry_neighbours(train.entry, config.knn, store=train, device=device, progress=progress).indices
+        found = array_neighbours(
+            arrays.train_embeddings, config.knn, store_dir=root / "neighbours", device=device, progress=progress
+        )
+        return found.indices
 
 
 def _config_json(config: ZeroShotConfig, classes: list[str]) -> dict[str, Any]:
@@ -210,6 +235,7 @@ def _run(
     backbone = load_backbone(backbone_config, digest_dir=root)  # first: missing weights fail in seconds
     device = backbone.device
     train_split = open_dataset(config.dataset, "train", config.data_root)
+    check_k(config.knn, len(train_split))  # from the listing: before any image is encoded
     evaluation = open_dataset(config.dataset, "val", config.data_root)
     prompts = load_prompts(config.dataset, train_split.classes, config.classnames, config.templates)
     classes = list(prompts.classnames)
@@ -229,16 +255,20 @@ def _run(
         lambda: text_classifier(backbone, prompts, root, batch_size=config.encode_batch_size, progress=progress).cpu()
     )
     scale = config.logit_scale if config.logit_scale is not None else backbone.logit_scale
-    arrays, skipped = _embedding_arrays(config, backbone, train_split, evaluation, root, progress, classifier, scale)
+    arrays, skipped, train_store = _embedding_arrays(
+        config, backbone, train_split, evaluation, root, progress, classifier, scale
+    )
     kept = arrays.train_ids
 
     def label_and_write() -> tuple[Selection, Path, EvalResult, EvalResult]:
         """Rank 0's part: the pseudo-labels, the confident set and the files made of them."""
+        neighbours = _train_neighbours(config, train_store, arrays, root, device, progress)
         selection = pseudo_label_train_rows(
-            arrays, config.tau, config.select_threshold, config.select_topk_per_class, device, progress
-        )
+            arrays, config.tau, config.select_threshold, config.select_topk_per_class, device, progress,
+            debias=config.debias, knn=config.knn_settings, neighbours=neighbours,
+        )  # fmt: skip
         csv = _write_pseudolabels(config, run, arrays, selection, train_split, classes, scale)
-        zeroshot, zeroshot_debiased = zero_shot_eval(arrays, selection.pseudo.prior, config.tau)
+        zeroshot, zeroshot_debiased = zero_shot_eval_as_trained(arrays, selection.pseudo)
         run.write_config(_config_json(config, classes))
         if skipped:
             run.write_skipped_images(skipped)
@@ -292,6 +322,10 @@ def _write_pseudolabels(
         dataset=config.dataset, data_root=config.data_root, split="train", num_images=len(train_split),
         select_topk_per_class=config.select_topk_per_class,
     )  # fmt: skip
+    sidecar["knn"] = config.knn_settings.record()
+    if selection.paper_label is not None:
+        sidecar["paper_tau"] = defaults.TAU
+        sidecar["paper_class_counts"] = np.bincount(selection.paper_label, minlength=len(classes)).tolist()
     csv, _ = write_pseudo_labels(table, run.file(PSEUDOLABELS), sidecar)
     return csv
 
@@ -310,6 +344,9 @@ def _metrics(
     pseudo = selection.pseudo
     return {
         "method": config.method,
+        "debias": config.debias,
+        "tau": config.tau,
+        "knn": config.knn_settings.record(),
         "student": config.student,
         "dataset": config.dataset,
         "num_classes": len(classes),
