@@ -400,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "`zeroshot --student head` with its defaults; the mode sets CLIP's labels (confident set at "
             f"{SHARED_DEFAULTS.select_threshold:g}, fallback at {SHARED_DEFAULTS.clip_fallback:g}) and the loop's "
-            "online correction (raw: `--debias none`; balance: distribution alignment). The corrected zero-shot "
-            "column applies the train prior / train offsets to val (no kNN on val).",
+            "online correction (raw: `--debias none`; balance: the online offsets). The corrected zero-shot "
+            "column applies the train prior / train offsets of the unrefined train logits to val (no kNN on val).",
             "",
             *student_table(students, seeds),
         ]

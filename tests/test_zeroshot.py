@@ -504,6 +504,25 @@ def test_balanced_zero_shot_on_val_applies_the_train_offsets():
     assert zero_shot_eval_as_trained(arrays, none.pseudo)[1].top1 == plain.top1
 
 
+def test_with_knn_val_is_corrected_as_the_unrefined_train_teacher_was():
+    """Val rows have no neighbours, so they get the offsets of the unrefined train logits (those of the
+    run without kNN), not offsets fitted to the refined train probabilities."""
+    from clipdebias.commands.zeroshot.head import pseudo_label_train_rows, zero_shot_eval_as_trained
+    from clipdebias.pseudolabels.offline import KnnSettings
+
+    arrays = _arrays()
+    rows = arrays.train_embeddings.shape[0]
+    neighbours = np.stack([(np.arange(rows) + shift) % rows for shift in (1, 2)], axis=1)
+    plain = pseudo_label_train_rows(arrays, 0.0, 0.0, 3, debias="balance")
+    refined = pseudo_label_train_rows(
+        arrays, 0.0, 0.0, 3, debias="balance", knn=KnnSettings(2, 0.9, 1), neighbours=neighbours
+    )
+    assert not np.allclose(refined.pseudo.balance.offsets, plain.pseudo.balance.offsets)
+    np.testing.assert_allclose(refined.eval_correction.balance.offsets, plain.pseudo.balance.offsets, atol=1e-6)
+    corrected = zero_shot_eval_as_trained(arrays, refined.eval_correction)[1]
+    assert corrected.top1 == zero_shot_eval_as_trained(arrays, plain.pseudo)[1].top1
+
+
 def test_debias_balance_with_knn_end_to_end(folder, cache, tiny_clip, tmp_path, monkeypatch):
     from clipdebias.commands.zeroshot import head as zeroshot_head_module
 

@@ -64,6 +64,14 @@ class OfflineLabels:
     pseudo: PseudoLabels
     paper_label: np.ndarray
     knn: KnnSettings
+    teacher: PseudoLabels | None = None  # the chosen mode on the unrefined teacher (with_teacher, kNN only)
+
+    @property
+    def eval_correction(self) -> PseudoLabels:
+        """The correction that rows without neighbours (an evaluation split) get: that of the teacher's
+        own logits when the train rows were refined (its prior or offsets fit unrefined logits), else
+        the result's own."""
+        return self.teacher if self.teacher is not None else self.pseudo
 
     def sidecar_keys(self, num_classes: int) -> dict:
         """What the pseudo-label sidecar adds for the refinement and the paper baseline (docs/formats.md)."""
@@ -110,9 +118,12 @@ def offline_pseudo_labels(
     chunk_rows: int = defaults.CHUNK_ROWS,
     top_k: int = 0,
     progress: Progress | None = None,
+    with_teacher: bool = False,
 ) -> OfflineLabels:
     """Pseudo-labels of ``logits`` (``[N, C]``): refined with ``neighbours`` (``[N, K]`` row positions)
-    when ``knn.k > 0``, corrected by ``mode`` (see the module docstring)."""
+    when ``knn.k > 0``, corrected by ``mode`` (see the module docstring). ``with_teacher`` (``zeroshot``,
+    whose evaluation rows have no neighbours): with kNN, also correct the unrefined teacher in ``mode``
+    (:attr:`OfflineLabels.teacher`; its prior or offsets are what evaluation rows get)."""
     check_knn_settings(knn)
     progress = progress or NoProgress()
     rows: LogitRows = logits
@@ -125,9 +136,15 @@ def offline_pseudo_labels(
     )
     if not knn.active and mode == "paper" and tau == defaults.TAU:
         return OfflineLabels(pseudo, pseudo.label, knn)
+    teacher = None
+    if knn.active and with_teacher:
+        teacher = debiased_pseudo_labels(
+            logits, tau, threshold, chunk_rows, mode=mode, target_prior=target_prior, progress=progress
+        )
     # the teacher's own prior is the result's unless the rows were refined
-    raw, confidence, paper = teacher_labels(logits, None if knn.active else pseudo.prior, chunk_rows, progress)
-    return OfflineLabels(replace(pseudo, raw_label=raw, raw_confidence=confidence), paper, knn)
+    known_prior = teacher.prior if teacher is not None else (None if knn.active else pseudo.prior)
+    raw, confidence, paper = teacher_labels(logits, known_prior, chunk_rows, progress)
+    return OfflineLabels(replace(pseudo, raw_label=raw, raw_confidence=confidence), paper, knn, teacher)
 
 
 def corrected_eval_logits(logits: torch.Tensor, pseudo: PseudoLabels) -> torch.Tensor:

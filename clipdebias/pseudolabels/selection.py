@@ -21,12 +21,15 @@ class Selection:
     ``confident`` / ``rest``: positions into the train rows (sorted): the confident set trained with
     its pseudo-label (in ``zeroshot``, CLIP's label) as its target, and the unlabeled rest.
     ``paper_label``: the labels of the paper's default correction of the same teacher, when known.
+    ``eval_correction``: the correction whose prior or offsets evaluation rows get, when it is not
+    ``pseudo``'s (kNN-refined train rows: :attr:`clipdebias.pseudolabels.offline.OfflineLabels.eval_correction`).
     """
 
     pseudo: PseudoLabels
     confident: np.ndarray
     rest: np.ndarray
     paper_label: np.ndarray | None = None  # the paper's default correction, for comparison (reports)
+    eval_correction: PseudoLabels | None = None  # what evaluation rows are corrected with (None: ``pseudo``)
 
 
 def select_confident(

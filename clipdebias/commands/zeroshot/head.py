@@ -92,7 +92,7 @@ def pseudo_label_train_rows(
     ``select_threshold``) and the confident/rest split; ``progress`` sees the passes over the logits."""
     offline = offline_pseudo_labels(
         train_logits(arrays, device), neighbours, knn, mode=debias, tau=tau, threshold=select_threshold,
-        progress=progress,
+        progress=progress, with_teacher=True,
     )  # fmt: skip
     pseudo = offline.pseudo
     confident, rest = select_confident(pseudo.label, pseudo.confidence, select_threshold, topk_per_class)
@@ -106,7 +106,7 @@ def pseudo_label_train_rows(
             "every train image is in the confident set, none is left to train on as unlabeled; "
             "raise --select-threshold or lower --select-topk-per-class"
         )
-    return Selection(pseudo, confident, rest, offline.paper_label)
+    return Selection(pseudo, confident, rest, offline.paper_label, offline.eval_correction)
 
 
 def train_logits(arrays: ZeroShotArrays, device: torch.device | str = "cpu") -> ZeroShotLogits:
@@ -126,7 +126,8 @@ def zero_shot_eval(arrays: ZeroShotArrays, prior: np.ndarray, tau: float) -> tup
 def zero_shot_eval_as_trained(arrays: ZeroShotArrays, pseudo: PseudoLabels) -> tuple[EvalResult, EvalResult]:
     """CLIP zero-shot on the evaluation rows, plain and corrected as the train rows were (``pseudo``'s
     mode, with the train prior or the train offsets: inductive; no kNN refinement of evaluation rows,
-    see :func:`clipdebias.pseudolabels.offline.corrected_eval_logits`)."""
+    so with kNN pass ``Selection.eval_correction``, the unrefined train teacher's correction; see
+    :func:`clipdebias.pseudolabels.offline.corrected_eval_logits`)."""
     logits = ZeroShotLogits(arrays.eval_embeddings, arrays.classifier, arrays.logit_scale)[:].float()
     labels = torch.as_tensor(np.asarray(arrays.eval_labels), dtype=torch.long)
     return eval_result(logits, labels), eval_result(corrected_eval_logits(logits, pseudo), labels)
@@ -246,6 +247,6 @@ def zeroshot_head(
     selection = pseudo_label_train_rows(
         arrays, loop.tau, select_threshold, topk_per_class, device, debias=loop.debias, knn=knn, neighbours=neighbours
     )
-    plain, debiased = zero_shot_eval_as_trained(arrays, selection.pseudo)
+    plain, debiased = zero_shot_eval_as_trained(arrays, selection.eval_correction or selection.pseudo)
     _, result = fit_head(arrays, selection, loop, head, device=device, run=run, progress=progress)
     return ZeroShotOutcome(selection, plain, debiased, result.final_eval, result)
