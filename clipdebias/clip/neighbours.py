@@ -66,11 +66,11 @@ METHODS = ("torch", "exact", "hnsw")
 # as about N log N (docs/performance.md, benchmarks/knn_scale.py).
 EXACT_MAX_ROWS = 100_000
 # HNSW: links per node (2 M on the bottom layer), candidates kept while building and while searching.
-# M 32 / ef 48: recall@10 0.956 on 200k clustered synthetic rows, ~12 min projected for ImageNet on 2
-# cores; M 16 needed ef 128 for 0.94 in as much time (docs/performance.md).
+# M 32 / ef 64: recall@10 0.927 and 8.8 min measured at ImageNet's 1.28 M clustered synthetic rows on 2
+# cores (ef 48: 0.899, 8.7 min; 0.956 on 200k rows); M 16 needed ef 128 for 0.94 (docs/performance.md).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 48
+HNSW_EF_SEARCH = 64
 # Query rows per block: the most work a killed run redoes, and one progress step.
 BLOCK_ROWS = 16384
 # torch: at most this many similarities in memory at once (2^28 float32 = 1 GiB).
