@@ -171,10 +171,10 @@ def sorted_class_panel(
     lines under the axis name the ``NAMED_EXTREMES`` largest and smallest classes of ``curves[sort_by]``.
 
     ``flat_line`` (for counts) adds, per curve, the dashed level of a perfectly balanced
-    distribution with the same total (``sum / C``), and a log axis (linear near 0, so empty
-    classes still show) when a curve's largest / smallest class (floored at 1) exceeds
-    ``SPIKE_RATIO``. A panel with nothing to draw (no finite value; for counts, every count 0)
-    shows ``empty_text`` instead of an empty axis.
+    distribution with the same total (``sum / C``; one grey line when every curve has the same
+    total), and a log axis (linear near 0, so empty classes still show) when a curve's largest /
+    smallest class (floored at 1) exceeds ``SPIKE_RATIO``. A panel with nothing to draw (no finite
+    value; for counts, every count 0) shows ``empty_text`` instead of an empty axis.
     """
     from matplotlib.ticker import MaxNLocator  # local: matplotlib loads only when a chart is drawn
 
@@ -189,7 +189,9 @@ def sorted_class_panel(
     named = names is not None and len(names) == size and size <= NAMED_TICKS_MAX
     common = np.argsort(-np.nan_to_num(reference, nan=-np.inf), kind="stable")
     spiky, peak = False, 0.0
-    for curve, values in shown:
+    levels = [float(np.nansum(values)) / values.size for _, values in shown]
+    shared_level = flat_line and len(shown) > 1 and np.allclose(levels, levels[0], rtol=1e-9, atol=0.0)
+    for position, (curve, values) in enumerate(shown):
         if named:
             order = common
         else:
@@ -204,13 +206,12 @@ def sorted_class_panel(
             finite = values[np.isfinite(values)]
             level = finite.sum() / values.size
             spiky = spiky or _imbalance(finite) > SPIKE_RATIO
-            ax.axhline(
-                level,
-                color=artist.get_color(),
-                linestyle="--",
-                linewidth=1,
-                label=f"flat: {curve.label} ({_plain_number(level) if level >= 10 else f'{level:.3g}'} per class)",
-            )
+            per_class = f"{_plain_number(level) if level >= 10 else f'{level:.3g}'} per class"
+            if not shared_level:
+                label = f"flat: {curve.label} ({per_class})"
+                ax.axhline(level, color=artist.get_color(), linestyle="--", linewidth=1, label=label)
+            elif position == 0:  # the curves have one total: one level, not one line each on top of the other
+                ax.axhline(level, color="grey", linestyle="--", linewidth=1, label=f"flat: every curve ({per_class})")
     if named and names is not None:
         labels = [short_name(names[i]) for i in common]
         turned = max(len(label) for label in labels) > UPRIGHT_NAME_CHARS

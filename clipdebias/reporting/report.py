@@ -217,7 +217,7 @@ def pseudolabel_section(
         deb_kept = metrics.class_counts(table.pseudo_label[selected], num_classes)
         kept_curves = [
             plots.Curve("raw zero-shot", raw_kept.astype(float), plots.RAW_COLOR),
-            plots.Curve("debiased", deb_kept.astype(float), plots.DEBIASED_COLOR),
+            plots.Curve(chosen, deb_kept.astype(float), plots.DEBIASED_COLOR),
         ]
         summary.insert(
             2,
