@@ -398,6 +398,9 @@ def test_pseudolabel_knn_over_the_clip_cache_is_stored_in_the_entry(tmp_path, ti
     assert stored[0].stat().st_mtime_ns == before and len(list(cache_root.rglob("neighbours-k*.npz"))) == 1
     sidecar = json.loads((tmp_path / "b.json").read_text())
     assert sidecar["knn"]["k"] == 4 and sidecar["debias"] == "none" and len(sidecar["paper_class_counts"]) == 3
+    rebuild = ["encode", "--dataset", "imagefolder", "--data-root", str(folder), "--model", tiny_clip]
+    assert main([*rebuild, "--pretrained", "none", "--threads", "1", "--rebuild"]) == 0
+    assert not list(cache_root.rglob("neighbours-*")), "a rebuilt entry drops the neighbours of its old embeddings"
 
 
 @pytest.mark.parametrize(

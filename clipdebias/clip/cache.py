@@ -67,6 +67,9 @@ META_FILE = "meta.json"
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.csv"
 SHARDS_DIR = "shards"
+# Files other modules compute from an entry's embeddings and keep beside them (clip.neighbours:
+# neighbours-k{K}.npz and its resumable neighbours-k{K}.parts/), removed when the entry is rebuilt.
+DERIVED_PATTERNS = ("neighbours-*",)
 LOCK_FILE = ".lock"
 FAILED_EXAMPLES = 5  # unreadable images listed in an EncodeResult (all are in the manifest)
 _SHARD_NAME = re.compile(r"^shard-(\d{12})-(\d{12})\.npz$")
@@ -407,6 +410,15 @@ class _Plan:
     reused: int = 0
 
 
+def _remove_derived(path: Path) -> None:
+    """Remove what was computed from an entry's old embeddings (:data:`DERIVED_PATTERNS`)."""
+    for derived in (found for pattern in DERIVED_PATTERNS for found in path.glob(pattern)):
+        if derived.is_dir():
+            shutil.rmtree(derived, ignore_errors=True)
+        else:
+            derived.unlink(missing_ok=True)
+
+
 def _plan_entry(
     source: ImageSource, path: Path, key: dict[str, str], dim: int, chunk_size: int, rebuild: bool, decoder: str
 ) -> _Plan:
@@ -417,6 +429,7 @@ def _plan_entry(
         for name in (META_FILE, INDEX_FILE, MANIFEST_FILE):
             (path / name).unlink(missing_ok=True)
         shutil.rmtree(path / SHARDS_DIR, ignore_errors=True)
+        _remove_derived(path)
         meta = None
     if meta is not None and meta.get("complete") and (path / INDEX_FILE).is_file():
         shutil.rmtree(path / SHARDS_DIR, ignore_errors=True)  # left over if killed while cleaning up
