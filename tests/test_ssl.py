@@ -12,12 +12,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from fakes import make_cifar_root, make_image_folder
+from fakes import StopTraining, make_cifar_root, make_image_folder, stop_after_first_epoch
 
 from clipdebias.cli import main
 from clipdebias.commands.ssl import read_clip_pseudolabels, resolve_ssl_config, run_ssl
 from clipdebias.reporting.compare import compare_runs
-from clipdebias.training.loop import EpochEnd
 from clipdebias.utils.errors import UserError
 
 TINY_WITH_REPORT = ["--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "4", "--mu", "2", "--device", "cpu"]
@@ -203,23 +202,13 @@ def test_debias_balance_is_the_balanced_method_and_checkpoints_its_offsets(tmp_p
     assert not torch.equal(checkpoint["prior"]["offsets"], torch.zeros(10))
 
 
-def test_interrupted_balanced_run_resumes_with_its_offsets_as_if_uninterrupted(tmp_path):
-    """The balanced mode's state (the offsets b and the prior) is in the checkpoint: a run stopped after
-    epoch 1 continues exactly like one that never stopped, and resuming in another mode is refused."""
-    given = dict(epochs=3, steps_per_epoch=6, batch_size=4, mu=2, device="cpu", seed=2, debias="balance")
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(event):
-        if isinstance(event, EpochEnd):
-            raise Stop
-
-    out = tmp_path / "stopped"
-    with pytest.raises(Stop):
+def _stop_resume_and_compare_with_a_full_run(tmp_path, out, given: dict) -> tuple[dict, dict, dict]:
+    """Run digits ssl with ``given`` into ``out``, stopped after epoch 1, then resume it and train the
+    same run uninterrupted under ``tmp_path / "full"``; asserts that both end alike (metrics, history).
+    Returns the checkpoint at the stop and the final checkpoints of the resumed and the full run."""
+    with pytest.raises(StopTraining):
         run_ssl(resolve_ssl_config("digits", out, **given), progress=stop_after_first_epoch)
     stopped = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert stopped["epoch"] == 1 and not torch.equal(stopped["prior"]["offsets"], torch.zeros(10))
     resumed = run_ssl(resolve_ssl_config("digits", out, resume=True, **given))
     full = run_ssl(resolve_ssl_config("digits", tmp_path / "full", **given))
     assert resumed["resumed_from_epoch"] == 1
@@ -227,6 +216,16 @@ def test_interrupted_balanced_run_resumes_with_its_offsets_as_if_uninterrupted(t
     strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
     assert strip(_history(out)) == strip(_history(tmp_path / "full"))
     a, b = (torch.load(o / "checkpoint.pt", weights_only=False) for o in (out, tmp_path / "full"))
+    return stopped, a, b
+
+
+def test_interrupted_balanced_run_resumes_with_its_offsets_as_if_uninterrupted(tmp_path):
+    """The balanced mode's state (the offsets b and the prior) is in the checkpoint: a run stopped after
+    epoch 1 continues exactly like one that never stopped, and resuming in another mode is refused."""
+    given = dict(epochs=3, steps_per_epoch=6, batch_size=4, mu=2, device="cpu", seed=2, debias="balance")
+    out = tmp_path / "stopped"
+    stopped, a, b = _stop_resume_and_compare_with_a_full_run(tmp_path, out, given)
+    assert stopped["epoch"] == 1 and not torch.equal(stopped["prior"]["offsets"], torch.zeros(10))
     assert torch.equal(a["prior"]["offsets"], b["prior"]["offsets"])
     for other in ("paper", "none"):
         with pytest.raises(UserError, match="debias"):
@@ -314,27 +313,10 @@ def test_interrupted_run_with_copied_bn_and_ema_warmup_resumes_as_if_uninterrupt
     while the momentum is still warming up, continues exactly like one that never stopped."""
     given = dict(epochs=3, steps_per_epoch=6, batch_size=4, mu=2, device="cpu", seed=2, teacher_bn="copy")
     given["ema_warmup"] = True
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(event):
-        if isinstance(event, EpochEnd):
-            raise Stop
-
     out = tmp_path / "stopped"
-    with pytest.raises(Stop):
-        run_ssl(resolve_ssl_config("digits", out, **given), progress=stop_after_first_epoch)
-    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    checkpoint, a, b = _stop_resume_and_compare_with_a_full_run(tmp_path, out, given)
     assert checkpoint["epoch"] == 1 and checkpoint["teacher_updates"] == 6
     assert checkpoint["train_config"]["teacher_bn"] == "copy" and checkpoint["train_config"]["ema_warmup"] is True
-    resumed = run_ssl(resolve_ssl_config("digits", out, resume=True, **given))
-    full = run_ssl(resolve_ssl_config("digits", tmp_path / "full", **given))
-    assert resumed["resumed_from_epoch"] == 1
-    assert {k: resumed[k] for k in STABLE} == {k: full[k] for k in STABLE}
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
-    assert strip(_history(out)) == strip(_history(tmp_path / "full"))
-    a, b = (torch.load(o / "checkpoint.pt", weights_only=False) for o in (out, tmp_path / "full"))
     assert a["teacher_updates"] == b["teacher_updates"] == 18
     assert all(torch.equal(a["teacher"][k], b["teacher"][k]) for k in b["teacher"])
     # Resuming with another teacher is refused.
