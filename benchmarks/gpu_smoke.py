@@ -196,17 +196,17 @@ def encode_tensors(report: Report, device, sizes: Sizes) -> None:
             torch.cuda.empty_cache()
 
 
-def make_jpegs(root: Path, count: int) -> Path:
+def _folder_in_parts(root: Path, count: int, make: Callable, args_of: Callable[[int, int, int], tuple]) -> Path:
+    """``count`` images written by parallel processes, each ``make(root / f"part{p}", *args_of(p, n,
+    per_part))`` writing ``n`` images into its own class folder (so file names never collide), then
+    gathered under one ImageFolder split; returns its ``train`` folder."""
     from concurrent.futures import ProcessPoolExecutor
-
-    from encode_overhead import make_images
 
     parts = max(1, min(os.cpu_count() or 1, 16))
     per_part = -(-count // parts)
     with ProcessPoolExecutor(parts) as pool:
-        # Each part writes its own class folder, so file names never collide.
         futures = [
-            pool.submit(make_images, root / f"part{p}", min(per_part, count - p * per_part), 1, 256, p)
+            pool.submit(make, root / f"part{p}", *args_of(p, min(per_part, count - p * per_part), per_part))
             for p in range(parts)
             if count - p * per_part > 0
         ]
@@ -216,6 +216,13 @@ def make_jpegs(root: Path, count: int) -> Path:
     train.mkdir(parents=True, exist_ok=True)
     for part in sorted(root.glob("part*")):
         (part / "train" / "class_0").rename(train / part.name)
+    return train
+
+
+def make_jpegs(root: Path, count: int) -> Path:
+    from encode_overhead import make_images
+
+    _folder_in_parts(root, count, make_images, lambda p, n, per_part: (n, 1, 256, p))
     return root / "folder"
 
 
@@ -245,33 +252,10 @@ def encode_jpegs(report: Report, device, folder: Path, sizes: Sizes, workdir: Pa
 def make_photo_jpegs(root: Path, count: int) -> Path:
     """``count`` photo-like JPEGs of :data:`DECODE_SIZES` in one ImageFolder, written by parallel processes;
     as in ImageNet, a few are grayscale (1 in 50), progressive (1 in 50) or CMYK (1 in 1,000)."""
-    from concurrent.futures import ProcessPoolExecutor
-
     from encode_overhead import make_photos
-
-    parts = max(1, min(os.cpu_count() or 1, 16))
-    per_part = -(-count // parts)
-    with ProcessPoolExecutor(parts) as pool:
-        futures = [
-            pool.submit(
-                make_photos,
-                root / f"part{p}",
-                min(per_part, count - p * per_part),
-                DECODE_SIZES[p % 4],
-                1,
-                p * per_part,
-            )
-            for p in range(parts)
-            if count - p * per_part > 0
-        ]
-        for future in futures:
-            future.result()
-    train = root / "folder" / "train"
-    train.mkdir(parents=True, exist_ok=True)
-    for part in sorted(root.glob("part*")):
-        (part / "train" / "class_0").rename(train / part.name)
     from PIL import Image
 
+    train = _folder_in_parts(root, count, make_photos, lambda p, n, per_part: (n, DECODE_SIZES[p % 4], 1, p * per_part))
     for number, path in enumerate(sorted(train.rglob("*.jpg"))):
         kind = {7: "L", 23: "progressive"}.get(number % 50) or ("CMYK" if number % 1000 == 11 else None)
         if kind is not None:
