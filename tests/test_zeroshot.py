@@ -15,7 +15,7 @@ from PIL import Image
 
 from clipdebias.cli import main
 from clipdebias.clip.augmented_views import AugmentedView
-from clipdebias.commands.zeroshot.head import ZeroShotArrays, fallback_table, zero_shot_eval
+from clipdebias.commands.zeroshot.head import ZeroShotArrays, fallback_table, zero_shot_eval_as_trained
 from clipdebias.config import defaults
 from clipdebias.data.batches import LabeledBatch, UnlabeledBatch
 from clipdebias.data.streams import UNLABELED_STREAM, epoch_plan
@@ -109,6 +109,12 @@ def _arrays(rows=60, classes=4, dim=8, seed=0, **extra):
     )
 
 
+def _paper_correction(prior, tau: float) -> PseudoLabels:
+    """A paper-mode correction with the train prior ``prior`` (its per-row arrays are not read on val)."""
+    empty = np.zeros(0, np.int64)
+    return PseudoLabels(np.asarray(prior, np.float32), empty, empty, empty, empty, empty, tau, 0.95, mode="paper")
+
+
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_the_head_starts_at_zero_shot_accuracy(kind):
     arrays = _arrays()
@@ -117,7 +123,7 @@ def test_the_head_starts_at_zero_shot_accuracy(kind):
     embeddings = torch.from_numpy(arrays.eval_embeddings)
     expected = arrays.logit_scale * embeddings @ arrays.classifier.T
     assert torch.allclose(head(embeddings), expected, atol=1e-4)
-    plain, _ = zero_shot_eval(arrays, np.full(4, 0.25), tau=0.4)
+    plain, _ = zero_shot_eval_as_trained(arrays, _paper_correction(np.full(4, 0.25), tau=0.4))
     predicted = head(embeddings).argmax(-1).numpy()
     assert plain.top1 == pytest.approx(100.0 * np.mean(predicted == arrays.eval_labels))
     if kind == "mlp":
@@ -144,11 +150,11 @@ def test_head_learning_rate_is_relative_to_the_logit_scale():
 def test_debiased_zero_shot_uses_the_train_prior():
     arrays = _arrays()
     prior = np.array([0.7, 0.1, 0.1, 0.1])
-    plain, debiased = zero_shot_eval(arrays, prior, tau=1.0)
+    plain, debiased = zero_shot_eval_as_trained(arrays, _paper_correction(prior, tau=1.0))
     logits = arrays.logit_scale * torch.from_numpy(arrays.eval_embeddings) @ arrays.classifier.T
     shifted = (logits - torch.log(torch.from_numpy(prior)).float()).argmax(-1).numpy()
     assert debiased.top1 == pytest.approx(100.0 * np.mean(shifted == arrays.eval_labels))
-    assert zero_shot_eval(arrays, prior, tau=0.0)[1].top1 == plain.top1
+    assert zero_shot_eval_as_trained(arrays, _paper_correction(prior, tau=0.0))[1].top1 == plain.top1
 
 
 def test_fallback_rule_truth_table():
@@ -499,7 +505,7 @@ def test_balanced_zero_shot_on_val_applies_the_train_offsets():
     logits = arrays.logit_scale * torch.from_numpy(arrays.eval_embeddings) @ arrays.classifier.T
     shifted = (logits - torch.from_numpy(offsets).float()).argmax(-1).numpy()
     assert corrected.top1 == pytest.approx(100.0 * np.mean(shifted == arrays.eval_labels))
-    assert plain.top1 == zero_shot_eval(arrays, selection.pseudo.prior, tau=0.0)[0].top1
+    assert plain.top1 == zero_shot_eval_as_trained(arrays, _paper_correction(selection.pseudo.prior, tau=0.0))[0].top1
     none = pseudo_label_train_rows(arrays, 0.0, 0.0, 3, debias="none")
     assert zero_shot_eval_as_trained(arrays, none.pseudo)[1].top1 == plain.top1
 

@@ -66,13 +66,6 @@ class OfflineLabels:
     knn: KnnSettings
     teacher: PseudoLabels | None = None  # the chosen mode on the unrefined teacher (with_teacher, kNN only)
 
-    @property
-    def eval_correction(self) -> PseudoLabels:
-        """The correction that rows without neighbours (an evaluation split) get: that of the teacher's
-        own logits when the train rows were refined (its prior or offsets fit unrefined logits), else
-        the result's own."""
-        return self.teacher if self.teacher is not None else self.pseudo
-
     def sidecar_keys(self, num_classes: int) -> dict:
         """What the pseudo-label sidecar adds for the refinement and the paper baseline (docs/formats.md)."""
         return {

@@ -21,15 +21,21 @@ class Selection:
     ``confident`` / ``rest``: positions into the train rows (sorted): the confident set trained with
     its pseudo-label (in ``zeroshot``, CLIP's label) as its target, and the unlabeled rest.
     ``paper_label``: the labels of the paper's default correction of the same teacher, when known.
-    ``eval_correction``: the correction whose prior or offsets evaluation rows get, when it is not
-    ``pseudo``'s (kNN-refined train rows: :attr:`clipdebias.pseudolabels.offline.OfflineLabels.eval_correction`).
+    ``teacher_correction``: with kNN-refined train rows, the same mode on the unrefined teacher
+    (:attr:`clipdebias.pseudolabels.offline.OfflineLabels.teacher`), which evaluation rows get.
     """
 
     pseudo: PseudoLabels
     confident: np.ndarray
     rest: np.ndarray
     paper_label: np.ndarray | None = None  # the paper's default correction, for comparison (reports)
-    eval_correction: PseudoLabels | None = None  # what evaluation rows are corrected with (None: ``pseudo``)
+    teacher_correction: PseudoLabels | None = None  # the unrefined teacher's correction (kNN only)
+
+    @property
+    def eval_correction(self) -> PseudoLabels:
+        """The correction whose prior or offsets evaluation rows (which have no neighbours) get: the
+        unrefined teacher's when the train rows were kNN-refined, else ``pseudo``'s own."""
+        return self.teacher_correction if self.teacher_correction is not None else self.pseudo
 
 
 def select_confident(

@@ -19,7 +19,6 @@ from torch import nn
 
 from clipdebias.commands.zeroshot.config import HeadSettings, LoopSettings
 from clipdebias.data.streams import Shard
-from clipdebias.debias import debias_logits
 from clipdebias.metrics import EvalResult, eval_result
 from clipdebias.pseudolabels.labels import PseudoLabels
 from clipdebias.pseudolabels.offline import NO_KNN, KnnSettings, corrected_eval_logits, offline_pseudo_labels
@@ -106,7 +105,7 @@ def pseudo_label_train_rows(
             "every train image is in the confident set, none is left to train on as unlabeled; "
             "raise --select-threshold or lower --select-topk-per-class"
         )
-    return Selection(pseudo, confident, rest, offline.paper_label, offline.eval_correction)
+    return Selection(pseudo, confident, rest, offline.paper_label, offline.teacher)
 
 
 def train_logits(arrays: ZeroShotArrays, device: torch.device | str = "cpu") -> ZeroShotLogits:
@@ -114,19 +113,10 @@ def train_logits(arrays: ZeroShotArrays, device: torch.device | str = "cpu") -> 
     return ZeroShotLogits(arrays.train_embeddings, arrays.classifier, arrays.logit_scale, device)
 
 
-def zero_shot_eval(arrays: ZeroShotArrays, prior: np.ndarray, tau: float) -> tuple[EvalResult, EvalResult]:
-    """CLIP zero-shot on the evaluation rows, plain and debiased with the *train* prior ``prior``
-    (``logits - tau log q``: inductive, nothing is estimated on the evaluation split)."""
-    logits = ZeroShotLogits(arrays.eval_embeddings, arrays.classifier, arrays.logit_scale)[:].float()
-    labels = torch.as_tensor(np.asarray(arrays.eval_labels), dtype=torch.long)
-    debiased = debias_logits(logits, torch.as_tensor(prior, dtype=torch.float32), tau)
-    return eval_result(logits, labels), eval_result(debiased, labels)
-
-
 def zero_shot_eval_as_trained(arrays: ZeroShotArrays, pseudo: PseudoLabels) -> tuple[EvalResult, EvalResult]:
     """CLIP zero-shot on the evaluation rows, plain and corrected as the train rows were (``pseudo``'s
     mode, with the train prior or the train offsets: inductive; no kNN refinement of evaluation rows,
-    so with kNN pass ``Selection.eval_correction``, the unrefined train teacher's correction; see
+    so pass ``Selection.eval_correction``, with kNN the unrefined train teacher's correction; see
     :func:`clipdebias.pseudolabels.offline.corrected_eval_logits`)."""
     logits = ZeroShotLogits(arrays.eval_embeddings, arrays.classifier, arrays.logit_scale)[:].float()
     labels = torch.as_tensor(np.asarray(arrays.eval_labels), dtype=torch.long)
@@ -247,6 +237,6 @@ def zeroshot_head(
     selection = pseudo_label_train_rows(
         arrays, loop.tau, select_threshold, topk_per_class, device, debias=loop.debias, knn=knn, neighbours=neighbours
     )
-    plain, debiased = zero_shot_eval_as_trained(arrays, selection.eval_correction or selection.pseudo)
+    plain, debiased = zero_shot_eval_as_trained(arrays, selection.eval_correction)
     _, result = fit_head(arrays, selection, loop, head, device=device, run=run, progress=progress)
     return ZeroShotOutcome(selection, plain, debiased, result.final_eval, result)

@@ -268,7 +268,7 @@ def _run(
             debias=config.debias, knn=config.knn_settings, neighbours=neighbours,
         )  # fmt: skip
         csv = _write_pseudolabels(config, run, arrays, selection, train_split, classes, scale)
-        zeroshot, zeroshot_debiased = zero_shot_eval_as_trained(arrays, selection.eval_correction or selection.pseudo)
+        zeroshot, zeroshot_debiased = zero_shot_eval_as_trained(arrays, selection.eval_correction)
         run.write_config(_config_json(config, classes))
         if skipped:
             run.write_skipped_images(skipped)
